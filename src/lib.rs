@@ -1,0 +1,9 @@
+//! unionfuse: a userspace union filesystem.
+//!
+//! `union` is the filesystem core (plain Rust, testable without FUSE); `fuse` is the thin
+//! adapter to the kernel; `mount` parses and checks what the user asked for.
+
+pub mod fuse;
+pub mod mount;
+pub mod sys;
+pub mod union;

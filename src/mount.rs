@@ -1,0 +1,553 @@
+//! `unionfuse mount` and `unionfuse umount`: argument checks, the daemon's life cycle.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use fuser::{Config, MountOption, Session, SessionACL};
+
+use crate::fuse::UnionFs;
+use crate::sys;
+use crate::union::{Union, UnionConfig};
+
+/// A user-facing error: one line, printed as `unionfuse: <msg>`, exit status 1.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UserError(pub String);
+
+impl std::fmt::Display for UserError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+macro_rules! bail {
+    ($($t:tt)*) => { return Err(UserError(format!($($t)*))) };
+}
+
+pub type Result<T> = std::result::Result<T, UserError>;
+
+/// Splits a layer list at unescaped `:`; `\:` stands for a colon and `\\` for a backslash.
+pub fn split_layers(spec: &OsStr) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    let mut bytes = spec.as_bytes().iter().copied();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'\\' => match bytes.next() {
+                Some(n @ (b':' | b'\\')) => cur.push(n),
+                Some(n) => {
+                    cur.push(b'\\');
+                    cur.push(n);
+                }
+                None => cur.push(b'\\'),
+            },
+            b':' => out.push(std::mem::take(&mut cur)),
+            _ => cur.push(b),
+        }
+    }
+    out.push(cur);
+    if out.iter().any(|p| p.is_empty()) {
+        bail!(
+            "empty layer in '{}': layers are separated by ':' (write '\\:' for a ':' in a path)",
+            spec.to_string_lossy()
+        );
+    }
+    Ok(out
+        .into_iter()
+        .map(|b| PathBuf::from(OsString::from_vec(b)))
+        .collect())
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct MountRequest {
+    pub lowers: Vec<PathBuf>,
+    pub upper: Option<PathBuf>,
+    pub mountpoint: PathBuf,
+    pub foreground: bool,
+    pub read_only: bool,
+    /// `None`: allow other users when mounted by root, as a system mount is.
+    pub allow_other: Option<bool>,
+    pub threads: Option<usize>,
+}
+
+/// What `validate` made of a request: canonical paths, checked.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub union: UnionConfig,
+    pub mountpoint: PathBuf,
+    pub req: MountRequest,
+}
+
+fn describe(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(code) => sys::Errno(code).to_string(),
+        None => e.to_string(),
+    }
+}
+
+fn check_dir(role: &str, p: &Path, spec: Option<&OsStr>) -> Result<PathBuf> {
+    let md = match std::fs::metadata(p) {
+        Ok(m) => m,
+        Err(e) => {
+            if let Some(spec) =
+                spec.filter(|s| Path::new(s).is_dir() && s.as_bytes().contains(&b':'))
+            {
+                bail!(
+                    "{role} '{}': {} ('{}' exists: write '\\:' for a ':' in a path)",
+                    p.display(),
+                    describe(&e),
+                    spec.to_string_lossy()
+                );
+            }
+            bail!("{role} '{}': {}", p.display(), describe(&e))
+        }
+    };
+    if !md.is_dir() {
+        bail!("{role} '{}': not a directory", p.display());
+    }
+    std::fs::canonicalize(p)
+        .map_err(|e| UserError(format!("{role} '{}': {}", p.display(), describe(&e))))
+}
+
+/// Mount points currently in the mount table, from `/proc/self/mountinfo`, with their types.
+pub fn mount_table() -> Vec<(PathBuf, String)> {
+    let Ok(s) = std::fs::read("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for line in s.split(|&b| b == b'\n') {
+        let f: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+        if f.len() < 5 {
+            continue;
+        }
+        let fstype = f
+            .iter()
+            .position(|x| *x == b"-")
+            .and_then(|i| f.get(i + 1))
+            .map(|t| String::from_utf8_lossy(t).into_owned())
+            .unwrap_or_default();
+        out.push((
+            PathBuf::from(OsString::from_vec(unescape_octal(f[4]))),
+            fstype,
+        ));
+    }
+    out
+}
+
+fn unescape_octal(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'\\'
+            && i + 3 < s.len()
+            && s[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (s[i + 1] - b'0') * 64 + (s[i + 2] - b'0') * 8 + (s[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(s[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+fn is_writable_dir(p: &Path) -> bool {
+    let Ok(c) = CString::new(p.as_os_str().as_bytes()) else {
+        return false;
+    };
+    unsafe {
+        if libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) != 0 {
+            return false;
+        }
+        let mut st: libc::statvfs = std::mem::zeroed();
+        libc::statvfs(c.as_ptr(), &mut st) == 0 && st.f_flag & libc::ST_RDONLY == 0
+    }
+}
+
+/// Checks a request before anything is mounted; every refusal is one line for the user.
+pub fn validate(req: &MountRequest, lower_spec: Option<&OsStr>) -> Result<Checked> {
+    if req.lowers.is_empty() {
+        bail!("no lower layer given");
+    }
+    let mut lowers = Vec::new();
+    for l in &req.lowers {
+        lowers.push(check_dir("lower layer", l, lower_spec)?);
+    }
+    let upper = match &req.upper {
+        Some(u) => {
+            let c = check_dir("upper layer", u, None)?;
+            if !is_writable_dir(&c) {
+                bail!("upper layer '{}': not writable", u.display());
+            }
+            Some(c)
+        }
+        None => None,
+    };
+    let mountpoint = check_dir("mountpoint", &req.mountpoint, None)?;
+
+    let mut seen: Vec<((u64, u64), &Path)> = Vec::new();
+    for p in upper.iter().chain(lowers.iter()) {
+        let md = std::fs::metadata(p)
+            .map_err(|e| UserError(format!("'{}': {}", p.display(), describe(&e))))?;
+        let id = (md.dev(), md.ino());
+        if let Some((_, first)) = seen.iter().find(|(i, _)| *i == id) {
+            bail!(
+                "layer '{}' is given twice (also as '{}')",
+                p.display(),
+                first.display()
+            );
+        }
+        seen.push((id, p));
+        if mountpoint.starts_with(p) {
+            bail!(
+                "mountpoint '{}' is inside layer '{}'",
+                mountpoint.display(),
+                p.display()
+            );
+        }
+        if p.starts_with(&mountpoint) {
+            bail!(
+                "layer '{}' is inside mountpoint '{}'",
+                p.display(),
+                mountpoint.display()
+            );
+        }
+    }
+    if mount_table().iter().any(|(m, _)| *m == mountpoint) {
+        bail!("mountpoint '{}': already mounted", mountpoint.display());
+    }
+    Ok(Checked {
+        union: UnionConfig { lowers, upper },
+        mountpoint,
+        req: req.clone(),
+    })
+}
+
+fn fuse_config(c: &Checked) -> Config {
+    let root = sys::geteuid() == 0;
+    let mut cfg = Config::default();
+    // Writing through the union (copy-up) is not there yet: the mount is read-only.
+    cfg.mount_options = vec![
+        MountOption::FSName("unionfuse".into()),
+        MountOption::Subtype("unionfuse".into()),
+        MountOption::DefaultPermissions,
+        MountOption::RO,
+    ];
+    cfg.acl = if c.req.allow_other.unwrap_or(root) {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    cfg.n_threads = Some(c.req.threads.unwrap_or((cores * 2).clamp(2, 16)));
+    cfg.clone_fd = true;
+    cfg
+}
+
+/// As root: mount(2) with the type `fuse.unionfuse` (fuser's own mount says plain `fuse`),
+/// devices and setuid allowed as on a system mount. Returns the `/dev/fuse` fd to serve.
+fn mount_as_root(mountpoint: &Path, cfg: &Config) -> std::io::Result<OwnedFd> {
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")?;
+    let mode = std::fs::metadata(mountpoint)?.mode() & libc::S_IFMT;
+    let mut data = format!(
+        "fd={},rootmode={:o},user_id=0,group_id=0,default_permissions",
+        dev.as_raw_fd(),
+        mode
+    );
+    if cfg.acl != SessionACL::Owner {
+        data.push_str(",allow_other");
+    }
+    let c = |s: &[u8]| CString::new(s).map_err(std::io::Error::other);
+    let (src, mp, ty, data) = (
+        c(b"unionfuse")?,
+        c(mountpoint.as_os_str().as_bytes())?,
+        c(b"fuse.unionfuse")?,
+        c(data.as_bytes())?,
+    );
+    let flags = libc::MS_RDONLY | libc::MS_NOATIME;
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            mp.as_ptr(),
+            ty.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(dev.into())
+}
+
+/// Where the daemon of a mountpoint leaves its pid, for `umount` to wait on.
+pub fn pidfile(mountpoint: &Path) -> PathBuf {
+    let dir = if sys::geteuid() == 0 {
+        PathBuf::from("/run/unionfuse")
+    } else if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR") {
+        PathBuf::from(x).join("unionfuse")
+    } else {
+        std::env::temp_dir().join(format!("unionfuse-{}", sys::geteuid()))
+    };
+    // FNV-1a of the path: stable across builds, short enough for any name limit.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in mountpoint.as_os_str().as_bytes() {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    dir.join(format!("{h:016x}.pid"))
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Mounts and serves. In the background (the default) it returns only once the mount is live
+/// or has failed; the daemon stays behind until the filesystem is unmounted.
+pub fn mount(c: Checked) -> Result<()> {
+    if c.req.foreground {
+        return serve(c, None);
+    }
+    let (rd, wr) = pipe().map_err(|e| UserError(format!("pipe: {e}")))?;
+    match unsafe { libc::fork() } {
+        -1 => bail!("fork: {}", std::io::Error::last_os_error()),
+        0 => {
+            drop(rd);
+            unsafe { libc::setsid() };
+            let code = match serve(c, Some(wr)) {
+                Ok(()) => 0,
+                Err(_) => 1,
+            };
+            std::process::exit(code);
+        }
+        _ => {
+            drop(wr);
+            let mut msg = String::new();
+            let _ = std::fs::File::from(rd).read_to_string(&mut msg);
+            if msg == "OK" {
+                Ok(())
+            } else if msg.is_empty() {
+                bail!("the daemon ended before the mount was ready")
+            } else {
+                Err(UserError(msg))
+            }
+        }
+    }
+}
+
+fn redirect_stdio_to_null() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..3 {
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}
+
+/// Blocks the termination signals in this (still single-threaded) process, so that every
+/// thread inherits the mask and one thread can take them with `sigwait`.
+fn block_term_signals() -> libc::sigset_t {
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Unmounts without waiting for the daemon (the daemon itself calls this on a signal).
+pub fn detach(mountpoint: &Path) -> std::io::Result<()> {
+    if sys::geteuid() == 0 {
+        let c = CString::new(mountpoint.as_os_str().as_bytes())?;
+        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+            return Ok(());
+        }
+    }
+    let st = std::process::Command::new("fusermount3")
+        .args(["-u", "-z", "--"])
+        .arg(mountpoint)
+        .status()?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("fusermount3 -u failed"))
+    }
+}
+
+fn serve(c: Checked, ready: Option<OwnedFd>) -> Result<()> {
+    let report = |ready: &Option<OwnedFd>, msg: &str| {
+        if let Some(fd) = ready {
+            let _ = std::fs::File::from(fd.try_clone().expect("dup")).write_all(msg.as_bytes());
+        }
+    };
+    let fail = |ready: Option<OwnedFd>, msg: String| -> Result<()> {
+        report(&ready, &msg);
+        Err(UserError(msg))
+    };
+    sys::raise_nofile_limit();
+    let sigset = block_term_signals();
+    let union = match Union::new(&c.union) {
+        Ok(u) => u,
+        Err(e) => return fail(ready, format!("cannot open the layers: {e}")),
+    };
+    let cfg = fuse_config(&c);
+    let fs = UnionFs { union };
+    let session = if sys::geteuid() == 0 {
+        mount_as_root(&c.mountpoint, &cfg)
+            .and_then(|fd| Session::from_fd(fs, fd, cfg.acl, cfg.clone()))
+    } else {
+        Session::new(fs, &c.mountpoint, &cfg)
+    };
+    let session = match session {
+        Ok(s) => s,
+        Err(e) => {
+            return fail(
+                ready,
+                format!("cannot mount on '{}': {e}", c.mountpoint.display()),
+            );
+        }
+    };
+    let pid_path = pidfile(&c.mountpoint);
+    if let Some(dir) = pid_path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = std::fs::write(&pid_path, format!("{}\n", std::process::id()));
+    let mp = c.mountpoint.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut sig = 0;
+            if unsafe { libc::sigwait(&sigset, &mut sig) } == 0 {
+                log::info!("signal {sig}: unmounting {}", mp.display());
+                if let Err(e) = detach(&mp) {
+                    log::error!("unmount of {} failed: {e}", mp.display());
+                }
+            }
+        })
+        .map_err(|e| UserError(format!("thread: {e}")))?;
+    if ready.is_some() {
+        report(&ready, "OK");
+        drop(ready);
+        redirect_stdio_to_null();
+    }
+    log::info!("serving {}", c.mountpoint.display());
+    let r = session.run();
+    let _ = std::fs::remove_file(&pid_path);
+    r.map_err(|e| UserError(format!("session ended: {e}")))
+}
+
+fn pid_alive(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            // A zombie has finished its work; only its parent's wait is missing.
+            let state = s
+                .iter()
+                .rposition(|&b| b == b')')
+                .and_then(|i| s.get(i + 2))
+                .copied();
+            state != Some(b'Z')
+        })
+        .unwrap_or(false)
+}
+
+/// Unmounts a unionfuse mount and waits (up to `wait`) for its daemon to exit.
+pub fn umount(mountpoint: &Path, wait: Duration) -> Result<()> {
+    let abs = if mountpoint.is_absolute() {
+        mountpoint.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| UserError(e.to_string()))?
+            .join(mountpoint)
+    };
+    // A dead daemon leaves a mount that cannot be stat'ed: canonicalize only what resolves.
+    let mp = std::fs::canonicalize(&abs).unwrap_or(abs);
+    match mount_table().iter().find(|(m, _)| *m == mp) {
+        None => bail!("'{}': not mounted", mp.display()),
+        Some((_, t)) if t != "fuse.unionfuse" => {
+            bail!("'{}': not a unionfuse mount (it is {t})", mp.display())
+        }
+        Some(_) => {}
+    }
+    let pid_path = pidfile(&mp);
+    let pid: Option<i32> = std::fs::read_to_string(&pid_path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    if sys::geteuid() == 0 {
+        let c = CString::new(mp.as_os_str().as_bytes()).map_err(|e| UserError(e.to_string()))?;
+        if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
+            bail!("'{}': {}", mp.display(), std::io::Error::last_os_error());
+        }
+    } else {
+        let out = std::process::Command::new("fusermount3")
+            .args(["-u", "--"])
+            .arg(&mp)
+            .output()
+            .map_err(|e| UserError(format!("fusermount3: {e}")))?;
+        if !out.status.success() {
+            bail!(
+                "'{}': {}",
+                mp.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    if let Some(pid) = pid {
+        let deadline = Instant::now() + wait;
+        while pid_alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if pid_alive(pid) {
+            bail!(
+                "unmounted '{}', but its daemon (pid {pid}) is still running",
+                mp.display()
+            );
+        }
+    }
+    let _ = std::fs::remove_file(&pid_path);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_split_on_unescaped_colons() {
+        let v = split_layers(OsStr::new("/a:/b\\:c:/d\\\\")).unwrap();
+        assert_eq!(
+            v,
+            vec![
+                PathBuf::from("/a"),
+                PathBuf::from("/b:c"),
+                PathBuf::from("/d\\")
+            ]
+        );
+        assert!(split_layers(OsStr::new("/a::/b")).is_err());
+        assert!(split_layers(OsStr::new(":/b")).is_err());
+    }
+
+    #[test]
+    fn mountinfo_octal_escapes_decode() {
+        assert_eq!(unescape_octal(b"/mnt/a\\040b"), b"/mnt/a b");
+        assert_eq!(unescape_octal(b"/x\\134y"), b"/x\\y");
+    }
+}

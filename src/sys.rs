@@ -1,0 +1,305 @@
+//! Thin, safe wrappers over the `*at` system calls the core uses. Every call takes a directory
+//! fd and a single name component; none of them follows a symlink in its last component.
+
+use std::ffi::{CStr, CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+/// An errno, the currency of the union core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl Errno {
+    pub fn last() -> Errno {
+        Errno(
+            io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+        )
+    }
+}
+
+impl std::fmt::Display for Errno {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", io::Error::from_raw_os_error(self.0))
+    }
+}
+
+impl std::error::Error for Errno {}
+
+impl From<io::Error> for Errno {
+    fn from(e: io::Error) -> Errno {
+        Errno(e.raw_os_error().unwrap_or(libc::EIO))
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Errno>;
+
+pub fn cstr(name: &OsStr) -> Result<CString> {
+    CString::new(name.as_bytes()).map_err(|_| Errno(libc::EINVAL))
+}
+
+fn check(ret: libc::c_int) -> Result<libc::c_int> {
+    if ret < 0 { Err(Errno::last()) } else { Ok(ret) }
+}
+
+fn retry<T: PartialEq + Copy>(minus_one: T, mut f: impl FnMut() -> T) -> Result<T> {
+    loop {
+        let r = f();
+        if r != minus_one {
+            return Ok(r);
+        }
+        let e = Errno::last();
+        if e.0 != libc::EINTR {
+            return Err(e);
+        }
+    }
+}
+
+/// `openat(dir, name, flags | O_NOFOLLOW | O_CLOEXEC)`.
+pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> Result<OwnedFd> {
+    let fd = retry(-1, || unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            mode,
+        )
+    })?;
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens a path given by the user (layer roots, mountpoints) as an `O_PATH` directory fd.
+pub fn open_dir_path(path: &std::path::Path) -> Result<OwnedFd> {
+    let c = cstr(path.as_os_str())?;
+    let fd = check(unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    })?;
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens a file for reading without touching its atime where the kernel allows that.
+pub fn open_noatime(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> Result<OwnedFd> {
+    match openat(dir, name, flags | libc::O_NOATIME, 0) {
+        Err(Errno(libc::EPERM)) => openat(dir, name, flags, 0),
+        r => r,
+    }
+}
+
+pub fn fstatat(dir: BorrowedFd<'_>, name: &CStr) -> Result<libc::stat> {
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    check(unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok(st)
+}
+
+/// `fstat` of the fd itself (works on `O_PATH` fds).
+pub fn fstat(fd: BorrowedFd<'_>) -> Result<libc::stat> {
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    check(unsafe {
+        libc::fstatat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            &mut st,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok(st)
+}
+
+pub fn readlinkat(dir: BorrowedFd<'_>, name: &CStr) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    let n = unsafe {
+        libc::readlinkat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(Errno::last());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], off: u64) -> Result<usize> {
+    let n = retry(-1, || unsafe {
+        libc::pread(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            off as libc::off_t,
+        )
+    })?;
+    Ok(n as usize)
+}
+
+/// One entry of a raw directory listing.
+#[derive(Debug, Clone)]
+pub struct RawDirent {
+    pub ino: u64,
+    pub dtype: u8,
+    pub name: OsString,
+}
+
+/// Reads a whole directory, given an `O_PATH` fd on it, skipping `.` and `..`. The directory is
+/// opened with `O_NOATIME` where allowed so that listing a lower layer never writes to it.
+pub fn read_dir(dir: BorrowedFd<'_>) -> Result<Vec<RawDirent>> {
+    let fd = open_noatime(dir, c".", libc::O_RDONLY | libc::O_DIRECTORY)?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                fd.as_raw_fd(),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            let e = Errno::last();
+            if e.0 == libc::EINTR {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            break;
+        }
+        let mut pos = 0usize;
+        while pos < n as usize {
+            // struct linux_dirent64 { u64 d_ino; i64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
+            let rec = &buf[pos..];
+            let ino = u64::from_ne_bytes(rec[0..8].try_into().unwrap());
+            let reclen = u16::from_ne_bytes(rec[16..18].try_into().unwrap()) as usize;
+            let dtype = rec[18];
+            let name_bytes = &rec[19..reclen];
+            let len = name_bytes
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(name_bytes.len());
+            let name = &name_bytes[..len];
+            pos += reclen;
+            if name == b"." || name == b".." {
+                continue;
+            }
+            out.push(RawDirent {
+                ino,
+                dtype,
+                name: OsString::from_vec(name.to_vec()),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The `/proc/self/fd/N` path of an fd, through which the xattr calls reach an `O_PATH` fd.
+fn proc_path(fd: RawFd, name: Option<&CStr>) -> CString {
+    let mut p = format!("/proc/self/fd/{fd}").into_bytes();
+    if let Some(n) = name {
+        p.push(b'/');
+        p.extend_from_slice(n.to_bytes());
+    }
+    CString::new(p).expect("no NUL in a proc path")
+}
+
+/// `lgetxattr` on `name` inside `dir` (or on `dir` itself when `name` is `None`).
+/// Returns `Ok(None)` when the attribute is absent.
+pub fn getxattr(dir: BorrowedFd<'_>, name: Option<&CStr>, attr: &CStr) -> Result<Option<Vec<u8>>> {
+    let path = proc_path(dir.as_raw_fd(), name);
+    let get = |buf: &mut [u8]| unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            attr.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    let mut buf = vec![0u8; 256];
+    loop {
+        let n = get(&mut buf);
+        if n >= 0 {
+            buf.truncate(n as usize);
+            return Ok(Some(buf));
+        }
+        match Errno::last().0 {
+            libc::ENODATA | libc::ENOTSUP => return Ok(None),
+            libc::ERANGE => {
+                let need = get(&mut []);
+                if need < 0 {
+                    return Err(Errno::last());
+                }
+                buf = vec![0u8; need as usize];
+            }
+            e => return Err(Errno(e)),
+        }
+    }
+}
+
+/// `llistxattr`, as a list of names.
+pub fn listxattr(dir: BorrowedFd<'_>, name: Option<&CStr>) -> Result<Vec<Vec<u8>>> {
+    let path = proc_path(dir.as_raw_fd(), name);
+    let list = |buf: &mut [u8]| unsafe {
+        libc::llistxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+    };
+    let mut buf = vec![0u8; 1024];
+    loop {
+        let n = list(&mut buf);
+        if n >= 0 {
+            buf.truncate(n as usize);
+            break;
+        }
+        match Errno::last().0 {
+            libc::ENOTSUP => return Ok(Vec::new()),
+            libc::ERANGE => {
+                let need = list(&mut []);
+                if need < 0 {
+                    return Err(Errno::last());
+                }
+                buf = vec![0u8; need as usize];
+            }
+            e => return Err(Errno(e)),
+        }
+    }
+    Ok(buf
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.to_vec())
+        .collect())
+}
+
+pub fn fstatvfs(fd: BorrowedFd<'_>) -> Result<libc::statvfs> {
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let path = proc_path(fd.as_raw_fd(), None);
+    check(unsafe { libc::statvfs(path.as_ptr(), &mut st) })?;
+    Ok(st)
+}
+
+pub fn geteuid() -> u32 {
+    unsafe { libc::geteuid() }
+}
+
+/// Raises the soft open-file limit to the hard one: the daemon keeps one `O_PATH` fd per
+/// directory and layer that the kernel still references.
+pub fn raise_nofile_limit() {
+    unsafe {
+        let mut rl: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 && rl.rlim_cur < rl.rlim_max {
+            rl.rlim_cur = rl.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
+        }
+    }
+}

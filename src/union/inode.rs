@@ -1,0 +1,186 @@
+//! The node table: one `Node` per inode the kernel knows, with the kernel's lookup counts, and
+//! the mapping from real `(st_dev, st_ino)` pairs to stable union inode numbers.
+
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use dashmap::DashMap;
+use parking_lot::{Mutex, RwLock};
+
+use super::lookup::LowerIndex;
+
+pub const ROOT_INO: u64 = 1;
+
+/// Where a node's real objects are.
+#[derive(Debug, Clone)]
+pub struct Location {
+    pub parent: u64,
+    pub name: OsString,
+    /// Layer of the object that is seen (the topmost one).
+    pub top_layer: usize,
+    /// The directory in `top_layer` that holds the object under `name`; `None` for the root.
+    pub top_dir: Option<Arc<OwnedFd>>,
+    /// Directories only: the real directory in each layer that contributes, top-down, ending
+    /// at the first opaque one.
+    pub dirs: Vec<(usize, Arc<OwnedFd>)>,
+}
+
+#[derive(Debug)]
+pub struct Node {
+    pub ino: u64,
+    /// `st_mode & S_IFMT` of the top object.
+    pub fmt: u32,
+    pub lookups: AtomicU64,
+    pub loc: RwLock<Location>,
+    /// Status of a lower-only object; lower layers are immutable, so it never goes stale.
+    pub lower_stat: OnceLock<libc::stat>,
+    /// Directories: merged listing of the lower layers, built once.
+    pub lower_index: OnceLock<Arc<LowerIndex>>,
+}
+
+impl Node {
+    pub fn new(ino: u64, fmt: u32, loc: Location) -> Node {
+        Node {
+            ino,
+            fmt,
+            lookups: AtomicU64::new(0),
+            loc: RwLock::new(loc),
+            lower_stat: OnceLock::new(),
+            lower_index: OnceLock::new(),
+        }
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.fmt == libc::S_IFDIR
+    }
+}
+
+/// Nodes by inode number. A node lives while the kernel holds a lookup on it.
+#[derive(Debug, Default)]
+pub struct NodeTable {
+    map: DashMap<u64, Arc<Node>>,
+}
+
+impl NodeTable {
+    pub fn get(&self, ino: u64) -> Option<Arc<Node>> {
+        self.map.get(&ino).map(|n| n.clone())
+    }
+
+    /// Takes one lookup reference on the node `ino`, creating it with `make` when absent.
+    pub fn acquire(&self, ino: u64, make: impl FnOnce() -> Node) -> Arc<Node> {
+        let entry = self.map.entry(ino).or_insert_with(|| Arc::new(make()));
+        entry.lookups.fetch_add(1, Ordering::AcqRel);
+        entry.clone()
+    }
+
+    pub fn insert_root(&self, node: Node) {
+        node.lookups.store(1, Ordering::Release);
+        self.map.insert(node.ino, Arc::new(node));
+    }
+
+    /// Drops `n` lookups; the node goes when none is left (the root never goes).
+    pub fn forget(&self, ino: u64, n: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        let Some(node) = self.get(ino) else { return };
+        let prev = node
+            .lookups
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                Some(c.saturating_sub(n))
+            })
+            .unwrap_or(0);
+        if prev <= n {
+            self.map
+                .remove_if(&ino, |_, v| v.lookups.load(Ordering::Acquire) == 0);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// Union inode numbers, in the manner of overlayfs' `xino`: the real inode number with the
+/// index of its filesystem in the high bits. The first filesystem seen (the top layer's) gets
+/// index 0, so a union whose layers share one filesystem shows the real inode numbers.
+#[derive(Debug, Default)]
+pub struct InoMap {
+    devs: Mutex<Vec<u64>>,
+    fallback: DashMap<(u64, u64), u64>,
+    next_fallback: AtomicU64,
+}
+
+const FSID_SHIFT: u32 = 48;
+const FALLBACK_BASE: u64 = 1 << 63;
+
+impl InoMap {
+    pub fn map(&self, dev: u64, ino: u64) -> u64 {
+        let fsid = {
+            let mut devs = self.devs.lock();
+            match devs.iter().position(|&d| d == dev) {
+                Some(i) => i as u64,
+                None => {
+                    devs.push(dev);
+                    (devs.len() - 1) as u64
+                }
+            }
+        };
+        if ino >> FSID_SHIFT == 0 && fsid < (1 << 14) && !(fsid == 0 && ino <= ROOT_INO) {
+            return (fsid << FSID_SHIFT) | ino;
+        }
+        *self
+            .fallback
+            .entry((dev, ino))
+            .or_insert_with(|| FALLBACK_BASE + self.next_fallback.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ino_map_is_stable_and_distinct_across_devices() {
+        let m = InoMap::default();
+        let a = m.map(10, 500);
+        let b = m.map(11, 500);
+        assert_eq!(a, 500, "first device keeps real numbers");
+        assert_ne!(a, b);
+        assert_eq!(m.map(11, 500), b);
+        assert_eq!(m.map(10, 500), a);
+        let root_clash = m.map(10, 1);
+        assert_ne!(root_clash, ROOT_INO);
+        assert_eq!(m.map(10, 1), root_clash);
+        let huge = m.map(10, 1 << 50);
+        assert!(huge >= FALLBACK_BASE);
+        assert_eq!(m.map(10, 1 << 50), huge);
+    }
+
+    #[test]
+    fn forget_drops_node_at_zero_and_keeps_root() {
+        let t = NodeTable::default();
+        let loc = Location {
+            parent: 1,
+            name: "x".into(),
+            top_layer: 0,
+            top_dir: None,
+            dirs: vec![],
+        };
+        t.insert_root(Node::new(ROOT_INO, libc::S_IFDIR, loc.clone()));
+        t.acquire(7, || Node::new(7, libc::S_IFREG, loc.clone()));
+        t.acquire(7, || unreachable!("exists"));
+        t.forget(7, 1);
+        assert!(t.get(7).is_some());
+        t.forget(7, 1);
+        assert!(t.get(7).is_none());
+        t.forget(ROOT_INO, 100);
+        assert!(t.get(ROOT_INO).is_some());
+    }
+}

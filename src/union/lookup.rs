@@ -1,0 +1,157 @@
+//! Top-down name resolution.
+//!
+//! Lower layers never change while mounted, so each merged directory reads its lower layers
+//! once into a `LowerIndex`: one hash probe answers for every lower layer, whatever their
+//! number. The upper, which changes, is probed afresh each time.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use super::whiteout;
+use crate::sys::{self, Errno, Result};
+
+/// What the lower layers of one directory hold under one name.
+#[derive(Debug)]
+pub struct IndexEntry {
+    pub name: OsString,
+    /// The topmost lower object and its status; `None` when a whiteout hides the name.
+    pub top: Option<(usize, libc::stat)>,
+    /// Directories: the layers whose directory of this name merge in, top-down (the first is
+    /// the top). Opaque directories are cut later, when the directory node is made.
+    pub chain: Vec<usize>,
+}
+
+/// The merged listing of a directory's lower layers, in first-seen order.
+#[derive(Debug, Default)]
+pub struct LowerIndex {
+    pub entries: Vec<IndexEntry>,
+    map: HashMap<OsString, usize>,
+}
+
+impl LowerIndex {
+    pub fn get(&self, name: &OsStr) -> Option<&IndexEntry> {
+        self.map.get(name).map(|&i| &self.entries[i])
+    }
+
+    /// Reads the given lower directories, top-down.
+    pub fn build(dirs: &[(usize, Arc<OwnedFd>)]) -> Result<LowerIndex> {
+        let mut idx = LowerIndex::default();
+        let mut open: Vec<bool> = Vec::new();
+        for (layer, fd) in dirs {
+            let (real, whiteouts) = read_layer_dir(fd.as_fd())?;
+            let hidden_here: HashSet<&OsStr> = whiteouts.iter().map(|w| w.as_os_str()).collect();
+            for (name, st) in real {
+                let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+                match idx.map.get(&name) {
+                    None => {
+                        open.push(is_dir && !hidden_here.contains(name.as_os_str()));
+                        idx.map.insert(name.clone(), idx.entries.len());
+                        idx.entries.push(IndexEntry {
+                            name,
+                            top: Some((*layer, st)),
+                            chain: if is_dir { vec![*layer] } else { vec![] },
+                        });
+                    }
+                    Some(&i) if open[i] => {
+                        if is_dir {
+                            idx.entries[i].chain.push(*layer);
+                        }
+                        // A non-directory below a directory is hidden and ends the merge.
+                        open[i] = is_dir && !hidden_here.contains(name.as_os_str());
+                    }
+                    Some(_) => {}
+                }
+            }
+            for w in whiteouts {
+                match idx.map.get(&w) {
+                    Some(&i) => open[i] = false,
+                    None => {
+                        open.push(false);
+                        idx.map.insert(w.clone(), idx.entries.len());
+                        idx.entries.push(IndexEntry {
+                            name: w,
+                            top: None,
+                            chain: vec![],
+                        });
+                    }
+                }
+            }
+        }
+        Ok(idx)
+    }
+}
+
+/// Visible entries with their status, and the names hidden by whiteouts.
+pub type LayerListing = (Vec<(OsString, libc::stat)>, Vec<OsString>);
+
+/// Lists one real directory: its visible entries with their status, and the names its
+/// whiteouts (of any format) hide.
+pub fn read_layer_dir(fd: std::os::fd::BorrowedFd<'_>) -> Result<LayerListing> {
+    let mut real = Vec::new();
+    let mut whiteouts = Vec::new();
+    for e in sys::read_dir(fd)? {
+        if let Some(t) = whiteout::oci_target(&e.name) {
+            whiteouts.push(t.to_owned());
+            continue;
+        }
+        if whiteout::is_oci_name(&e.name) {
+            continue;
+        }
+        let c = sys::cstr(&e.name)?;
+        let st = match sys::fstatat(fd, &c) {
+            Ok(st) => st,
+            Err(Errno(libc::ENOENT)) => continue,
+            Err(e) => return Err(e),
+        };
+        if whiteout::is_whiteout(fd, &c, &st)? {
+            whiteouts.push(e.name);
+        } else {
+            real.push((e.name, st));
+        }
+    }
+    Ok((real, whiteouts))
+}
+
+/// The outcome of resolving one name in one merged directory.
+#[derive(Debug)]
+pub struct Resolved {
+    pub top_layer: usize,
+    pub top_dir: Arc<OwnedFd>,
+    pub st: libc::stat,
+    /// Directories: the contributing real directories, top-down, cut at the first opaque one.
+    pub dirs: Vec<(usize, Arc<OwnedFd>)>,
+}
+
+/// Opens `name` in each of the given parent directories (layer, fd) as a directory, top-down,
+/// stopping after the first opaque one.
+pub fn open_dir_chain(
+    parent_dirs: &[(usize, Arc<OwnedFd>)],
+    layers: impl IntoIterator<Item = usize>,
+    name: &std::ffi::CStr,
+) -> Result<Vec<(usize, Arc<OwnedFd>)>> {
+    let mut out = Vec::new();
+    for layer in layers {
+        let Some((_, pfd)) = parent_dirs.iter().find(|(l, _)| *l == layer) else {
+            continue;
+        };
+        let fd = sys::openat(pfd.as_fd(), name, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        let opaque = whiteout::is_opaque_dir(fd.as_fd())?;
+        out.push((layer, Arc::new(fd)));
+        if opaque {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+pub fn check_name(name: &OsStr) -> Result<()> {
+    if name.len() > 255 {
+        return Err(Errno(libc::ENAMETOOLONG));
+    }
+    if whiteout::is_oci_name(name) {
+        return Err(Errno(libc::ENOENT));
+    }
+    Ok(())
+}

@@ -1,0 +1,220 @@
+//! The union core: plain Rust over real directories, no FUSE types. Every operation takes
+//! union inode numbers and returns `Result<_, Errno>`.
+
+pub mod attr;
+pub mod file;
+pub mod inode;
+pub mod layer;
+pub mod lookup;
+pub mod readdir;
+pub mod whiteout;
+
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+
+use crate::sys::{self, Errno, Result};
+use inode::{InoMap, Location, Node, NodeTable, ROOT_INO};
+use layer::Layer;
+use lookup::{LowerIndex, Resolved};
+
+/// What a union is made of: ordered lowers (the first is the top) and an optional upper.
+#[derive(Debug, Clone, Default)]
+pub struct UnionConfig {
+    pub lowers: Vec<PathBuf>,
+    pub upper: Option<PathBuf>,
+}
+
+pub struct Union {
+    pub layers: Vec<Layer>,
+    pub has_upper: bool,
+    pub nodes: NodeTable,
+    inos: InoMap,
+    files: DashMap<u64, Arc<std::os::fd::OwnedFd>>,
+    dirs: DashMap<u64, Arc<readdir::DirSnapshot>>,
+    next_fh: AtomicU64,
+}
+
+impl Union {
+    pub fn new(cfg: &UnionConfig) -> Result<Union> {
+        let mut layers = Vec::new();
+        if let Some(u) = &cfg.upper {
+            layers.push(Layer::open(0, u.clone(), true)?);
+        }
+        for l in &cfg.lowers {
+            layers.push(Layer::open(layers.len(), l.clone(), false)?);
+        }
+        if layers.is_empty() {
+            return Err(Errno(libc::EINVAL));
+        }
+        let u = Union {
+            has_upper: cfg.upper.is_some(),
+            nodes: NodeTable::default(),
+            inos: InoMap::default(),
+            files: DashMap::new(),
+            dirs: DashMap::new(),
+            next_fh: AtomicU64::new(1),
+            layers,
+        };
+        let root_st = sys::fstat(u.layers[0].root.as_fd())?;
+        // Give the top layer's filesystem index 0, so samefs unions show real inode numbers.
+        u.inos.map(root_st.st_dev, root_st.st_ino);
+        let dirs = u.layers.iter().map(|l| (l.idx, l.root.clone())).collect();
+        u.nodes.insert_root(Node::new(
+            ROOT_INO,
+            libc::S_IFDIR,
+            Location {
+                parent: ROOT_INO,
+                name: "/".into(),
+                top_layer: 0,
+                top_dir: None,
+                dirs,
+            },
+        ));
+        Ok(u)
+    }
+
+    pub fn is_lower(&self, layer: usize) -> bool {
+        !self.layers[layer].writable
+    }
+
+    pub fn node(&self, ino: u64) -> Result<Arc<Node>> {
+        self.nodes.get(ino).ok_or(Errno(libc::ESTALE))
+    }
+
+    fn next_fh(&self) -> u64 {
+        self.next_fh.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The merged index of a directory node's lower layers, built on first use.
+    pub fn lower_index(&self, node: &Node) -> Result<Arc<LowerIndex>> {
+        if let Some(i) = node.lower_index.get() {
+            return Ok(i.clone());
+        }
+        let lower_dirs: Vec<_> = node
+            .loc
+            .read()
+            .dirs
+            .iter()
+            .filter(|(l, _)| self.is_lower(*l))
+            .cloned()
+            .collect();
+        let built = Arc::new(LowerIndex::build(&lower_dirs)?);
+        Ok(node.lower_index.get_or_init(|| built).clone())
+    }
+
+    /// Resolves `name` in the directory `parent`, top-down.
+    fn resolve(&self, parent: &Node, name: &OsStr) -> Result<Resolved> {
+        if !parent.is_dir() {
+            return Err(Errno(libc::ENOTDIR));
+        }
+        lookup::check_name(name)?;
+        let c = sys::cstr(name)?;
+        let pdirs = parent.loc.read().dirs.clone();
+        let mut upper_hit = None;
+        let mut lower_allowed = true;
+        if let Some((l, ufd)) = pdirs.first().filter(|(l, _)| !self.is_lower(*l)) {
+            match sys::fstatat(ufd.as_fd(), &c) {
+                Ok(st) => {
+                    if whiteout::is_whiteout(ufd.as_fd(), &c, &st)? {
+                        return Err(Errno(libc::ENOENT));
+                    }
+                    lower_allowed = st.st_mode & libc::S_IFMT == libc::S_IFDIR
+                        && !whiteout::has_oci_whiteout(ufd.as_fd(), name)?;
+                    upper_hit = Some((*l, ufd.clone(), st));
+                }
+                Err(Errno(libc::ENOENT)) => {
+                    if whiteout::has_oci_whiteout(ufd.as_fd(), name)? {
+                        return Err(Errno(libc::ENOENT));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let has_lower = pdirs.iter().any(|(l, _)| self.is_lower(*l));
+        let index = if lower_allowed && has_lower {
+            Some(self.lower_index(parent)?)
+        } else {
+            None
+        };
+        let entry = index.as_ref().and_then(|i| i.get(name));
+        match upper_hit {
+            Some((layer, ufd, st)) => {
+                let mut dirs = Vec::new();
+                if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                    dirs = lookup::open_dir_chain(&pdirs, [layer], &c)?;
+                    let upper_opaque =
+                        dirs.len() == 1 && whiteout::is_opaque_dir(dirs[0].1.as_fd())?;
+                    if let Some(e) = entry.filter(|e| !upper_opaque && !e.chain.is_empty()) {
+                        dirs.extend(lookup::open_dir_chain(&pdirs, e.chain.clone(), &c)?);
+                    }
+                }
+                Ok(Resolved {
+                    top_layer: layer,
+                    top_dir: ufd,
+                    st,
+                    dirs,
+                })
+            }
+            None => {
+                let e = entry.ok_or(Errno(libc::ENOENT))?;
+                let (layer, st) = e.top.ok_or(Errno(libc::ENOENT))?;
+                let top_dir = pdirs
+                    .iter()
+                    .find(|(l, _)| *l == layer)
+                    .map(|(_, fd)| fd.clone())
+                    .ok_or(Errno(libc::EIO))?;
+                let dirs = if e.chain.is_empty() {
+                    Vec::new()
+                } else {
+                    lookup::open_dir_chain(&pdirs, e.chain.clone(), &c)?
+                };
+                Ok(Resolved {
+                    top_layer: layer,
+                    top_dir,
+                    st,
+                    dirs,
+                })
+            }
+        }
+    }
+
+    /// Looks `name` up in `parent` and takes one lookup reference on the result.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<libc::stat> {
+        let pnode = self.node(parent)?;
+        let r = self.resolve(&pnode, name)?;
+        let ino = self.inos.map(r.st.st_dev, r.st.st_ino);
+        let lower = self.is_lower(r.top_layer);
+        let node = self.nodes.acquire(ino, || {
+            let n = Node::new(
+                ino,
+                r.st.st_mode & libc::S_IFMT,
+                Location {
+                    parent,
+                    name: name.to_owned(),
+                    top_layer: r.top_layer,
+                    top_dir: Some(r.top_dir.clone()),
+                    dirs: r.dirs,
+                },
+            );
+            if lower {
+                let _ = n.lower_stat.set(r.st);
+            }
+            n
+        });
+        Ok(self.present(&node, r.st))
+    }
+
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.nodes.forget(ino, n);
+    }
+
+    /// Inode number of a real object, as the union shows it.
+    pub fn union_ino(&self, st: &libc::stat) -> u64 {
+        self.inos.map(st.st_dev, st.st_ino)
+    }
+}

@@ -1,0 +1,91 @@
+//! Every whiteout and opaque-directory format found in the wild, read in one place.
+//!
+//! - kernel overlayfs: a character device 0/0; a zero-size regular file (or fifo) carrying a
+//!   `*.overlay.whiteout` xattr; a directory with `*.overlay.opaque` = `y`;
+//! - OCI image layers: `.wh.NAME` beside the hidden name, `.wh..wh..opq` inside an opaque dir;
+//! - fuse-overlayfs: `user.fuseoverlayfs.opaque` = `y`.
+
+use std::ffi::{CStr, OsStr};
+use std::os::fd::BorrowedFd;
+use std::os::unix::ffi::OsStrExt;
+
+use crate::sys::{self, Result};
+
+pub const OCI_PREFIX: &[u8] = b".wh.";
+pub const OCI_OPAQUE: &CStr = c".wh..wh..opq";
+
+const OPAQUE_XATTRS: [&CStr; 3] = [
+    c"trusted.overlay.opaque",
+    c"user.overlay.opaque",
+    c"user.fuseoverlayfs.opaque",
+];
+const WHITEOUT_XATTRS: [&CStr; 2] = [c"trusted.overlay.whiteout", c"user.overlay.whiteout"];
+
+/// Extended attributes that belong to the overlay machinery and are never shown in the view.
+pub fn is_private_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"trusted.overlay.")
+        || name.starts_with(b"user.overlay.")
+        || name.starts_with(b"user.fuseoverlayfs.")
+}
+
+/// `.wh.NAME` -> `Some(NAME)`; the opaque marker and ordinary names -> `None`.
+pub fn oci_target(name: &OsStr) -> Option<&OsStr> {
+    let b = name.as_bytes();
+    if b == OCI_OPAQUE.to_bytes() {
+        return None;
+    }
+    b.strip_prefix(OCI_PREFIX).map(OsStr::from_bytes)
+}
+
+/// Names reserved by the OCI format: never shown, never looked up.
+pub fn is_oci_name(name: &OsStr) -> bool {
+    name.as_bytes().starts_with(OCI_PREFIX)
+}
+
+/// Is the entry `name` in `dir`, with status `st`, a whiteout in a kernel format?
+pub fn is_whiteout(dir: BorrowedFd<'_>, name: &CStr, st: &libc::stat) -> Result<bool> {
+    let fmt = st.st_mode & libc::S_IFMT;
+    if fmt == libc::S_IFCHR {
+        return Ok(st.st_rdev == 0);
+    }
+    if (fmt == libc::S_IFREG && st.st_size == 0) || fmt == libc::S_IFIFO {
+        for x in WHITEOUT_XATTRS {
+            if sys::getxattr(dir, Some(name), x)?.is_some() {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Is the directory `dir` opaque (its own xattrs, or an OCI marker inside it)?
+pub fn is_opaque_dir(dir: BorrowedFd<'_>) -> Result<bool> {
+    let names = sys::listxattr(dir, None)?;
+    for x in OPAQUE_XATTRS {
+        if names.iter().any(|n| n.as_slice() == x.to_bytes())
+            && sys::getxattr(dir, None, x)?.as_deref() == Some(b"y")
+        {
+            return Ok(true);
+        }
+    }
+    match sys::fstatat(dir, OCI_OPAQUE) {
+        Ok(_) => Ok(true),
+        Err(sys::Errno(libc::ENOENT)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Does `dir` hold an OCI whiteout `.wh.NAME` for `name`?
+pub fn has_oci_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
+    let mut w = OCI_PREFIX.to_vec();
+    w.extend_from_slice(name.as_bytes());
+    if w.len() > 255 {
+        return Ok(false);
+    }
+    let c = sys::cstr(OsStr::from_bytes(&w))?;
+    match sys::fstatat(dir, &c) {
+        Ok(_) => Ok(true),
+        Err(sys::Errno(libc::ENOENT)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
