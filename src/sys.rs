@@ -216,12 +216,19 @@ fn proc_path(fd: RawFd, name: Option<&CStr>) -> CString {
     CString::new(p).expect("no NUL in a proc path")
 }
 
-/// `lgetxattr` on `name` inside `dir` (or on `dir` itself when `name` is `None`).
+/// The xattr `attr` of `name` inside `dir` (or of `dir` itself when `name` is `None`).
 /// Returns `Ok(None)` when the attribute is absent.
 pub fn getxattr(dir: BorrowedFd<'_>, name: Option<&CStr>, attr: &CStr) -> Result<Option<Vec<u8>>> {
     let path = proc_path(dir.as_raw_fd(), name);
+    // On the fd itself the magic link must be followed (it is the kernel's, not a layer's);
+    // on a name inside it, the name is never followed.
+    let getx = if name.is_some() {
+        libc::lgetxattr
+    } else {
+        libc::getxattr
+    };
     let get = |buf: &mut [u8]| unsafe {
-        libc::lgetxattr(
+        getx(
             path.as_ptr(),
             attr.as_ptr(),
             buf.as_mut_ptr().cast(),
@@ -249,12 +256,15 @@ pub fn getxattr(dir: BorrowedFd<'_>, name: Option<&CStr>, attr: &CStr) -> Result
     }
 }
 
-/// `llistxattr`, as a list of names.
+/// The xattr names of `name` inside `dir` (or of `dir` itself).
 pub fn listxattr(dir: BorrowedFd<'_>, name: Option<&CStr>) -> Result<Vec<Vec<u8>>> {
     let path = proc_path(dir.as_raw_fd(), name);
-    let list = |buf: &mut [u8]| unsafe {
-        libc::llistxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+    let listx = if name.is_some() {
+        libc::llistxattr
+    } else {
+        libc::listxattr
     };
+    let list = |buf: &mut [u8]| unsafe { listx(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     let mut buf = vec![0u8; 1024];
     loop {
         let n = list(&mut buf);
