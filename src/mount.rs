@@ -204,6 +204,9 @@ pub fn validate(req: &MountRequest, lower_spec: Option<&OsStr>) -> Result<Checke
             );
         }
         seen.push((id, p));
+        if mountpoint == *p {
+            bail!("mountpoint '{}' is also a layer", mountpoint.display());
+        }
         if mountpoint.starts_with(p) {
             bail!(
                 "mountpoint '{}' is inside layer '{}'",
