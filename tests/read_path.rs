@@ -699,3 +699,75 @@ fn symlinks_out_of_the_layer_are_shown_not_followed() {
     );
     unsafe { libc::close(linkfd) };
 }
+
+/// An ordinary user mounts through fusermount3 and unmounts; the daemon goes with the mount.
+#[test]
+fn unprivileged_user_mounts_and_unmounts() {
+    if !require_root() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata("/dev/fuse").unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o006,
+        0o006,
+        "/dev/fuse must be 0666 (scripts/setup does that)"
+    );
+    let f = Fixture::new();
+    chmod(&f.root, 0o755);
+    let (l1, l2, mp) = (f.dir("l1"), f.dir("l2"), f.dir("mnt"));
+    write(&l1.join("f"), b"from l1");
+    write(&l2.join("g"), b"from l2");
+    for p in [&l1, &l2, &mp] {
+        lchown(p, 65534, 65534);
+    }
+    // The test binary may live where nobody cannot reach; give it a copy.
+    let exe = f.root.join("unionfuse");
+    std::fs::copy(bin(), &exe).unwrap();
+    chmod(&exe, 0o755);
+    let as_nobody = |args: &[&OsStr]| {
+        Command::new(&exe)
+            .args(args)
+            .uid(65534)
+            .gid(65534)
+            .env_remove("XDG_RUNTIME_DIR")
+            .current_dir(&f.root)
+            .output()
+            .unwrap()
+    };
+    struct Guard<'a>(&'a Path);
+    impl Drop for Guard<'_> {
+        fn drop(&mut self) {
+            if is_mounted(self.0).is_some() {
+                let _ = Command::new("umount").arg("-l").arg(self.0).status();
+            }
+        }
+    }
+    let _g = Guard(&mp);
+    let out = as_nobody(&[
+        OsStr::new("mount"),
+        &layer_spec(&[&l1, &l2]),
+        mp.as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(is_mounted(&mp).as_deref(), Some("fuse.unionfuse"));
+    let cat = Command::new("cat")
+        .arg(mp.join("f"))
+        .arg(mp.join("g"))
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&cat.stdout), "from l1from l2");
+    let out = as_nobody(&[OsStr::new("umount"), mp.as_os_str()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(is_mounted(&mp), None);
+}
