@@ -771,3 +771,27 @@ fn unprivileged_user_mounts_and_unmounts() {
     );
     assert_eq!(is_mounted(&mp), None);
 }
+
+/// SIGTERM or SIGINT to the daemon unmounts cleanly: no dead mount is left behind.
+#[test]
+fn termination_signal_unmounts_and_exits() {
+    if !require_root() {
+        return;
+    }
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let f = Fixture::new();
+        let (l1, mp) = (f.dir("l1"), f.dir("mnt"));
+        write(&l1.join("f"), b"x");
+        let mut m = UnionMount::new(&[&l1], None, &mp);
+        assert_eq!(std::fs::read(mp.join("f")).unwrap(), b"x");
+        unsafe { libc::kill(m.pid() as i32, sig) };
+        let st = m.wait_exit(std::time::Duration::from_secs(10));
+        assert_eq!(
+            st.and_then(|s| s.code()),
+            Some(0),
+            "signal {sig}: {}",
+            m.log()
+        );
+        assert_eq!(is_mounted(&mp), None, "signal {sig} left the mount");
+    }
+}

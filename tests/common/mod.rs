@@ -127,6 +127,17 @@ impl UnionMount {
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
+
+    /// Waits for the daemon to exit by itself; its exit status, or `None` on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let c = self.child.as_mut().unwrap();
+        let mut status = None;
+        wait_until(timeout, || {
+            status = c.try_wait().ok().flatten();
+            status.is_some()
+        });
+        status
+    }
 }
 
 impl Drop for UnionMount {
