@@ -17,7 +17,15 @@ pub struct Layer {
 
 impl Layer {
     pub fn open(idx: usize, path: PathBuf, writable: bool) -> Result<Layer> {
-        let root = Arc::new(sys::open_dir_path(&path)?);
+        let private = if writable {
+            None
+        } else {
+            sys::private_readonly_tree(&path)
+        };
+        let root = Arc::new(match private {
+            Some(fd) => fd,
+            None => sys::open_dir_path(&path)?,
+        });
         Ok(Layer {
             idx,
             path,
