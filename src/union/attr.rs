@@ -20,10 +20,10 @@ impl Union {
     }
 
     fn real_stat(&self, node: &Node) -> Result<libc::stat> {
-        if let Some(st) = node.lower_stat.get() {
-            return Ok(*st);
-        }
         let loc = node.loc.read().clone();
+        if let Some(st) = loc.cached {
+            return Ok(st);
+        }
         let st = if node.is_dir() {
             let (_, fd) = loc.dirs.first().ok_or(Errno(libc::EIO))?;
             sys::fstat(fd.as_fd())?
@@ -32,7 +32,10 @@ impl Union {
             sys::fstatat(dir.as_fd(), &sys::cstr(&loc.name)?)?
         };
         if self.is_lower(loc.top_layer) {
-            let _ = node.lower_stat.set(st);
+            let mut l = node.loc.write();
+            if l.top_layer == loc.top_layer {
+                l.cached = Some(st);
+            }
         }
         Ok(st)
     }

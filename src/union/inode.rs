@@ -3,8 +3,8 @@
 
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
@@ -25,6 +25,33 @@ pub struct Location {
     /// Directories only: the real directory in each layer that contributes, top-down, ending
     /// at the first opaque one.
     pub dirs: Vec<(usize, Arc<OwnedFd>)>,
+    /// Status of a lower-only object; lower layers are immutable, so it never goes stale.
+    pub cached: Option<libc::stat>,
+    /// Directories: merged listing of the lower layers, built on first use.
+    pub index: Option<Arc<LowerIndex>>,
+    /// The name was removed; the node lives on while the kernel (an open file) holds it.
+    pub unlinked: bool,
+}
+
+impl Location {
+    pub fn new(
+        parent: u64,
+        name: OsString,
+        top_layer: usize,
+        top_dir: Option<Arc<OwnedFd>>,
+        dirs: Vec<(usize, Arc<OwnedFd>)>,
+    ) -> Location {
+        Location {
+            parent,
+            name,
+            top_layer,
+            top_dir,
+            dirs,
+            cached: None,
+            index: None,
+            unlinked: false,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -34,10 +61,8 @@ pub struct Node {
     pub fmt: u32,
     pub lookups: AtomicU64,
     pub loc: RwLock<Location>,
-    /// Status of a lower-only object; lower layers are immutable, so it never goes stale.
-    pub lower_stat: OnceLock<libc::stat>,
-    /// Directories: merged listing of the lower layers, built once.
-    pub lower_index: OnceLock<Arc<LowerIndex>>,
+    /// Held while the node is copied up: one copy-up at a time, concurrent writers wait.
+    pub copy_lock: Mutex<()>,
 }
 
 impl Node {
@@ -47,8 +72,7 @@ impl Node {
             fmt,
             lookups: AtomicU64::new(0),
             loc: RwLock::new(loc),
-            lower_stat: OnceLock::new(),
-            lower_index: OnceLock::new(),
+            copy_lock: Mutex::new(()),
         }
     }
 
@@ -166,13 +190,7 @@ mod tests {
     #[test]
     fn forget_drops_node_at_zero_and_keeps_root() {
         let t = NodeTable::default();
-        let loc = Location {
-            parent: 1,
-            name: "x".into(),
-            top_layer: 0,
-            top_dir: None,
-            dirs: vec![],
-        };
+        let loc = Location::new(1, "x".into(), 0, None, vec![]);
         t.insert_root(Node::new(ROOT_INO, libc::S_IFDIR, loc.clone()));
         t.acquire(7, || Node::new(7, libc::S_IFREG, loc.clone()));
         t.acquire(7, || unreachable!("exists"));

@@ -67,13 +67,7 @@ impl Union {
         u.nodes.insert_root(Node::new(
             ROOT_INO,
             libc::S_IFDIR,
-            Location {
-                parent: ROOT_INO,
-                name: "/".into(),
-                top_layer: 0,
-                top_dir: None,
-                dirs,
-            },
+            Location::new(ROOT_INO, "/".into(), 0, None, dirs),
         ));
         Ok(u)
     }
@@ -92,19 +86,20 @@ impl Union {
 
     /// The merged index of a directory node's lower layers, built on first use.
     pub fn lower_index(&self, node: &Node) -> Result<Arc<LowerIndex>> {
-        if let Some(i) = node.lower_index.get() {
-            return Ok(i.clone());
-        }
-        let lower_dirs: Vec<_> = node
-            .loc
-            .read()
-            .dirs
-            .iter()
-            .filter(|(l, _)| self.is_lower(*l))
-            .cloned()
-            .collect();
+        let lower_dirs: Vec<_> = {
+            let loc = node.loc.read();
+            if let Some(i) = &loc.index {
+                return Ok(i.clone());
+            }
+            loc.dirs
+                .iter()
+                .filter(|(l, _)| self.is_lower(*l))
+                .cloned()
+                .collect()
+        };
         let built = Arc::new(LowerIndex::build(&lower_dirs)?);
-        Ok(node.lower_index.get_or_init(|| built).clone())
+        let mut loc = node.loc.write();
+        Ok(loc.index.get_or_insert(built).clone())
     }
 
     /// Resolves `name` in the directory `parent`, top-down.
@@ -190,21 +185,17 @@ impl Union {
         let ino = self.inos.map(r.st.st_dev, r.st.st_ino);
         let lower = self.is_lower(r.top_layer);
         let node = self.nodes.acquire(ino, || {
-            let n = Node::new(
-                ino,
-                r.st.st_mode & libc::S_IFMT,
-                Location {
-                    parent,
-                    name: name.to_owned(),
-                    top_layer: r.top_layer,
-                    top_dir: Some(r.top_dir.clone()),
-                    dirs: r.dirs,
-                },
+            let mut loc = Location::new(
+                parent,
+                name.to_owned(),
+                r.top_layer,
+                Some(r.top_dir.clone()),
+                r.dirs,
             );
             if lower {
-                let _ = n.lower_stat.set(r.st);
+                loc.cached = Some(r.st);
             }
-            n
+            Node::new(ino, r.st.st_mode & libc::S_IFMT, loc)
         });
         Ok(self.present(&node, r.st))
     }
