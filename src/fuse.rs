@@ -1,17 +1,20 @@
 //! The thin adapter: fuser requests -> union core calls -> replies. No filesystem logic here.
 
 use std::ffi::OsStr;
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use log::{debug, warn};
 
 use crate::sys;
-use crate::union::Union;
+use crate::union::attr::{SetAttr, Time};
+use crate::union::{Caller, Union};
 
 /// Lower layers are immutable: the kernel may cache what comes from them for long.
 const LOWER_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -74,7 +77,52 @@ pub fn to_attr(st: &libc::stat) -> FileAttr {
     }
 }
 
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+fn time_of(t: Option<TimeOrNow>) -> Option<Time> {
+    t.map(|t| match t {
+        TimeOrNow::Now => Time::Now,
+        TimeOrNow::SpecificTime(st) => match st.duration_since(UNIX_EPOCH) {
+            Ok(d) => Time::At(d.as_secs() as i64, d.subsec_nanos() as i64),
+            Err(e) => {
+                let d = e.duration();
+                let (mut s, mut n) = (-(d.as_secs() as i64), -(d.subsec_nanos() as i64));
+                if n < 0 {
+                    s -= 1;
+                    n += 1_000_000_000;
+                }
+                Time::At(s, n)
+            }
+        },
+    })
+}
+
 impl UnionFs {
+    fn reply_entry(&self, reply: ReplyEntry, op: &str, r: sys::Result<libc::stat>) {
+        match r {
+            Ok(st) => reply.entry(&self.ttl(st.st_ino), &to_attr(&st), Generation(0)),
+            Err(e) => {
+                log_err(op, e);
+                reply.error(errno(e))
+            }
+        }
+    }
+
+    fn reply_empty(reply: ReplyEmpty, op: &str, r: sys::Result<()>) {
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => {
+                log_err(op, e);
+                reply.error(errno(e))
+            }
+        }
+    }
+
     fn ttl(&self, ino: u64) -> Duration {
         if self.union.is_lower_node(ino) {
             LOWER_TTL
@@ -90,7 +138,6 @@ impl Filesystem for UnionFs {
             InitFlags::FUSE_POSIX_ACL,
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_PARALLEL_DIROPS,
-            InitFlags::FUSE_DONT_MASK,
         ];
         for f in wanted {
             if let Err(missing) = config.add_capabilities(f) {
@@ -119,8 +166,15 @@ impl Filesystem for UnionFs {
         self.union.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.union.getattr(ino.0) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let r = self.union.getattr(ino.0).or_else(|e| {
+            // A file that lost its last name is still reachable through its handle.
+            let mut st = fh.and_then(|fh| self.union.fstat_handle(fh.0)).ok_or(e)?;
+            st.st_ino = ino.0;
+            st.st_nlink = 0;
+            Ok(st)
+        });
+        match r {
             Ok(st) => reply.attr(&self.ttl(ino.0), &to_attr(&st)),
             Err(e) => {
                 log_err("getattr", e);
@@ -268,6 +322,236 @@ impl Filesystem for UnionFs {
             Ok(v) => xattr_reply(reply, &v, size),
             Err(e) => reply.error(errno(e)),
         }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let a = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: time_of(atime),
+            mtime: time_of(mtime),
+            fh: fh.map(|f| f.0),
+        };
+        match self.union.setattr(ino.0, &a) {
+            Ok(st) => reply.attr(&self.ttl(ino.0), &to_attr(&st)),
+            Err(e) => {
+                log_err("setattr", e);
+                reply.error(errno(e))
+            }
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = self
+            .union
+            .mknod(parent.0, name, mode, rdev as u64, caller(req));
+        self.reply_entry(reply, "mknod", r);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = self.union.mkdir(parent.0, name, mode, caller(req));
+        self.reply_entry(reply, "mkdir", r);
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let r = self
+            .union
+            .symlink(parent.0, link_name, target.as_os_str(), caller(req));
+        self.reply_entry(reply, "symlink", r);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let r = self.union.link(ino.0, newparent.0, newname);
+        self.reply_entry(reply, "link", r);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        Self::reply_empty(reply, "unlink", self.union.unlink(parent.0, name));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        Self::reply_empty(reply, "rmdir", self.union.rmdir(parent.0, name));
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let r = self
+            .union
+            .rename(parent.0, name, newparent.0, newname, flags.bits());
+        Self::reply_empty(reply, "rename", r);
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self.union.create(parent.0, name, mode, caller(req)) {
+            Ok((st, fh)) => reply.created(
+                &self.ttl(st.st_ino),
+                &to_attr(&st),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
+            Err(e) => {
+                log_err("create", e);
+                reply.error(errno(e))
+            }
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.union.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => {
+                log_err("write", e);
+                reply.error(errno(e))
+            }
+        }
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        Self::reply_empty(reply, "fsync", self.union.fsync(fh.0, datasync));
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.union.fallocate(fh.0, mode, offset, length);
+        Self::reply_empty(reply, "fallocate", r);
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        match self.union.lseek(fh.0, offset, whence) {
+            Ok(o) => reply.offset(o),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.union.setxattr(ino.0, name, value, flags);
+        Self::reply_empty(reply, "setxattr", r);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        Self::reply_empty(reply, "removexattr", self.union.removexattr(ino.0, name));
     }
 }
 

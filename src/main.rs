@@ -30,7 +30,8 @@ enum Cmd {
         /// Stay in the foreground, logging to stderr (RUST_LOG sets the level).
         #[arg(short, long)]
         foreground: bool,
-        /// Comma-separated options: ro, allow_other, noallow_other, threads=N.
+        /// Comma-separated options: ro, allow_other, noallow_other, threads=N, volatile
+        /// (no fsync to the upper), whiteout=oci|kernel (format of whiteouts written).
         #[arg(short = 'o', value_name = "OPTIONS")]
         options: Vec<String>,
         /// LOWERS [UPPER] MOUNTPOINT
@@ -52,6 +53,9 @@ fn apply_options(req: &mut MountRequest, options: &[String]) -> Result<(), UserE
             "rw" => req.read_only = false,
             "allow_other" => req.allow_other = Some(true),
             "noallow_other" => req.allow_other = Some(false),
+            "volatile" => req.volatile = true,
+            "whiteout=oci" => req.oci_whiteouts = true,
+            "whiteout=kernel" => req.oci_whiteouts = false,
             _ => match o.strip_prefix("threads=").map(str::parse::<usize>) {
                 Some(Ok(n)) if n > 0 => req.threads = Some(n),
                 _ => return Err(UserError(format!("unknown mount option '{o}'"))),

@@ -72,6 +72,8 @@ pub struct MountRequest {
     /// `None`: allow other users when mounted by root, as a system mount is.
     pub allow_other: Option<bool>,
     pub threads: Option<usize>,
+    pub volatile: bool,
+    pub oci_whiteouts: bool,
 }
 
 /// What `validate` made of a request: canonical paths, checked.
@@ -226,7 +228,12 @@ pub fn validate(req: &MountRequest, lower_spec: Option<&OsStr>) -> Result<Checke
         bail!("mountpoint '{}': already mounted", mountpoint.display());
     }
     Ok(Checked {
-        union: UnionConfig { lowers, upper },
+        union: UnionConfig {
+            lowers,
+            upper,
+            volatile: req.volatile,
+            oci_whiteouts: req.oci_whiteouts,
+        },
         mountpoint,
         req: req.clone(),
     })
@@ -235,13 +242,14 @@ pub fn validate(req: &MountRequest, lower_spec: Option<&OsStr>) -> Result<Checke
 fn fuse_config(c: &Checked) -> Config {
     let root = sys::geteuid() == 0;
     let mut cfg = Config::default();
-    // Writing through the union (copy-up) is not there yet: the mount is read-only.
     cfg.mount_options = vec![
         MountOption::FSName("unionfuse".into()),
         MountOption::Subtype("unionfuse".into()),
         MountOption::DefaultPermissions,
-        MountOption::RO,
     ];
+    if read_only(c) {
+        cfg.mount_options.push(MountOption::RO);
+    }
     cfg.acl = if c.req.allow_other.unwrap_or(root) {
         SessionACL::All
     } else {
@@ -253,9 +261,14 @@ fn fuse_config(c: &Checked) -> Config {
     cfg
 }
 
+/// Without an upper there is nowhere to write.
+fn read_only(c: &Checked) -> bool {
+    c.req.read_only || c.union.upper.is_none()
+}
+
 /// As root: mount(2) with the type `fuse.unionfuse` (fuser's own mount says plain `fuse`),
 /// devices and setuid allowed as on a system mount. Returns the `/dev/fuse` fd to serve.
-fn mount_as_root(mountpoint: &Path, cfg: &Config) -> std::io::Result<OwnedFd> {
+fn mount_as_root(mountpoint: &Path, cfg: &Config, ro: bool) -> std::io::Result<OwnedFd> {
     let dev = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -276,7 +289,7 @@ fn mount_as_root(mountpoint: &Path, cfg: &Config) -> std::io::Result<OwnedFd> {
         c(b"fuse.unionfuse")?,
         c(data.as_bytes())?,
     );
-    let flags = libc::MS_RDONLY | libc::MS_NOATIME;
+    let flags = if ro { libc::MS_RDONLY } else { 0 };
     let r = unsafe {
         libc::mount(
             src.as_ptr(),
@@ -407,6 +420,8 @@ fn serve(c: Checked, ready: Option<OwnedFd>) -> Result<()> {
         Err(UserError(msg))
     };
     sys::raise_nofile_limit();
+    // Modes arrive from the kernel with the caller's umask applied; ours must not apply twice.
+    sys::set_umask_zero();
     let sigset = block_term_signals();
     let union = match Union::new(&c.union) {
         Ok(u) => u,
@@ -415,7 +430,7 @@ fn serve(c: Checked, ready: Option<OwnedFd>) -> Result<()> {
     let cfg = fuse_config(&c);
     let fs = UnionFs { union };
     let session = if sys::geteuid() == 0 {
-        mount_as_root(&c.mountpoint, &cfg)
+        mount_as_root(&c.mountpoint, &cfg, read_only(&c))
             .and_then(|fd| Session::from_fd(fs, fd, cfg.acl, cfg.clone()))
     } else {
         Session::new(fs, &c.mountpoint, &cfg)

@@ -3,7 +3,7 @@
 
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 /// An errno, the currency of the union core.
@@ -362,4 +362,300 @@ pub fn private_readonly_tree(path: &std::path::Path) -> Option<OwnedFd> {
         )
     };
     (r == 0).then_some(fd)
+}
+
+// ---- calls of the write path ----
+
+pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> Result<()> {
+    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }).map(drop)
+}
+
+pub fn mknodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32, dev: u64) -> Result<()> {
+    check(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, dev) }).map(drop)
+}
+
+pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
+    check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) }).map(drop)
+}
+
+pub fn linkat(
+    odir: BorrowedFd<'_>,
+    oname: &CStr,
+    ndir: BorrowedFd<'_>,
+    nname: &CStr,
+) -> Result<()> {
+    check(unsafe {
+        libc::linkat(
+            odir.as_raw_fd(),
+            oname.as_ptr(),
+            ndir.as_raw_fd(),
+            nname.as_ptr(),
+            0,
+        )
+    })
+    .map(drop)
+}
+
+/// Gives an `O_TMPFILE` file a name (through its `/proc/self/fd` link: no capability needed).
+pub fn link_tmpfile(fd: BorrowedFd<'_>, ndir: BorrowedFd<'_>, nname: &CStr) -> Result<()> {
+    let p = proc_path(fd.as_raw_fd(), None);
+    check(unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            ndir.as_raw_fd(),
+            nname.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    })
+    .map(drop)
+}
+
+pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> Result<()> {
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
+}
+
+pub const RENAME_NOREPLACE: u32 = 1;
+pub const RENAME_EXCHANGE: u32 = 2;
+pub const RENAME_WHITEOUT: u32 = 4;
+
+pub fn renameat2(
+    odir: BorrowedFd<'_>,
+    oname: &CStr,
+    ndir: BorrowedFd<'_>,
+    nname: &CStr,
+    flags: u32,
+) -> Result<()> {
+    check(unsafe {
+        libc::renameat2(
+            odir.as_raw_fd(),
+            oname.as_ptr(),
+            ndir.as_raw_fd(),
+            nname.as_ptr(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+pub fn fchownat(dir: BorrowedFd<'_>, name: &CStr, uid: u32, gid: u32) -> Result<()> {
+    check(unsafe {
+        libc::fchownat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            uid,
+            gid,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+    .map(drop)
+}
+
+/// chmod of `name` in `dir` (or of `dir` itself), never through a symlink.
+pub fn chmod_at(dir: BorrowedFd<'_>, name: Option<&CStr>, mode: u32) -> Result<()> {
+    match name {
+        None => check(unsafe { libc::fchmod(dir.as_raw_fd(), mode) })
+            .or_else(|_| {
+                let p = proc_path(dir.as_raw_fd(), None);
+                check(unsafe { libc::chmod(p.as_ptr(), mode) })
+            })
+            .map(drop),
+        Some(n) => {
+            let fd = openat(dir, n, libc::O_PATH, 0)?;
+            let st = fstat(fd.as_fd())?;
+            if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+                return Err(Errno(libc::EOPNOTSUPP));
+            }
+            let p = proc_path(fd.as_raw_fd(), None);
+            check(unsafe { libc::chmod(p.as_ptr(), mode) }).map(drop)
+        }
+    }
+}
+
+/// Sets times of `name` in `dir` (never through a symlink), or of `dir` itself for "".
+pub fn utimensat(dir: BorrowedFd<'_>, name: &CStr, ts: &[libc::timespec; 2]) -> Result<()> {
+    let r = if name.is_empty() {
+        let p = proc_path(dir.as_raw_fd(), None);
+        unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), ts.as_ptr(), 0) }
+    } else {
+        unsafe {
+            libc::utimensat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                ts.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        }
+    };
+    check(r).map(drop)
+}
+
+/// Opens the object an `O_PATH` fd stands for, through its `/proc/self/fd` link.
+pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> Result<OwnedFd> {
+    let p = proc_path(fd.as_raw_fd(), None);
+    let r = retry(-1, || unsafe {
+        libc::open(p.as_ptr(), flags | libc::O_CLOEXEC)
+    })?;
+    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
+
+/// Sets (or with `value` None removes) an xattr of `name` in `dir`, or of `dir` itself.
+pub fn setxattr(
+    dir: BorrowedFd<'_>,
+    name: Option<&CStr>,
+    attr: &CStr,
+    value: Option<&[u8]>,
+    flags: i32,
+) -> Result<()> {
+    let path = proc_path(dir.as_raw_fd(), name);
+    let r = unsafe {
+        match (value, name.is_some()) {
+            (Some(v), true) => libc::lsetxattr(
+                path.as_ptr(),
+                attr.as_ptr(),
+                v.as_ptr().cast(),
+                v.len(),
+                flags,
+            ),
+            (Some(v), false) => libc::setxattr(
+                path.as_ptr(),
+                attr.as_ptr(),
+                v.as_ptr().cast(),
+                v.len(),
+                flags,
+            ),
+            (None, true) => libc::lremovexattr(path.as_ptr(), attr.as_ptr()),
+            (None, false) => libc::removexattr(path.as_ptr(), attr.as_ptr()),
+        }
+    };
+    check(r).map(drop)
+}
+
+pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], off: u64) -> Result<usize> {
+    let n = retry(-1, || unsafe {
+        libc::pwrite(
+            fd.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            off as libc::off_t,
+        )
+    })?;
+    Ok(n as usize)
+}
+
+pub fn ftruncate(fd: BorrowedFd<'_>, len: u64) -> Result<()> {
+    check(unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) }).map(drop)
+}
+
+pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> Result<()> {
+    let r = unsafe {
+        if datasync {
+            libc::fdatasync(fd.as_raw_fd())
+        } else {
+            libc::fsync(fd.as_raw_fd())
+        }
+    };
+    check(r).map(drop)
+}
+
+pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, off: u64, len: u64) -> Result<()> {
+    check(unsafe { libc::fallocate(fd.as_raw_fd(), mode, off as libc::off_t, len as libc::off_t) })
+        .map(drop)
+}
+
+pub fn lseek(fd: BorrowedFd<'_>, off: i64, whence: i32) -> Result<i64> {
+    let r = unsafe { libc::lseek(fd.as_raw_fd(), off, whence) };
+    if r < 0 { Err(Errno::last()) } else { Ok(r) }
+}
+
+/// Copies `len` bytes (or to EOF) from `src` to `dst` at the same offsets, keeping holes:
+/// only the data extents are copied, with `copy_file_range` (reflinks where the filesystem
+/// has them), falling back to read/write across filesystems that refuse it.
+pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> Result<()> {
+    let mut off: i64 = 0;
+    while (off as u64) < size {
+        let data = match lseek(src, off, libc::SEEK_DATA) {
+            Ok(d) => d,
+            Err(Errno(libc::ENXIO)) => break,
+            Err(Errno(libc::EINVAL)) => off, // no SEEK_DATA here: copy everything
+            Err(e) => return Err(e),
+        };
+        let hole = match lseek(src, data, libc::SEEK_HOLE) {
+            Ok(h) => h,
+            Err(_) => size as i64,
+        };
+        let mut pos = data;
+        while pos < hole {
+            let mut in_off = pos as libc::loff_t;
+            let mut out_off = pos as libc::loff_t;
+            let n = unsafe {
+                libc::copy_file_range(
+                    src.as_raw_fd(),
+                    &mut in_off,
+                    dst.as_raw_fd(),
+                    &mut out_off,
+                    (hole - pos) as usize,
+                    0,
+                )
+            };
+            if n < 0 {
+                match Errno::last().0 {
+                    libc::EXDEV | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOSYS => {
+                        copy_by_read(src, dst, pos as u64, (hole - pos) as u64)?;
+                        pos = hole;
+                        continue;
+                    }
+                    libc::EINTR => continue,
+                    e => return Err(Errno(e)),
+                }
+            }
+            if n == 0 {
+                break;
+            }
+            pos += n as i64;
+        }
+        off = hole;
+    }
+    ftruncate(dst, size)
+}
+
+fn copy_by_read(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    mut off: u64,
+    mut len: u64,
+) -> Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    while len > 0 {
+        let want = len.min(buf.len() as u64) as usize;
+        let n = pread(src, &mut buf[..want], off)?;
+        if n == 0 {
+            break;
+        }
+        let mut done = 0;
+        while done < n {
+            done += pwrite(dst, &buf[done..n], off + done as u64)?;
+        }
+        off += n as u64;
+        len -= n as u64;
+    }
+    Ok(())
+}
+
+pub fn set_umask_zero() {
+    unsafe { libc::umask(0) };
+}
+
+/// `fchownat(fd, "", AT_EMPTY_PATH)`: works on `O_PATH` fds.
+pub fn fchownat_empty(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> Result<()> {
+    check(unsafe {
+        libc::fchownat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            uid,
+            gid,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+    .map(drop)
 }

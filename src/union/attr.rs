@@ -5,6 +5,26 @@ use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 
 use super::inode::Node;
+
+/// A time to set: now, or seconds and nanoseconds.
+#[derive(Debug, Clone, Copy)]
+pub enum Time {
+    Now,
+    At(i64, i64),
+}
+
+/// What a setattr changes; `None` leaves a field alone.
+#[derive(Debug, Default, Clone)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<Time>,
+    pub mtime: Option<Time>,
+    /// The open handle the change came through, if any.
+    pub fh: Option<u64>,
+}
 use super::{Union, whiteout};
 use crate::sys::{self, Errno, Result};
 
@@ -12,6 +32,9 @@ impl Union {
     /// The status the union shows for a node, given its top object's real status.
     pub(super) fn present(&self, node: &Node, mut st: libc::stat) -> libc::stat {
         st.st_ino = node.ino;
+        if node.loc.read().unlinked && !node.is_dir() {
+            st.st_nlink = 0;
+        }
         // As overlayfs: a merged directory cannot count its subdirectories.
         if node.is_dir() && node.loc.read().dirs.len() > 1 {
             st.st_nlink = 1;
@@ -27,6 +50,8 @@ impl Union {
         let st = if node.is_dir() {
             let (_, fd) = loc.dirs.first().ok_or(Errno(libc::EIO))?;
             sys::fstat(fd.as_fd())?
+        } else if let Some(obj) = &loc.obj {
+            sys::fstat(obj.as_fd())?
         } else {
             let dir = loc.top_dir.as_ref().ok_or(Errno(libc::EIO))?;
             sys::fstatat(dir.as_fd(), &sys::cstr(&loc.name)?)?
@@ -52,6 +77,9 @@ impl Union {
             return Err(Errno(libc::EINVAL));
         }
         let loc = node.loc.read().clone();
+        if let Some(obj) = &loc.obj {
+            return sys::readlinkat(obj.as_fd(), c"");
+        }
         let dir = loc.top_dir.as_ref().ok_or(Errno(libc::EIO))?;
         sys::readlinkat(dir.as_fd(), &sys::cstr(&loc.name)?)
     }
@@ -68,6 +96,8 @@ impl Union {
         if node.is_dir() {
             let (_, fd) = loc.dirs.first().ok_or(Errno(libc::EIO))?;
             f(fd.as_fd(), None)
+        } else if let Some(obj) = &loc.obj {
+            f(obj.as_fd(), None)
         } else {
             let dir = loc.top_dir.as_ref().ok_or(Errno(libc::EIO))?;
             let name = sys::cstr(&loc.name)?;
@@ -93,6 +123,90 @@ impl Union {
             out.push(0);
         }
         Ok(out)
+    }
+
+    /// The real object of a node that is in the upper: its own fd, or the directory's.
+    fn upper_target(&self, node: &Node) -> Result<std::sync::Arc<std::os::fd::OwnedFd>> {
+        let loc = node.loc.read();
+        if node.is_dir() {
+            return loc
+                .dirs
+                .first()
+                .map(|(_, fd)| fd.clone())
+                .ok_or(Errno(libc::EIO));
+        }
+        loc.obj.clone().ok_or(Errno(libc::EIO))
+    }
+
+    pub fn setattr(&self, ino: u64, a: &SetAttr) -> Result<libc::stat> {
+        let node = self.node(ino)?;
+        if !self.has_upper {
+            return Err(Errno(libc::EROFS));
+        }
+        let mut size = a.size;
+        let handle = a.fh.and_then(|fh| self.files.get(&fh).map(|f| f.clone()));
+        if let (Some(len), Some(fd)) = (size, handle) {
+            sys::ftruncate(fd.as_fd(), len)?;
+            size = None;
+        }
+        self.copy_up(&node, size == Some(0))?;
+        let target = self.upper_target(&node)?;
+        let t = target.as_fd();
+        if let Some(len) = size {
+            if node.is_dir() {
+                return Err(Errno(libc::EISDIR));
+            }
+            sys::ftruncate(sys::reopen(t, libc::O_WRONLY)?.as_fd(), len)?;
+        }
+        if a.uid.is_some() || a.gid.is_some() {
+            sys::fchownat_empty(t, a.uid.unwrap_or(u32::MAX), a.gid.unwrap_or(u32::MAX))?;
+        }
+        if let Some(mode) = a.mode {
+            sys::chmod_at(t, None, mode & 0o7777)?;
+        }
+        if a.atime.is_some() || a.mtime.is_some() {
+            let ts = |x: Option<Time>| match x {
+                None => libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: libc::UTIME_OMIT,
+                },
+                Some(Time::Now) => libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: libc::UTIME_NOW,
+                },
+                Some(Time::At(s, n)) => libc::timespec {
+                    tv_sec: s,
+                    tv_nsec: n,
+                },
+            };
+            sys::utimensat(t, c"", &[ts(a.atime), ts(a.mtime)])?;
+        }
+        self.getattr(ino)
+    }
+
+    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        self.change_xattr(ino, name, Some(value), flags)
+    }
+
+    pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
+        self.change_xattr(ino, name, None, 0)
+    }
+
+    fn change_xattr(&self, ino: u64, name: &OsStr, value: Option<&[u8]>, flags: i32) -> Result<()> {
+        if whiteout::is_private_xattr(name.as_bytes()) {
+            return Err(Errno(libc::EPERM));
+        }
+        if !self.has_upper {
+            return Err(Errno(libc::EROFS));
+        }
+        let node = self.node(ino)?;
+        if value.is_none() {
+            // Removing what is not there changes nothing: no copy-up for an error.
+            self.getxattr(ino, name)?;
+        }
+        self.copy_up(&node, false)?;
+        let target = self.upper_target(&node)?;
+        sys::setxattr(target.as_fd(), None, &sys::cstr(name)?, value, flags)
     }
 
     pub fn statfs(&self) -> Result<libc::statvfs> {

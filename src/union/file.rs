@@ -1,41 +1,94 @@
 //! Open files: read through an fd on the top object.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use super::Union;
 use crate::sys::{self, Errno, Result};
 
 impl Union {
-    /// Opens a regular file for reading. Writing needs the writable upper (copy-up), which
-    /// this read path refuses with EROFS.
+    /// Opens a regular file. Opening for writing (or truncating) copies it up first; a file
+    /// only opened for reading stays where it is.
     pub fn open(&self, ino: u64, flags: i32) -> Result<u64> {
         let node = self.node(ino)?;
-        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
-            return Err(Errno(libc::EROFS));
-        }
         if node.is_dir() {
             return Err(Errno(libc::EISDIR));
         }
+        let write = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        if write {
+            if !self.has_upper {
+                return Err(Errno(libc::EROFS));
+            }
+            self.copy_up(&node, flags & libc::O_TRUNC != 0)?;
+        }
         let loc = node.loc.read().clone();
-        let dir = loc.top_dir.as_ref().ok_or(Errno(libc::EIO))?;
-        let keep = libc::O_NONBLOCK | libc::O_DIRECT;
-        let fd = sys::open_noatime(
-            dir.as_fd(),
-            &sys::cstr(&loc.name)?,
-            libc::O_RDONLY | (flags & keep),
-        )?;
+        // O_APPEND is the kernel's business: it sends writes at the right offsets.
+        let keep = libc::O_ACCMODE
+            | libc::O_NONBLOCK
+            | libc::O_DIRECT
+            | libc::O_SYNC
+            | libc::O_DSYNC
+            | libc::O_TRUNC;
+        let fd = match &loc.obj {
+            Some(obj) => sys::reopen(obj.as_fd(), flags & keep)?,
+            None => {
+                let dir = loc.top_dir.as_ref().ok_or(Errno(libc::EIO))?;
+                sys::open_noatime(
+                    dir.as_fd(),
+                    &sys::cstr(&loc.name)?,
+                    libc::O_RDONLY | (flags & (libc::O_NONBLOCK | libc::O_DIRECT)),
+                )?
+            }
+        };
+        Ok(self.add_file(fd))
+    }
+
+    pub(super) fn add_file(&self, fd: OwnedFd) -> u64 {
         let fh = self.next_fh();
         self.files.insert(fh, Arc::new(fd));
-        Ok(fh)
+        fh
+    }
+
+    fn file(&self, fh: u64) -> Result<Arc<OwnedFd>> {
+        self.files
+            .get(&fh)
+            .map(|f| f.clone())
+            .ok_or(Errno(libc::EBADF))
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
+        let fd = self.file(fh)?;
+        let mut done = 0;
+        while done < data.len() {
+            done += sys::pwrite(fd.as_fd(), &data[done..], offset + done as u64)?;
+        }
+        Ok(done)
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
+        if self.volatile {
+            return Ok(());
+        }
+        sys::fsync(self.file(fh)?.as_fd(), datasync)
+    }
+
+    pub fn fallocate(&self, fh: u64, mode: i32, offset: u64, len: u64) -> Result<()> {
+        sys::fallocate(self.file(fh)?.as_fd(), mode, offset, len)
+    }
+
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
+        sys::lseek(self.file(fh)?.as_fd(), offset, whence)
+    }
+
+    /// Status through an open handle (an unlinked file has no name left to look up).
+    pub fn fstat_handle(&self, fh: u64) -> Option<libc::stat> {
+        self.files
+            .get(&fh)
+            .and_then(|fd| sys::fstat(fd.as_fd()).ok())
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
-        let fd = self
-            .files
-            .get(&fh)
-            .map(|f| f.clone())
-            .ok_or(Errno(libc::EBADF))?;
+        let fd = self.file(fh)?;
         let mut buf = vec![0u8; size as usize];
         let mut done = 0;
         while done < buf.len() {

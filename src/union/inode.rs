@@ -31,6 +31,9 @@ pub struct Location {
     pub index: Option<Arc<LowerIndex>>,
     /// The name was removed; the node lives on while the kernel (an open file) holds it.
     pub unlinked: bool,
+    /// Upper non-directories: an `O_PATH` fd on the object itself, which stays valid across
+    /// renames, other hard links and unlink.
+    pub obj: Option<Arc<OwnedFd>>,
 }
 
 impl Location {
@@ -50,6 +53,7 @@ impl Location {
             cached: None,
             index: None,
             unlinked: false,
+            obj: None,
         }
     }
 }
@@ -137,6 +141,9 @@ impl NodeTable {
 #[derive(Debug, Default)]
 pub struct InoMap {
     devs: Mutex<Vec<u64>>,
+    /// Real objects that were given a new number because theirs was still held by a node of
+    /// a deleted object (filesystems reuse inode numbers).
+    overrides: DashMap<(u64, u64), u64>,
     fallback: DashMap<(u64, u64), u64>,
     next_fallback: AtomicU64,
 }
@@ -146,6 +153,9 @@ const FALLBACK_BASE: u64 = 1 << 63;
 
 impl InoMap {
     pub fn map(&self, dev: u64, ino: u64) -> u64 {
+        if let Some(o) = self.overrides.get(&(dev, ino)) {
+            return *o;
+        }
         let fsid = {
             let mut devs = self.devs.lock();
             match devs.iter().position(|&d| d == dev) {
@@ -163,6 +173,15 @@ impl InoMap {
             .fallback
             .entry((dev, ino))
             .or_insert_with(|| FALLBACK_BASE + self.next_fallback.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl InoMap {
+    /// Gives the real object `(dev, ino)` a fresh union number from now on.
+    pub fn remap(&self, dev: u64, ino: u64) -> u64 {
+        let fresh = FALLBACK_BASE + self.next_fallback.fetch_add(1, Ordering::Relaxed);
+        self.overrides.insert((dev, ino), fresh);
+        fresh
     }
 }
 

@@ -2,6 +2,8 @@
 //! union inode numbers and returns `Result<_, Errno>`.
 
 pub mod attr;
+pub mod copy_up;
+pub mod dir;
 pub mod file;
 pub mod inode;
 pub mod layer;
@@ -27,6 +29,17 @@ use lookup::{LowerIndex, Resolved};
 pub struct UnionConfig {
     pub lowers: Vec<PathBuf>,
     pub upper: Option<PathBuf>,
+    /// Skip fsync to the upper (throwaway containers).
+    pub volatile: bool,
+    /// Write OCI whiteouts (`.wh.NAME`, `.wh..wh..opq`) even where kernel ones are possible.
+    pub oci_whiteouts: bool,
+}
+
+/// Who asks: new objects belong to the caller.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
 }
 
 pub struct Union {
@@ -37,6 +50,21 @@ pub struct Union {
     files: DashMap<u64, Arc<std::os::fd::OwnedFd>>,
     dirs: DashMap<u64, Arc<readdir::DirSnapshot>>,
     next_fh: AtomicU64,
+    work: Option<std::os::fd::OwnedFd>,
+    next_tmp: AtomicU64,
+    pub volatile: bool,
+    /// Whiteouts and opaque markers are written in the OCI format (asked, or no choice).
+    pub oci_whiteouts: bool,
+    opaque_xattr: &'static std::ffi::CStr,
+}
+
+impl Drop for Union {
+    /// A clean unmount leaves no work dir behind (it is empty unless an operation failed).
+    fn drop(&mut self) {
+        if let (Some(_), Ok(name)) = (&self.work, sys::cstr(OsStr::new(copy_up::WORK_NAME))) {
+            let _ = sys::unlinkat(self.layers[0].root.as_fd(), &name, libc::AT_REMOVEDIR);
+        }
+    }
 }
 
 impl Union {
@@ -51,15 +79,23 @@ impl Union {
         if layers.is_empty() {
             return Err(Errno(libc::EINVAL));
         }
-        let u = Union {
+        let mut u = Union {
             has_upper: cfg.upper.is_some(),
             nodes: NodeTable::default(),
             inos: InoMap::default(),
             files: DashMap::new(),
             dirs: DashMap::new(),
             next_fh: AtomicU64::new(1),
+            work: None,
+            next_tmp: AtomicU64::new(0),
+            volatile: cfg.volatile,
+            oci_whiteouts: cfg.oci_whiteouts,
+            opaque_xattr: c"trusted.overlay.opaque",
             layers,
         };
+        if u.has_upper {
+            u.setup_work()?;
+        }
         let root_st = sys::fstat(u.layers[0].root.as_fd())?;
         // Give the top layer's filesystem index 0, so samefs unions show real inode numbers.
         u.inos.map(root_st.st_dev, root_st.st_ino);
@@ -70,6 +106,44 @@ impl Union {
             Location::new(ROOT_INO, "/".into(), 0, None, dirs),
         ));
         Ok(u)
+    }
+
+    /// Makes (or empties, after a crash) the work dir, and finds which formats this process
+    /// may write: a 0/0 device for whiteouts, `trusted.*` or `user.*` xattrs for opaque dirs.
+    fn setup_work(&mut self) -> Result<()> {
+        let root = self.layers[0].root.clone();
+        let name = sys::cstr(OsStr::new(copy_up::WORK_NAME))?;
+        match sys::mkdirat(root.as_fd(), &name, 0o700) {
+            Ok(()) | Err(Errno(libc::EEXIST)) => {}
+            Err(e) => return Err(e),
+        }
+        let work = sys::openat(root.as_fd(), &name, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        for e in sys::read_dir(work.as_fd())? {
+            copy_up::remove_tree(work.as_fd(), &sys::cstr(&e.name)?)?;
+        }
+        let probe = c"probe";
+        if sys::mknodat(work.as_fd(), probe, libc::S_IFCHR, 0).is_ok() {
+            sys::unlinkat(work.as_fd(), probe, 0)?;
+        } else {
+            self.oci_whiteouts = true;
+        }
+        sys::mkdirat(work.as_fd(), probe, 0o700)?;
+        let pfd = sys::openat(work.as_fd(), probe, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        if sys::setxattr(pfd.as_fd(), None, c"trusted.overlay.opaque", Some(b"y"), 0).is_err() {
+            self.opaque_xattr = c"user.overlay.opaque";
+            if sys::setxattr(pfd.as_fd(), None, self.opaque_xattr, Some(b"y"), 0).is_err() {
+                self.oci_whiteouts = true;
+            }
+        }
+        drop(pfd);
+        sys::unlinkat(work.as_fd(), probe, libc::AT_REMOVEDIR)?;
+        self.work = Some(work);
+        Ok(())
+    }
+
+    /// Is `name` in `parent` the work dir, which the view never shows?
+    pub fn is_reserved(&self, parent: u64, name: &OsStr) -> bool {
+        self.has_upper && parent == ROOT_INO && name == copy_up::WORK_NAME
     }
 
     pub fn is_lower(&self, layer: usize) -> bool {
@@ -108,6 +182,9 @@ impl Union {
             return Err(Errno(libc::ENOTDIR));
         }
         lookup::check_name(name)?;
+        if self.is_reserved(parent.ino, name) {
+            return Err(Errno(libc::ENOENT));
+        }
         let c = sys::cstr(name)?;
         let pdirs = parent.loc.read().dirs.clone();
         let mut upper_hit = None;
@@ -182,22 +259,52 @@ impl Union {
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<libc::stat> {
         let pnode = self.node(parent)?;
         let r = self.resolve(&pnode, name)?;
-        let ino = self.inos.map(r.st.st_dev, r.st.st_ino);
         let lower = self.is_lower(r.top_layer);
-        let node = self.nodes.acquire(ino, || {
+        let node = self.node_for(&r.st, || {
             let mut loc = Location::new(
                 parent,
                 name.to_owned(),
                 r.top_layer,
                 Some(r.top_dir.clone()),
-                r.dirs,
+                r.dirs.clone(),
             );
             if lower {
                 loc.cached = Some(r.st);
             }
-            Node::new(ino, r.st.st_mode & libc::S_IFMT, loc)
+            loc
         });
+        self.attach_obj(&node, &r, name)?;
         Ok(self.present(&node, r.st))
+    }
+
+    /// Takes a lookup reference on the node of the real object `st`, making it from `loc`
+    /// when absent. A node still held for a deleted object whose inode number the filesystem
+    /// has reused is left alone: the new object gets a number of its own.
+    pub(super) fn node_for(&self, st: &libc::stat, loc: impl Fn() -> Location) -> Arc<Node> {
+        let fmt = st.st_mode & libc::S_IFMT;
+        let mut ino = self.inos.map(st.st_dev, st.st_ino);
+        loop {
+            let node = self.nodes.acquire(ino, || Node::new(ino, fmt, loc()));
+            let stale = node.fmt != fmt || node.loc.read().unlinked;
+            if !stale {
+                return node;
+            }
+            self.nodes.forget(ino, 1);
+            ino = self.inos.remap(st.st_dev, st.st_ino);
+        }
+    }
+
+    /// Gives an upper non-directory node its own `O_PATH` fd, once.
+    fn attach_obj(&self, node: &Node, r: &Resolved, name: &OsStr) -> Result<()> {
+        if node.is_dir() || self.is_lower(r.top_layer) || node.loc.read().obj.is_some() {
+            return Ok(());
+        }
+        let fd = sys::openat(r.top_dir.as_fd(), &sys::cstr(name)?, libc::O_PATH, 0)?;
+        let mut loc = node.loc.write();
+        if loc.obj.is_none() {
+            loc.obj = Some(Arc::new(fd));
+        }
+        Ok(())
     }
 
     pub fn forget(&self, ino: u64, n: u64) {

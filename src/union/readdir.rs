@@ -52,6 +52,9 @@ impl Union {
             let (real, whiteouts) = read_layer_dir(ufd.as_fd())?;
             seen.extend(whiteouts);
             for (name, st) in real {
+                if self.is_reserved(ino, &name) {
+                    continue;
+                }
                 entries.push(DirEntry {
                     ino: self.union_ino(&st),
                     fmt: st.st_mode & libc::S_IFMT,

@@ -77,15 +77,44 @@ pub fn is_opaque_dir(dir: BorrowedFd<'_>) -> Result<bool> {
 
 /// Does `dir` hold an OCI whiteout `.wh.NAME` for `name`?
 pub fn has_oci_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
-    let mut w = OCI_PREFIX.to_vec();
-    w.extend_from_slice(name.as_bytes());
-    if w.len() > 255 {
+    let Ok(c) = oci_whiteout_name(name) else {
         return Ok(false);
-    }
-    let c = sys::cstr(OsStr::from_bytes(&w))?;
+    };
     match sys::fstatat(dir, &c) {
         Ok(_) => Ok(true),
         Err(sys::Errno(libc::ENOENT)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// `.wh.NAME` for `name`, as a C string.
+pub fn oci_whiteout_name(name: &OsStr) -> Result<std::ffi::CString> {
+    let mut w = OCI_PREFIX.to_vec();
+    w.extend_from_slice(name.as_bytes());
+    if w.len() > 255 {
+        return Err(sys::Errno(libc::ENAMETOOLONG));
+    }
+    sys::cstr(OsStr::from_bytes(&w))
+}
+
+/// What the upper directory holds under a name that is about to be (re)made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    Empty,
+    /// A kernel-format whiteout object sits at the name.
+    Whiteout,
+    /// An OCI `.wh.NAME` sits beside it.
+    OciWhiteout,
+    Taken,
+}
+
+pub fn upper_slot(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Slot> {
+    let c = sys::cstr(name)?;
+    match sys::fstatat(dir, &c) {
+        Ok(st) if is_whiteout(dir, &c, &st)? => Ok(Slot::Whiteout),
+        Ok(_) => Ok(Slot::Taken),
+        Err(sys::Errno(libc::ENOENT)) if has_oci_whiteout(dir, name)? => Ok(Slot::OciWhiteout),
+        Err(sys::Errno(libc::ENOENT)) => Ok(Slot::Empty),
         Err(e) => Err(e),
     }
 }

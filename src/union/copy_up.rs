@@ -1,0 +1,342 @@
+//! Copy-up: bringing a lower object into the upper before it changes, atomically. A file is
+//! built as an `O_TMPFILE` in its upper parent (or under a temporary name in the work dir),
+//! given its data, owner, mode, xattrs and times, and only then linked or renamed into place:
+//! after a crash the name shows the old object or the complete new one.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::inode::Node;
+use super::{Union, whiteout};
+use crate::sys::{self, Errno, Result};
+
+/// The work directory, inside the upper's root: hidden from the view, emptied at mount.
+pub const WORK_NAME: &str = ".unionfuse-work";
+
+/// Where and how a real object is reached: a directory fd and a name in it, or the object's
+/// own fd (`name` None).
+#[derive(Clone, Copy)]
+pub struct At<'a> {
+    pub dir: BorrowedFd<'a>,
+    pub name: Option<&'a CStr>,
+}
+
+impl Union {
+    pub(super) fn upper_root(&self) -> Result<&Arc<OwnedFd>> {
+        if self.has_upper {
+            Ok(&self.layers[0].root)
+        } else {
+            Err(Errno(libc::EROFS))
+        }
+    }
+
+    pub(super) fn work(&self) -> Result<&OwnedFd> {
+        self.work.as_ref().ok_or(Errno(libc::EROFS))
+    }
+
+    /// A fresh name in the work dir.
+    pub(super) fn tmp_name(&self) -> CString {
+        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        CString::new(format!("t{}-{n}", std::process::id())).expect("no NUL")
+    }
+
+    /// The upper directory of a directory node, copying it (and its ancestors) up first.
+    pub(super) fn upper_dir(&self, node: &Node) -> Result<Arc<OwnedFd>> {
+        if let Some(fd) = self.upper_dir_if_any(node) {
+            return Ok(fd);
+        }
+        self.upper_root()?;
+        let _g = node.copy_lock.lock();
+        if let Some(fd) = self.upper_dir_if_any(node) {
+            return Ok(fd);
+        }
+        let (parent, name, src) = {
+            let loc = node.loc.read();
+            let (_, src) = loc.dirs.first().ok_or(Errno(libc::EIO))?;
+            (loc.parent, loc.name.clone(), src.clone())
+        };
+        let pfd = self.upper_dir(&*self.node(parent)?)?;
+        let c = sys::cstr(&name)?;
+        let st = sys::fstat(src.as_fd())?;
+        let work = self.work()?;
+        let tmp = self.tmp_name();
+        sys::mkdirat(work.as_fd(), &tmp, 0o700)?;
+        let done = (|| {
+            let tfd = sys::openat(work.as_fd(), &tmp, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+            let from = At {
+                dir: src.as_fd(),
+                name: None,
+            };
+            let to = At {
+                dir: tfd.as_fd(),
+                name: None,
+            };
+            copy_meta(from, to, &st)?;
+            sys::renameat2(work.as_fd(), &tmp, pfd.as_fd(), &c, sys::RENAME_NOREPLACE)
+        })();
+        if let Err(e) = done {
+            let _ = remove_tree(work.as_fd(), &tmp);
+            if e != Errno(libc::EEXIST) {
+                return Err(e);
+            }
+        }
+        let ufd = Arc::new(sys::openat(
+            pfd.as_fd(),
+            &c,
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )?);
+        let mut loc = node.loc.write();
+        loc.dirs.insert(0, (0, ufd.clone()));
+        loc.top_layer = 0;
+        loc.top_dir = Some(pfd);
+        loc.cached = None;
+        Ok(ufd)
+    }
+
+    fn upper_dir_if_any(&self, node: &Node) -> Option<Arc<OwnedFd>> {
+        let loc = node.loc.read();
+        loc.dirs
+            .first()
+            .filter(|(l, _)| !self.is_lower(*l))
+            .map(|(_, fd)| fd.clone())
+    }
+
+    /// Copies a non-directory node up, unless it is there already. With `truncate`, the data
+    /// is not copied (the caller is about to truncate it).
+    pub(super) fn copy_up(&self, node: &Node, truncate: bool) -> Result<()> {
+        if node.is_dir() {
+            self.upper_dir(node)?;
+            return Ok(());
+        }
+        if !self.is_lower(node.loc.read().top_layer) {
+            return Ok(());
+        }
+        self.upper_root()?;
+        let _g = node.copy_lock.lock();
+        let (parent, name, top_dir) = {
+            let loc = node.loc.read();
+            if !self.is_lower(loc.top_layer) {
+                return Ok(());
+            }
+            (
+                loc.parent,
+                loc.name.clone(),
+                loc.top_dir.clone().ok_or(Errno(libc::EIO))?,
+            )
+        };
+        let pfd = self.upper_dir(&*self.node(parent)?)?;
+        let c = sys::cstr(&name)?;
+        let obj = self.copy_up_entry(top_dir.as_fd(), &c, pfd.as_fd(), &c, truncate)?;
+        let mut loc = node.loc.write();
+        loc.top_layer = 0;
+        loc.top_dir = Some(pfd);
+        loc.cached = None;
+        loc.obj = Some(Arc::new(obj));
+        Ok(())
+    }
+
+    /// Copies the non-directory `sname` in `sdir` to `dname` in the upper directory `ddir`;
+    /// returns an `O_PATH` fd on the copy.
+    pub(super) fn copy_up_entry(
+        &self,
+        sdir: BorrowedFd<'_>,
+        sname: &CStr,
+        ddir: BorrowedFd<'_>,
+        dname: &CStr,
+        truncate: bool,
+    ) -> Result<OwnedFd> {
+        let st = sys::fstatat(sdir, sname)?;
+        let fmt = st.st_mode & libc::S_IFMT;
+        let src = At {
+            dir: sdir,
+            name: Some(sname),
+        };
+        if fmt == libc::S_IFREG {
+            let (tmpfd, tmpname) = self.new_tmp_file(ddir, 0o600)?;
+            let data = sys::open_noatime(sdir, sname, libc::O_RDONLY)?;
+            if !truncate {
+                sys::copy_data(data.as_fd(), tmpfd.as_fd(), st.st_size as u64)?;
+            }
+            let to = At {
+                dir: tmpfd.as_fd(),
+                name: None,
+            };
+            copy_meta(src, to, &st)?;
+            if !self.volatile {
+                sys::fsync(tmpfd.as_fd(), false)?;
+            }
+            self.publish_file(&tmpfd, tmpname.as_deref(), ddir, dname, false)?;
+            return sys::openat(ddir, dname, libc::O_PATH, 0);
+        }
+        let work = self.work()?;
+        let tmp = self.tmp_name();
+        match fmt {
+            libc::S_IFLNK => {
+                let target = sys::readlinkat(sdir, sname)?;
+                let t = CString::new(target).map_err(|_| Errno(libc::EIO))?;
+                sys::symlinkat(&t, work.as_fd(), &tmp)?;
+            }
+            _ => sys::mknodat(work.as_fd(), &tmp, fmt | 0o600, st.st_rdev)?,
+        }
+        let to = At {
+            dir: work.as_fd(),
+            name: Some(&tmp),
+        };
+        let r = copy_meta(src, to, &st)
+            .and_then(|_| sys::renameat2(work.as_fd(), &tmp, ddir, dname, sys::RENAME_NOREPLACE));
+        if let Err(e) = r {
+            let _ = sys::unlinkat(work.as_fd(), &tmp, 0);
+            return Err(e);
+        }
+        sys::openat(ddir, dname, libc::O_PATH, 0)
+    }
+
+    /// A new, nameless regular file on the upper's filesystem: an `O_TMPFILE` in `dir`, or
+    /// where the filesystem has none, a file under a temporary name in the work dir.
+    pub(super) fn new_tmp_file(
+        &self,
+        dir: BorrowedFd<'_>,
+        mode: u32,
+    ) -> Result<(OwnedFd, Option<CString>)> {
+        match sys::openat(dir, c".", libc::O_TMPFILE | libc::O_RDWR, mode) {
+            Ok(fd) => Ok((fd, None)),
+            Err(Errno(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)) => {
+                let tmp = self.tmp_name();
+                let fd = sys::openat(
+                    self.work()?.as_fd(),
+                    &tmp,
+                    libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
+                    mode,
+                )?;
+                Ok((fd, Some(tmp)))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives a file made by `new_tmp_file` the name `name` in `dir`; with `over_whiteout`,
+    /// replacing the whiteout there in one step.
+    pub(super) fn publish_file(
+        &self,
+        fd: &OwnedFd,
+        tmpname: Option<&CStr>,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+        over_whiteout: bool,
+    ) -> Result<()> {
+        let work = self.work()?;
+        let flags = if over_whiteout {
+            0
+        } else {
+            sys::RENAME_NOREPLACE
+        };
+        match tmpname {
+            Some(t) => sys::renameat2(work.as_fd(), t, dir, name, flags),
+            None if !over_whiteout => sys::link_tmpfile(fd.as_fd(), dir, name),
+            None => {
+                let t = self.tmp_name();
+                sys::link_tmpfile(fd.as_fd(), work.as_fd(), &t)?;
+                sys::renameat2(work.as_fd(), &t, dir, name, flags).inspect_err(|_| {
+                    let _ = sys::unlinkat(work.as_fd(), &t, 0);
+                })
+            }
+        }
+    }
+
+    /// Makes a whiteout in the work dir and returns its name.
+    pub(super) fn tmp_whiteout(&self) -> Result<CString> {
+        let work = self.work()?;
+        let t = self.tmp_name();
+        sys::mknodat(work.as_fd(), &t, libc::S_IFCHR, 0)?;
+        Ok(t)
+    }
+
+    /// Hides `name` in the upper directory `dir`, where nothing is yet.
+    pub(super) fn write_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+        let c = sys::cstr(name)?;
+        if self.oci_whiteouts {
+            let w = whiteout::oci_whiteout_name(name)?;
+            let fd = sys::openat(dir, &w, libc::O_CREAT | libc::O_WRONLY, 0o600)?;
+            drop(fd);
+            return Ok(());
+        }
+        let t = self.tmp_whiteout()?;
+        let work = self.work()?;
+        sys::renameat2(work.as_fd(), &t, dir, &c, sys::RENAME_NOREPLACE).inspect_err(|_| {
+            let _ = sys::unlinkat(work.as_fd(), &t, 0);
+        })
+    }
+
+    /// Marks a new upper directory opaque, in the format this mount writes.
+    pub(super) fn set_opaque(&self, dir: BorrowedFd<'_>) -> Result<()> {
+        if self.oci_whiteouts {
+            let fd = sys::openat(
+                dir,
+                whiteout::OCI_OPAQUE,
+                libc::O_CREAT | libc::O_WRONLY,
+                0o600,
+            )?;
+            drop(fd);
+            return Ok(());
+        }
+        sys::setxattr(dir, None, self.opaque_xattr, Some(b"y"), 0)
+    }
+}
+
+/// Gives `to` the owner, mode, xattrs and times of `from` (whose status is `st`).
+pub fn copy_meta(from: At<'_>, to: At<'_>, st: &libc::stat) -> Result<()> {
+    for attr in sys::listxattr(from.dir, from.name)? {
+        if whiteout::is_private_xattr(&attr) {
+            continue;
+        }
+        let a = CString::new(attr).map_err(|_| Errno(libc::EIO))?;
+        if let Some(v) = sys::getxattr(from.dir, from.name, &a)? {
+            match sys::setxattr(to.dir, to.name, &a, Some(&v), 0) {
+                Ok(()) | Err(Errno(libc::EOPNOTSUPP)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let name = to.name.unwrap_or(c"");
+    let fmt = st.st_mode & libc::S_IFMT;
+    chown_at(to, st.st_uid, st.st_gid)?;
+    // chown clears set-id bits: the mode goes after it.
+    if fmt != libc::S_IFLNK {
+        sys::chmod_at(to.dir, to.name, st.st_mode & 0o7777)?;
+    }
+    let ts = [
+        libc::timespec {
+            tv_sec: st.st_atime,
+            tv_nsec: st.st_atime_nsec,
+        },
+        libc::timespec {
+            tv_sec: st.st_mtime,
+            tv_nsec: st.st_mtime_nsec,
+        },
+    ];
+    sys::utimensat(to.dir, name, &ts)
+}
+
+pub fn chown_at(at: At<'_>, uid: u32, gid: u32) -> Result<()> {
+    match at.name {
+        Some(n) => sys::fchownat(at.dir, n, uid, gid),
+        None => sys::fchownat_empty(at.dir, uid, gid),
+    }
+}
+
+/// Removes `name` in `dir` and everything below it.
+pub fn remove_tree(dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
+    match sys::unlinkat(dir, name, 0) {
+        Ok(()) => return Ok(()),
+        Err(Errno(libc::EISDIR | libc::EPERM)) => {}
+        Err(e) => return Err(e),
+    }
+    let sub = sys::openat(dir, name, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+    for e in sys::read_dir(sub.as_fd())? {
+        remove_tree(sub.as_fd(), &sys::cstr(&e.name)?)?;
+    }
+    sys::unlinkat(dir, name, libc::AT_REMOVEDIR)
+}

@@ -1,0 +1,548 @@
+//! Namespace changes: create, mkdir, mknod, symlink, link, unlink, rmdir, rename. Every
+//! change lands in the upper; a name that a lower layer still has is hidden by a whiteout, and
+//! a directory made where a lower one was is opaque.
+
+use std::ffi::{CStr, OsStr};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use super::copy_up::{At, chown_at, remove_tree};
+use super::inode::{Location, Node};
+use super::lookup::{LowerIndex, Resolved, read_layer_dir};
+use super::whiteout::{self, Slot};
+use super::{Caller, Union};
+use crate::sys::{self, Errno, Result};
+
+impl Union {
+    fn check_new_name(&self, parent: u64, name: &OsStr) -> Result<()> {
+        if name.len() > 255 {
+            return Err(Errno(libc::ENAMETOOLONG));
+        }
+        // `.wh.` names are the OCI format's own; the work dir is the daemon's.
+        if whiteout::is_oci_name(name) || self.is_reserved(parent, name) {
+            return Err(Errno(libc::EINVAL));
+        }
+        Ok(())
+    }
+
+    /// Does a lower layer of `parent` show something under `name`?
+    fn lower_visible(&self, parent: &Node, name: &OsStr) -> Result<bool> {
+        if !parent
+            .loc
+            .read()
+            .dirs
+            .iter()
+            .any(|(l, _)| self.is_lower(*l))
+        {
+            return Ok(false);
+        }
+        Ok(self
+            .lower_index(parent)?
+            .get(name)
+            .is_some_and(|e| e.top.is_some()))
+    }
+
+    /// Start of every operation that makes a name: it must not exist; the parent comes up.
+    fn prepare_new(&self, parent: u64, name: &OsStr) -> Result<(Arc<Node>, Arc<OwnedFd>, Slot)> {
+        self.check_new_name(parent, name)?;
+        let p = self.node(parent)?;
+        match self.resolve(&p, name) {
+            Ok(_) => return Err(Errno(libc::EEXIST)),
+            Err(Errno(libc::ENOENT)) => {}
+            Err(e) => return Err(e),
+        }
+        let pfd = self.upper_dir(&p)?;
+        let slot = whiteout::upper_slot(pfd.as_fd(), name)?;
+        if slot == Slot::Taken {
+            return Err(Errno(libc::EEXIST));
+        }
+        Ok((p, pfd, slot))
+    }
+
+    /// Owner and mode of a new object in the upper directory `pfd`, as the kernel gives them:
+    /// the caller's, with the group of a set-group-ID directory.
+    fn new_owner(
+        &self,
+        pfd: BorrowedFd<'_>,
+        who: Caller,
+        mut mode: u32,
+        dir: bool,
+    ) -> Result<(u32, u32, u32)> {
+        let pst = sys::fstat(pfd)?;
+        let mut gid = who.gid;
+        if pst.st_mode & libc::S_ISGID != 0 {
+            gid = pst.st_gid;
+            if dir {
+                mode |= libc::S_ISGID;
+            }
+        }
+        Ok((who.uid, gid, mode & 0o7777))
+    }
+
+    /// Moves `tmp` from the work dir to `name` in `pfd`, replacing a whiteout there in one
+    /// step where the format allows.
+    fn publish(
+        &self,
+        tmp: &CStr,
+        pfd: BorrowedFd<'_>,
+        name: &OsStr,
+        slot: Slot,
+        dir: bool,
+    ) -> Result<()> {
+        let work = self.work()?;
+        let c = sys::cstr(name)?;
+        let r = match slot {
+            Slot::Whiteout if dir => {
+                sys::renameat2(work.as_fd(), tmp, pfd, &c, sys::RENAME_EXCHANGE)
+                    .and_then(|_| sys::unlinkat(work.as_fd(), tmp, 0))
+            }
+            Slot::Whiteout => sys::renameat2(work.as_fd(), tmp, pfd, &c, 0),
+            _ => sys::renameat2(work.as_fd(), tmp, pfd, &c, sys::RENAME_NOREPLACE),
+        };
+        if let Err(e) = r {
+            let _ = remove_tree(work.as_fd(), tmp);
+            return Err(e);
+        }
+        self.drop_oci_whiteout(pfd, name, slot)
+    }
+
+    fn drop_oci_whiteout(&self, pfd: BorrowedFd<'_>, name: &OsStr, slot: Slot) -> Result<()> {
+        if slot == Slot::OciWhiteout {
+            sys::unlinkat(pfd, &whiteout::oci_whiteout_name(name)?, 0)?;
+        }
+        Ok(())
+    }
+
+    /// The node of a new upper object `name` in `pfd`, with one lookup reference.
+    fn new_node(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        pfd: &Arc<OwnedFd>,
+        dir: bool,
+    ) -> Result<(Arc<Node>, libc::stat)> {
+        let c = sys::cstr(name)?;
+        let flags = if dir {
+            libc::O_PATH | libc::O_DIRECTORY
+        } else {
+            libc::O_PATH
+        };
+        let fd = Arc::new(sys::openat(pfd.as_fd(), &c, flags, 0)?);
+        let st = sys::fstat(fd.as_fd())?;
+        let node = self.node_for(&st, || {
+            let mut loc = Location::new(parent, name.to_owned(), 0, Some(pfd.clone()), vec![]);
+            if dir {
+                loc.dirs.push((0, fd.clone()));
+            } else {
+                loc.obj = Some(fd.clone());
+            }
+            loc
+        });
+        let st = self.present(&node, st);
+        Ok((node, st))
+    }
+
+    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, who: Caller) -> Result<libc::stat> {
+        let (p, pfd, slot) = self.prepare_new(parent, name)?;
+        let opaque = slot != Slot::Empty || self.lower_visible(&p, name)?;
+        let (uid, gid, mode) = self.new_owner(pfd.as_fd(), who, mode, true)?;
+        let c = sys::cstr(name)?;
+        if !opaque {
+            // Made in place, so that the parent's default ACL applies.
+            sys::mkdirat(pfd.as_fd(), &c, mode)?;
+            sys::fchownat(pfd.as_fd(), &c, uid, gid)?;
+        } else {
+            let work = self.work()?;
+            let tmp = self.tmp_name();
+            sys::mkdirat(work.as_fd(), &tmp, mode)?;
+            let made = (|| {
+                let tfd = sys::openat(work.as_fd(), &tmp, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+                sys::fchownat_empty(tfd.as_fd(), uid, gid)?;
+                if mode & libc::S_ISGID != 0 {
+                    sys::chmod_at(tfd.as_fd(), None, mode)?;
+                }
+                self.set_opaque(tfd.as_fd())
+            })();
+            if let Err(e) = made {
+                let _ = remove_tree(work.as_fd(), &tmp);
+                return Err(e);
+            }
+            self.publish(&tmp, pfd.as_fd(), name, slot, true)?;
+        }
+        Ok(self.new_node(parent, name, &pfd, true)?.1)
+    }
+
+    /// mknod and symlink: `make(dir, name)` makes the object.
+    fn make_special(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        who: Caller,
+        mode: u32,
+        make: impl Fn(BorrowedFd<'_>, &CStr) -> Result<()>,
+    ) -> Result<libc::stat> {
+        let (_p, pfd, slot) = self.prepare_new(parent, name)?;
+        let (uid, gid, mode) = self.new_owner(pfd.as_fd(), who, mode, false)?;
+        let fix = |at: At<'_>| -> Result<()> {
+            chown_at(at, uid, gid)?;
+            if mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
+                sys::chmod_at(at.dir, at.name, mode)?;
+            }
+            Ok(())
+        };
+        if slot == Slot::Empty {
+            let c = sys::cstr(name)?;
+            make(pfd.as_fd(), &c)?;
+            fix(At {
+                dir: pfd.as_fd(),
+                name: Some(&c),
+            })?;
+        } else {
+            let work = self.work()?;
+            let tmp = self.tmp_name();
+            make(work.as_fd(), &tmp)?;
+            if let Err(e) = fix(At {
+                dir: work.as_fd(),
+                name: Some(&tmp),
+            }) {
+                let _ = sys::unlinkat(work.as_fd(), &tmp, 0);
+                return Err(e);
+            }
+            self.publish(&tmp, pfd.as_fd(), name, slot, false)?;
+        }
+        Ok(self.new_node(parent, name, &pfd, false)?.1)
+    }
+
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u64,
+        who: Caller,
+    ) -> Result<libc::stat> {
+        let fmt = mode & libc::S_IFMT;
+        // A 0/0 character device is a whiteout: accepting one would corrupt the directory.
+        if fmt == libc::S_IFCHR && rdev == 0 {
+            return Err(Errno(libc::EPERM));
+        }
+        self.make_special(parent, name, who, mode, |d, n| {
+            sys::mknodat(d, n, fmt | (mode & 0o7777), rdev)
+        })
+    }
+
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &OsStr,
+        who: Caller,
+    ) -> Result<libc::stat> {
+        let t = sys::cstr(target)?;
+        self.make_special(parent, name, who, 0o777, |d, n| sys::symlinkat(&t, d, n))
+    }
+
+    /// Creates and opens a regular file; returns its status and a file handle.
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        who: Caller,
+    ) -> Result<(libc::stat, u64)> {
+        let (_p, pfd, slot) = self.prepare_new(parent, name)?;
+        let (uid, gid, mode) = self.new_owner(pfd.as_fd(), who, mode, false)?;
+        let (fd, tmpname) = self.new_tmp_file(pfd.as_fd(), mode)?;
+        sys::fchownat_empty(fd.as_fd(), uid, gid)?;
+        if mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
+            sys::chmod_at(fd.as_fd(), None, mode)?;
+        }
+        let c = sys::cstr(name)?;
+        self.publish_file(
+            &fd,
+            tmpname.as_deref(),
+            pfd.as_fd(),
+            &c,
+            slot == Slot::Whiteout,
+        )?;
+        self.drop_oci_whiteout(pfd.as_fd(), name, slot)?;
+        let (_, st) = self.new_node(parent, name, &pfd, false)?;
+        Ok((st, self.add_file(fd)))
+    }
+
+    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<libc::stat> {
+        let node = self.node(ino)?;
+        if node.is_dir() {
+            return Err(Errno(libc::EPERM));
+        }
+        self.copy_up(&node, false)?;
+        let (_p, pfd, slot) = self.prepare_new(newparent, newname)?;
+        let obj = node.loc.read().obj.clone().ok_or(Errno(libc::EIO))?;
+        let c = sys::cstr(newname)?;
+        if slot == Slot::Empty {
+            sys::link_tmpfile(obj.as_fd(), pfd.as_fd(), &c)?;
+        } else {
+            let work = self.work()?;
+            let tmp = self.tmp_name();
+            sys::link_tmpfile(obj.as_fd(), work.as_fd(), &tmp)?;
+            self.publish(&tmp, pfd.as_fd(), newname, slot, false)?;
+        }
+        let st = sys::fstat(obj.as_fd())?;
+        let n = self
+            .nodes
+            .acquire(node.ino, || unreachable!("the node is held"));
+        Ok(self.present(&n, st))
+    }
+
+    /// Is the merged directory `r` empty (whiteouts and markers aside)?
+    fn dir_is_empty(&self, r: &Resolved) -> Result<bool> {
+        let mut hidden = std::collections::HashSet::new();
+        if let Some((_, ufd)) = r.dirs.first().filter(|(l, _)| !self.is_lower(*l)) {
+            let (real, wh) = read_layer_dir(ufd.as_fd())?;
+            if !real.is_empty() {
+                return Ok(false);
+            }
+            hidden.extend(wh);
+        }
+        let lower: Vec<_> = r
+            .dirs
+            .iter()
+            .filter(|(l, _)| self.is_lower(*l))
+            .cloned()
+            .collect();
+        if lower.is_empty() {
+            return Ok(true);
+        }
+        let cached = self
+            .nodes
+            .get(self.union_ino(&r.st))
+            .filter(|n| n.is_dir())
+            .and_then(|n| n.loc.read().index.clone());
+        let index = match cached {
+            Some(i) => i,
+            None => Arc::new(LowerIndex::build(&lower)?),
+        };
+        Ok(!index
+            .entries
+            .iter()
+            .any(|e| e.top.is_some() && !hidden.contains(&e.name)))
+    }
+
+    /// Marks the node of a real object whose last name went away.
+    fn mark_gone(&self, st: &libc::stat) {
+        let dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        if let Some(n) = self
+            .nodes
+            .get(self.union_ino(st))
+            .filter(|_| dir || st.st_nlink <= 1)
+        {
+            n.loc.write().unlinked = true;
+        }
+    }
+
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
+        let p = self.node(parent)?;
+        let r = self.resolve(&p, name)?;
+        if r.st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            return Err(Errno(libc::EISDIR));
+        }
+        let need_wh = self.lower_visible(&p, name)?;
+        let c = sys::cstr(name)?;
+        if !self.is_lower(r.top_layer) {
+            let pfd = r.top_dir.as_fd();
+            if need_wh && !self.oci_whiteouts {
+                // One step: the whiteout takes the entry's place.
+                let t = self.tmp_whiteout()?;
+                sys::renameat2(self.work()?.as_fd(), &t, pfd, &c, 0)?;
+            } else {
+                if need_wh {
+                    self.write_whiteout(pfd, name)?;
+                }
+                sys::unlinkat(pfd, &c, 0)?;
+            }
+        } else {
+            let pfd = self.upper_dir(&p)?;
+            self.write_whiteout(pfd.as_fd(), name)?;
+        }
+        self.mark_gone(&r.st);
+        Ok(())
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
+        let p = self.node(parent)?;
+        let r = self.resolve(&p, name)?;
+        if r.st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Err(Errno(libc::ENOTDIR));
+        }
+        if !self.dir_is_empty(&r)? {
+            return Err(Errno(libc::ENOTEMPTY));
+        }
+        let need_wh = self.lower_visible(&p, name)?;
+        let c = sys::cstr(name)?;
+        if !self.is_lower(r.top_layer) {
+            let pfd = r.top_dir.as_fd();
+            let ufd = &r.dirs[0].1;
+            // Only whiteouts and markers are left in it.
+            for e in sys::read_dir(ufd.as_fd())? {
+                remove_tree(ufd.as_fd(), &sys::cstr(&e.name)?)?;
+            }
+            if need_wh && !self.oci_whiteouts {
+                let work = self.work()?;
+                let t = self.tmp_whiteout()?;
+                sys::renameat2(work.as_fd(), &t, pfd, &c, sys::RENAME_EXCHANGE)?;
+                sys::unlinkat(work.as_fd(), &t, libc::AT_REMOVEDIR)?;
+            } else {
+                if need_wh {
+                    self.write_whiteout(pfd, name)?;
+                }
+                sys::unlinkat(pfd, &c, libc::AT_REMOVEDIR)?;
+            }
+        } else {
+            let pfd = self.upper_dir(&p)?;
+            self.write_whiteout(pfd.as_fd(), name)?;
+        }
+        self.mark_gone(&r.st);
+        Ok(())
+    }
+
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
+        let exchange = flags & sys::RENAME_EXCHANGE != 0;
+        let noreplace = flags & sys::RENAME_NOREPLACE != 0;
+        if flags & !(sys::RENAME_EXCHANGE | sys::RENAME_NOREPLACE) != 0 || (exchange && noreplace) {
+            return Err(Errno(libc::EINVAL));
+        }
+        self.check_new_name(newparent, newname)?;
+        let p = self.node(parent)?;
+        let np = self.node(newparent)?;
+        let src = self.resolve(&p, name)?;
+        let dst = match self.resolve(&np, newname) {
+            Ok(r) => Some(r),
+            Err(Errno(libc::ENOENT)) => None,
+            Err(e) => return Err(e),
+        };
+        let is_dir = |r: &Resolved| r.st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        let has_lower = |r: &Resolved| r.dirs.iter().any(|(l, _)| self.is_lower(*l));
+        if let Some(d) = &dst {
+            if self.union_ino(&d.st) == self.union_ino(&src.st) {
+                return Ok(());
+            }
+            if noreplace {
+                return Err(Errno(libc::EEXIST));
+            }
+            if !exchange {
+                if is_dir(&src) && !is_dir(d) {
+                    return Err(Errno(libc::ENOTDIR));
+                }
+                if !is_dir(&src) && is_dir(d) {
+                    return Err(Errno(libc::EISDIR));
+                }
+                if is_dir(d) && !self.dir_is_empty(d)? {
+                    return Err(Errno(libc::ENOTEMPTY));
+                }
+            }
+        } else if exchange {
+            return Err(Errno(libc::ENOENT));
+        }
+        // A directory that carries lower content would need redirects; like overlayfs without
+        // redirect_dir, that is refused for now (tools fall back to copying).
+        if (is_dir(&src) && has_lower(&src))
+            || (exchange && dst.as_ref().is_some_and(|d| is_dir(d) && has_lower(d)))
+        {
+            return Err(Errno(libc::EXDEV));
+        }
+        self.bring_up(&p, name, &src)?;
+        if exchange {
+            self.bring_up(&np, newname, dst.as_ref().expect("checked"))?;
+        }
+        let spfd = self.upper_dir(&p)?;
+        let dpfd = self.upper_dir(&np)?;
+        let (c, nc) = (sys::cstr(name)?, sys::cstr(newname)?);
+        let src_wh = self.lower_visible(&p, name)?;
+        let dst_lower = self.lower_visible(&np, newname)?;
+        if exchange {
+            let d = dst.as_ref().expect("checked");
+            sys::renameat2(spfd.as_fd(), &c, dpfd.as_fd(), &nc, sys::RENAME_EXCHANGE)?;
+            // A directory landing where a lower one is must not merge with it.
+            if is_dir(&src) && dst_lower {
+                self.set_opaque(src.dirs[0].1.as_fd())?;
+            }
+            if is_dir(d) && src_wh {
+                self.set_opaque(d.dirs[0].1.as_fd())?;
+            }
+            self.moved(&src, newparent, newname, &dpfd);
+            self.moved(d, parent, name, &spfd);
+            return Ok(());
+        }
+        let slot = whiteout::upper_slot(dpfd.as_fd(), newname)?;
+        match slot {
+            Slot::Taken if dst.as_ref().is_some_and(is_dir) => {
+                // An upper directory that the view shows empty holds only whiteouts.
+                let ufd = &dst.as_ref().expect("checked").dirs[0].1;
+                for e in sys::read_dir(ufd.as_fd())? {
+                    remove_tree(ufd.as_fd(), &sys::cstr(&e.name)?)?;
+                }
+            }
+            Slot::Whiteout if is_dir(&src) => sys::unlinkat(dpfd.as_fd(), &nc, 0)?,
+            _ => {}
+        }
+        if is_dir(&src) && (dst_lower || slot != Slot::Empty) {
+            self.set_opaque(src.dirs[0].1.as_fd())?;
+        }
+        let mut done = false;
+        if src_wh && !self.oci_whiteouts {
+            match sys::renameat2(spfd.as_fd(), &c, dpfd.as_fd(), &nc, sys::RENAME_WHITEOUT) {
+                Ok(()) => done = true,
+                Err(Errno(libc::EINVAL | libc::EPERM)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if !done {
+            sys::renameat2(spfd.as_fd(), &c, dpfd.as_fd(), &nc, 0)?;
+            if src_wh {
+                self.write_whiteout(spfd.as_fd(), name)?;
+            }
+        }
+        self.drop_oci_whiteout(dpfd.as_fd(), newname, slot)?;
+        if let Some(d) = &dst {
+            self.mark_gone(&d.st);
+        }
+        self.moved(&src, newparent, newname, &dpfd);
+        Ok(())
+    }
+
+    /// Copies up the object that `name` in `parent` resolved to, by that name.
+    fn bring_up(&self, parent: &Node, name: &OsStr, r: &Resolved) -> Result<()> {
+        if !self.is_lower(r.top_layer) {
+            return Ok(());
+        }
+        let node = self.nodes.get(self.union_ino(&r.st));
+        match node {
+            Some(n) if n.loc.read().parent == parent.ino && n.loc.read().name == name => {
+                self.copy_up(&n, false)
+            }
+            _ => {
+                let pfd = self.upper_dir(parent)?;
+                let c = sys::cstr(name)?;
+                self.copy_up_entry(r.top_dir.as_fd(), &c, pfd.as_fd(), &c, false)
+                    .map(drop)
+            }
+        }
+    }
+
+    /// Records that the object of `r` is now `name` in `parent` (upper dir `pfd`).
+    fn moved(&self, r: &Resolved, parent: u64, name: &OsStr, pfd: &Arc<OwnedFd>) {
+        if let Some(n) = self.nodes.get(self.union_ino(&r.st)) {
+            let mut loc = n.loc.write();
+            loc.parent = parent;
+            loc.name = name.to_owned();
+            loc.top_dir = Some(pfd.clone());
+        }
+    }
+}
