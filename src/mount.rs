@@ -428,6 +428,14 @@ fn serve(c: Checked, ready: Option<OwnedFd>) -> Result<()> {
         Err(e) => return fail(ready, format!("cannot open the layers: {e}")),
     };
     let cfg = fuse_config(&c);
+    let notifier: std::sync::Arc<std::sync::OnceLock<fuser::Notifier>> = Default::default();
+    let n = notifier.clone();
+    union.on_change(Box::new(move |ino| {
+        if let Some(n) = n.get() {
+            // Attributes only (negative offset): no page-cache work inside a request.
+            let _ = n.inval_inode(fuser::INodeNo(ino), -1, 0);
+        }
+    }));
     let fs = UnionFs { union };
     let session = if sys::geteuid() == 0 {
         mount_as_root(&c.mountpoint, &cfg, read_only(&c))
@@ -444,6 +452,7 @@ fn serve(c: Checked, ready: Option<OwnedFd>) -> Result<()> {
             );
         }
     };
+    let _ = notifier.set(session.notifier());
     let pid_path = pidfile(&c.mountpoint);
     if let Some(dir) = pid_path.parent() {
         let _ = std::fs::create_dir_all(dir);

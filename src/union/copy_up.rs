@@ -60,6 +60,7 @@ impl Union {
         let pfd = self.upper_dir(&*self.node(parent)?)?;
         let c = sys::cstr(&name)?;
         let st = sys::fstat(src.as_fd())?;
+        let ptimes = ParentTimes::save(pfd.as_fd())?;
         let work = self.work()?;
         let tmp = self.tmp_name();
         sys::mkdirat(work.as_fd(), &tmp, 0o700)?;
@@ -88,12 +89,24 @@ impl Union {
             libc::O_PATH | libc::O_DIRECTORY,
             0,
         )?);
+        self.keep_ino(ufd.as_fd(), node.ino)?;
+        ptimes.restore(pfd.as_fd())?;
         let mut loc = node.loc.write();
         loc.dirs.insert(0, (0, ufd.clone()));
         loc.top_layer = 0;
         loc.top_dir = Some(pfd);
         loc.cached = None;
+        drop(loc);
+        self.notify_changed(node.ino);
         Ok(ufd)
+    }
+
+    /// The copy of a node answers to the node's inode number, as overlayfs keeps the lower
+    /// object's number: the same name shows the same `st_ino` before and after copy-up.
+    fn keep_ino(&self, fd: BorrowedFd<'_>, ino: u64) -> Result<()> {
+        let st = sys::fstat(fd)?;
+        self.inos.keep(st.st_dev, st.st_ino, ino);
+        Ok(())
     }
 
     fn upper_dir_if_any(&self, node: &Node) -> Option<Arc<OwnedFd>> {
@@ -129,12 +142,17 @@ impl Union {
         };
         let pfd = self.upper_dir(&*self.node(parent)?)?;
         let c = sys::cstr(&name)?;
+        let ptimes = ParentTimes::save(pfd.as_fd())?;
         let obj = self.copy_up_entry(top_dir.as_fd(), &c, pfd.as_fd(), &c, truncate)?;
+        ptimes.restore(pfd.as_fd())?;
+        self.keep_ino(obj.as_fd(), node.ino)?;
         let mut loc = node.loc.write();
         loc.top_layer = 0;
         loc.top_dir = Some(pfd);
         loc.cached = None;
         loc.obj = Some(Arc::new(obj));
+        drop(loc);
+        self.notify_changed(node.ino);
         Ok(())
     }
 
@@ -283,6 +301,30 @@ impl Union {
             return Ok(());
         }
         sys::setxattr(dir, None, self.opaque_xattr, Some(b"y"), 0)
+    }
+}
+
+/// A copy-up is no change the user made: like overlayfs, it leaves the upper parent's times
+/// as they were.
+pub struct ParentTimes([libc::timespec; 2]);
+
+impl ParentTimes {
+    pub fn save(dir: BorrowedFd<'_>) -> Result<ParentTimes> {
+        let st = sys::fstat(dir)?;
+        Ok(ParentTimes([
+            libc::timespec {
+                tv_sec: st.st_atime,
+                tv_nsec: st.st_atime_nsec,
+            },
+            libc::timespec {
+                tv_sec: st.st_mtime,
+                tv_nsec: st.st_mtime_nsec,
+            },
+        ]))
+    }
+
+    pub fn restore(&self, dir: BorrowedFd<'_>) -> Result<()> {
+        sys::utimensat(dir, c"", &self.0)
     }
 }
 

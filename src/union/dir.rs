@@ -443,9 +443,6 @@ impl Union {
                 if !is_dir(&src) && is_dir(d) {
                     return Err(Errno(libc::EISDIR));
                 }
-                if is_dir(d) && !self.dir_is_empty(d)? {
-                    return Err(Errno(libc::ENOTEMPTY));
-                }
             }
         } else if exchange {
             return Err(Errno(libc::ENOENT));
@@ -456,6 +453,12 @@ impl Union {
             || (exchange && dst.as_ref().is_some_and(|d| is_dir(d) && has_lower(d)))
         {
             return Err(Errno(libc::EXDEV));
+        }
+        // As overlayfs: the target's emptiness is checked after the EXDEV refusal.
+        if let Some(d) = dst.as_ref().filter(|d| !exchange && is_dir(d)) {
+            if !self.dir_is_empty(d)? {
+                return Err(Errno(libc::ENOTEMPTY));
+            }
         }
         self.bring_up(&p, name, &src)?;
         if exchange {

@@ -177,6 +177,11 @@ impl InoMap {
 }
 
 impl InoMap {
+    /// A copied-up object keeps the number it had: its new real identity maps to it.
+    pub fn keep(&self, dev: u64, ino: u64, union_ino: u64) {
+        self.overrides.insert((dev, ino), union_ino);
+    }
+
     /// Gives the real object `(dev, ino)` a fresh union number from now on.
     pub fn remap(&self, dev: u64, ino: u64) -> u64 {
         let fresh = FALLBACK_BASE + self.next_fallback.fetch_add(1, Ordering::Relaxed);

@@ -56,7 +56,12 @@ pub struct Union {
     /// Whiteouts and opaque markers are written in the OCI format (asked, or no choice).
     pub oci_whiteouts: bool,
     opaque_xattr: &'static std::ffi::CStr,
+    /// Told the inode number of a node whose attributes copy-up changed (the adapter drops
+    /// the kernel's cached attributes, which it may hold for long on lower nodes).
+    changed: std::sync::OnceLock<ChangeHook>,
 }
+
+pub type ChangeHook = Box<dyn Fn(u64) + Send + Sync>;
 
 impl Drop for Union {
     /// A clean unmount leaves no work dir behind (it is empty unless an operation failed).
@@ -91,6 +96,7 @@ impl Union {
             volatile: cfg.volatile,
             oci_whiteouts: cfg.oci_whiteouts,
             opaque_xattr: c"trusted.overlay.opaque",
+            changed: std::sync::OnceLock::new(),
             layers,
         };
         if u.has_upper {
@@ -139,6 +145,16 @@ impl Union {
         sys::unlinkat(work.as_fd(), probe, libc::AT_REMOVEDIR)?;
         self.work = Some(work);
         Ok(())
+    }
+
+    pub fn on_change(&self, hook: ChangeHook) {
+        let _ = self.changed.set(hook);
+    }
+
+    pub(super) fn notify_changed(&self, ino: u64) {
+        if let Some(h) = self.changed.get() {
+            h(ino);
+        }
     }
 
     /// Is `name` in `parent` the work dir, which the view never shows?

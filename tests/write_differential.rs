@@ -1,0 +1,519 @@
+//! Differential test of the write path: the same random sequences of operations on kernel
+//! overlayfs and on unionfuse over the same lower layers, compared after every step (result
+//! and errno) and as whole views; then each upper is read back by the other implementation.
+//!
+//! The one deliberate difference, stated here only: unionfuse does not yet write redirects,
+//! so, like kernel overlayfs mounted with `redirect_dir=off`, it refuses with EXDEV to rename
+//! a directory that has lower content. The kernel oracle is mounted that way.
+//!
+//! CI runs a fixed seed set. More locally:
+//!   UNIONFUSE_WDIFF_SEEDS=1000 UNIONFUSE_WDIFF_START=100 UNIONFUSE_WDIFF_STEPS=200 \
+//!     cargo test --release --test write_differential -- --nocapture
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const NAMES: [&str; 3] = ["a", "b", "c"];
+
+fn random_path(rng: &mut StdRng) -> String {
+    let depth = rng.gen_range(1..=3);
+    (0..depth)
+        .map(|_| NAMES[rng.gen_range(0..NAMES.len())])
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// A lower layer in the kernel's formats, over the same small name space as the operations.
+fn lower_tree(rng: &mut StdRng, root: &Path, rel: &Path, depth: usize) {
+    for n in NAMES {
+        let p = root.join(rel).join(n);
+        match rng.gen_range(0..10) {
+            0..=2 => {
+                let len = rng.gen_range(0..3000);
+                let data: Vec<u8> = (0..len).map(|_| rng.r#gen()).collect();
+                write(&p, &data);
+                chmod(&p, [0o644, 0o600, 0o755][rng.gen_range(0..3)]);
+                if rng.gen_bool(0.3) {
+                    setxattr(&p, "user.x", b"lower");
+                }
+            }
+            3..=5 if depth < 3 => {
+                mkdir(&p);
+                if rng.gen_bool(0.2) {
+                    setxattr(&p, "trusted.overlay.opaque", b"y");
+                }
+                lower_tree(rng, root, &rel.join(n), depth + 1);
+            }
+            6 => whiteout_chr(&p),
+            7 => symlink("a", &p),
+            _ => {}
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Create(String, u32, Vec<u8>),
+    Write(String, u64, Vec<u8>),
+    Append(String, Vec<u8>),
+    Truncate(String, u64),
+    OpenTrunc(String),
+    Chmod(String, u32),
+    Chown(String, u32, u32),
+    Utime(String, i64),
+    SetXattr(String, Vec<u8>),
+    RemoveXattr(String),
+    Link(String, String),
+    Symlink(String, String),
+    Mkdir(String, u32),
+    Mkfifo(String),
+    Unlink(String),
+    Rmdir(String),
+    Rename(String, String, u32),
+    Read(String),
+    List(String),
+}
+
+/// Paths now in the view: every entry, and the directories among them ("" is the root).
+struct Existing {
+    all: Vec<String>,
+    dirs: Vec<String>,
+}
+
+fn existing(root: &Path) -> Existing {
+    let mut e = Existing {
+        all: vec![],
+        dirs: vec![String::new()],
+    };
+    let mut stack = vec![String::new()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(root.join(&d)) else {
+            continue;
+        };
+        for ent in rd.flatten() {
+            let n = ent.file_name().to_string_lossy().into_owned();
+            let p = if d.is_empty() { n } else { format!("{d}/{n}") };
+            if std::fs::symlink_metadata(root.join(&p)).is_ok_and(|m| m.is_dir()) {
+                e.dirs.push(p.clone());
+                stack.push(p.clone());
+            }
+            e.all.push(p);
+        }
+    }
+    e
+}
+
+/// Mostly paths that exist (or new names in directories that exist), so that most
+/// operations do something; sometimes any path, for the error cases.
+fn pick(rng: &mut StdRng, ex: &Existing, new: bool) -> String {
+    if rng.gen_bool(0.2) {
+        return random_path(rng);
+    }
+    if new || ex.all.is_empty() {
+        let d = &ex.dirs[rng.gen_range(0..ex.dirs.len())];
+        let n = ["a", "b", "c", "n1", "n2"][rng.gen_range(0..5)];
+        return if d.is_empty() {
+            n.to_string()
+        } else {
+            format!("{d}/{n}")
+        };
+    }
+    ex.all[rng.gen_range(0..ex.all.len())].clone()
+}
+
+fn random_op(rng: &mut StdRng, ex: &Existing) -> Op {
+    let creating = rng.gen_range(0..100);
+    let p = pick(rng, ex, matches!(creating, 0..=9 | 41..=59));
+    let data = |rng: &mut StdRng| -> Vec<u8> {
+        let n = rng.gen_range(0..5000);
+        (0..n).map(|_| rng.r#gen()).collect()
+    };
+    match creating {
+        0..=9 => Op::Create(p, [0o644, 0o600, 0o755][rng.gen_range(0..3)], data(rng)),
+        10..=16 => Op::Write(p, rng.gen_range(0..4000), data(rng)),
+        17..=20 => Op::Append(p, data(rng)),
+        21..=24 => Op::Truncate(p, rng.gen_range(0..6000)),
+        25..=26 => Op::OpenTrunc(p),
+        27..=30 => Op::Chmod(p, [0o600, 0o644, 0o755, 0o700, 0o4755][rng.gen_range(0..5)]),
+        31..=33 => Op::Chown(
+            p,
+            [0, 1000, 65534][rng.gen_range(0..3)],
+            [0, 1000][rng.gen_range(0..2)],
+        ),
+        34..=35 => Op::Utime(p, rng.gen_range(1_000_000..2_000_000_000)),
+        36..=38 => Op::SetXattr(p, format!("v{}", rng.gen_range(0..100)).into_bytes()),
+        39..=40 => Op::RemoveXattr(p),
+        41..=44 => Op::Link(pick(rng, ex, false), p),
+        45..=47 => Op::Symlink(["a", "../b", "/x"][rng.gen_range(0..3)].into(), p),
+        48..=57 => Op::Mkdir(p, [0o755, 0o700][rng.gen_range(0..2)]),
+        58..=59 => Op::Mkfifo(p),
+        60..=69 => Op::Unlink(p),
+        70..=77 => Op::Rmdir(p),
+        78..=89 => {
+            let flags =
+                [0, 0, 0, libc::RENAME_NOREPLACE, libc::RENAME_EXCHANGE][rng.gen_range(0..5)];
+            let fresh = rng.gen_bool(0.5);
+            let to = pick(rng, ex, fresh);
+            Op::Rename(p, to, flags)
+        }
+        90..=95 => Op::Read(p),
+        _ => Op::List(p),
+    }
+}
+
+fn c(root: &Path, p: &str) -> CString {
+    CString::new(root.join(p).as_os_str().as_bytes()).unwrap()
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap()
+}
+
+fn ok(r: libc::c_int) -> Result<Vec<u8>, i32> {
+    if r < 0 { Err(errno()) } else { Ok(vec![]) }
+}
+
+fn with_fd(
+    path: &CString,
+    flags: i32,
+    mode: u32,
+    f: impl FnOnce(i32) -> isize,
+) -> Result<Vec<u8>, i32> {
+    // O_NONBLOCK: a random path may be a fifo, which must not block the test.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            flags | libc::O_CLOEXEC | libc::O_NONBLOCK,
+            mode,
+        )
+    };
+    if fd < 0 {
+        return Err(errno());
+    }
+    let r = f(fd);
+    let e = errno();
+    unsafe { libc::close(fd) };
+    if r < 0 { Err(e) } else { Ok(vec![]) }
+}
+
+/// Applies one operation under `root`; the result, or the errno.
+fn apply(root: &Path, op: &Op) -> Result<Vec<u8>, i32> {
+    unsafe {
+        match op {
+            Op::Create(p, mode, data) => with_fd(
+                &c(root, p),
+                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                *mode,
+                |fd| libc::write(fd, data.as_ptr().cast(), data.len()),
+            ),
+            Op::Write(p, off, data) => with_fd(&c(root, p), libc::O_WRONLY, 0, |fd| {
+                libc::pwrite(fd, data.as_ptr().cast(), data.len(), *off as i64)
+            }),
+            Op::Append(p, data) => with_fd(&c(root, p), libc::O_WRONLY | libc::O_APPEND, 0, |fd| {
+                libc::write(fd, data.as_ptr().cast(), data.len())
+            }),
+            Op::Truncate(p, len) => ok(libc::truncate(c(root, p).as_ptr(), *len as i64)),
+            Op::OpenTrunc(p) => with_fd(&c(root, p), libc::O_WRONLY | libc::O_TRUNC, 0, |_| 0),
+            Op::Chmod(p, mode) => ok(libc::chmod(c(root, p).as_ptr(), *mode)),
+            Op::Chown(p, u, g) => ok(libc::lchown(c(root, p).as_ptr(), *u, *g)),
+            Op::Utime(p, t) => {
+                let ts = [
+                    libc::timespec {
+                        tv_sec: *t,
+                        tv_nsec: 5,
+                    },
+                    libc::timespec {
+                        tv_sec: *t,
+                        tv_nsec: 7,
+                    },
+                ];
+                ok(libc::utimensat(
+                    libc::AT_FDCWD,
+                    c(root, p).as_ptr(),
+                    ts.as_ptr(),
+                    libc::AT_SYMLINK_NOFOLLOW,
+                ))
+            }
+            Op::SetXattr(p, v) => ok(libc::lsetxattr(
+                c(root, p).as_ptr(),
+                c"user.x".as_ptr(),
+                v.as_ptr().cast(),
+                v.len(),
+                0,
+            )),
+            Op::RemoveXattr(p) => ok(libc::lremovexattr(c(root, p).as_ptr(), c"user.x".as_ptr())),
+            Op::Link(s, d) => ok(libc::link(c(root, s).as_ptr(), c(root, d).as_ptr())),
+            Op::Symlink(t, d) => {
+                let t = CString::new(t.as_str()).unwrap();
+                ok(libc::symlink(t.as_ptr(), c(root, d).as_ptr()))
+            }
+            Op::Mkdir(p, mode) => ok(libc::mkdir(c(root, p).as_ptr(), *mode)),
+            Op::Mkfifo(p) => ok(libc::mkfifo(c(root, p).as_ptr(), 0o644)),
+            Op::Unlink(p) => ok(libc::unlink(c(root, p).as_ptr())),
+            Op::Rmdir(p) => ok(libc::rmdir(c(root, p).as_ptr())),
+            Op::Rename(s, d, flags) => ok(libc::renameat2(
+                libc::AT_FDCWD,
+                c(root, s).as_ptr(),
+                libc::AT_FDCWD,
+                c(root, d).as_ptr(),
+                *flags,
+            )),
+            Op::Read(p) => {
+                use std::io::Read;
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(root.join(p))
+                    .map_err(|e| e.raw_os_error().unwrap())?;
+                let mut v = Vec::new();
+                f.read_to_end(&mut v)
+                    .map_err(|e| e.raw_os_error().unwrap())?;
+                Ok(v)
+            }
+            Op::List(p) => std::fs::read_dir(root.join(p))
+                .map_err(|e| e.raw_os_error().unwrap())
+                .map(|rd| {
+                    let mut v: Vec<String> = rd
+                        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                        .collect();
+                    v.sort();
+                    v.join("/").into_bytes()
+                }),
+        }
+    }
+}
+
+#[derive(Debug, PartialEq)]
+struct Desc {
+    kind: &'static str,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: Option<u64>,
+    nlink: u64,
+    target: Option<PathBuf>,
+    content: Option<Vec<u8>>,
+    xattrs: Vec<(String, Vec<u8>)>,
+    links: Vec<PathBuf>,
+    /// Times set explicitly by the test (nanoseconds 5/7) are compared; others are not.
+    set_mtime: Option<(i64, i64)>,
+}
+
+fn kind(ft: std::fs::FileType) -> &'static str {
+    if ft.is_dir() {
+        "dir"
+    } else if ft.is_file() {
+        "file"
+    } else if ft.is_symlink() {
+        "symlink"
+    } else if ft.is_fifo() {
+        "fifo"
+    } else {
+        "other"
+    }
+}
+
+fn view(root: &Path) -> BTreeMap<PathBuf, Desc> {
+    let mut out = BTreeMap::new();
+    let mut by_ino: BTreeMap<u64, Vec<PathBuf>> = BTreeMap::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for n in names(&root.join(&rel)) {
+            let r = rel.join(&n);
+            let p = root.join(&r);
+            let Ok(md) = std::fs::symlink_metadata(&p) else {
+                continue; // listed but not there: kernel whiteouts in unmerged dirs
+            };
+            let k = kind(md.file_type());
+            if k == "dir" {
+                stack.push(r.clone());
+            } else {
+                by_ino.entry(md.ino()).or_default().push(r.clone());
+            }
+            let mut xattrs: Vec<(String, Vec<u8>)> = listxattr(&p)
+                .into_iter()
+                .filter(|x| x.starts_with("user."))
+                .map(|x| {
+                    let v = getxattr(&p, &x).unwrap_or_default();
+                    (x, v)
+                })
+                .collect();
+            xattrs.sort();
+            out.insert(
+                r,
+                Desc {
+                    kind: k,
+                    mode: md.mode(),
+                    uid: md.uid(),
+                    gid: md.gid(),
+                    size: (k != "dir").then_some(md.size()),
+                    nlink: md.nlink(),
+                    target: (k == "symlink").then(|| std::fs::read_link(&p).unwrap()),
+                    content: (k == "file").then(|| std::fs::read(&p).unwrap()),
+                    xattrs,
+                    links: vec![],
+                    set_mtime: (md.mtime_nsec() == 7).then_some((md.mtime(), md.mtime_nsec())),
+                },
+            );
+        }
+    }
+    for group in by_ino.values() {
+        for p in group {
+            out.get_mut(p).unwrap().links = group.iter().filter(|q| *q != p).cloned().collect();
+        }
+    }
+    out
+}
+
+fn assert_same_view(ours: &BTreeMap<PathBuf, Desc>, kernel: &BTreeMap<PathBuf, Desc>, ctx: &str) {
+    for (p, k) in kernel {
+        match ours.get(p) {
+            None => panic!("{ctx}: {p:?} missing from unionfuse (kernel: {k:?})"),
+            Some(o) => assert_eq!(o, k, "{ctx}: {p:?} differs (left: unionfuse)"),
+        }
+    }
+    for p in ours.keys() {
+        assert!(kernel.contains_key(p), "{ctx}: {p:?} only in unionfuse");
+    }
+}
+
+struct Stats {
+    steps: usize,
+    errors: usize,
+}
+
+fn run_sequence(seed: u64, steps: usize) -> Stats {
+    let t = scratch();
+    let d = |n: &str| {
+        let p = t.path().join(n);
+        mkdir(&p);
+        p
+    };
+    let (l1, l2, ku, kw, ou, kmp, omp) = (
+        d("l1"),
+        d("l2"),
+        d("ku"),
+        d("kw"),
+        d("ou"),
+        d("km"),
+        d("om"),
+    );
+    let mut rng = StdRng::seed_from_u64(seed);
+    lower_tree(&mut rng, &l2, Path::new(""), 1);
+    lower_tree(&mut rng, &l1, Path::new(""), 1);
+    let lowers = [l1.as_path(), l2.as_path()];
+    let lopt = format!("lowerdir={}:{}", l1.display(), l2.display());
+    let mut k_results = Vec::new();
+    let mut stats = Stats {
+        steps: 0,
+        errors: 0,
+    };
+    let ctx = |i: usize| format!("seed {seed} step {i}");
+    {
+        let _k = mount_kernel(&lopt, &ku, &kw, &kmp);
+        let _o = UnionMount::new(&lowers, Some(&ou), &omp);
+        for i in 0..steps {
+            let op = &random_op(&mut rng, &existing(&kmp));
+            let kr = apply(&kmp, op);
+            let or = apply(&omp, op);
+            assert_eq!(or, kr, "{}: {op:?} (left: unionfuse)", ctx(i));
+            stats.steps += 1;
+            stats.errors += kr.is_err() as usize;
+            k_results.push(kr);
+            if i % 10 == 9 || i + 1 == steps {
+                assert_same_view(&view(&omp), &view(&kmp), &ctx(i));
+            }
+        }
+    }
+    let ours_final = {
+        let _o = UnionMount::new(&lowers, Some(&ou), &omp);
+        view(&omp)
+    };
+    let kernel_final = {
+        let _k = mount_kernel(&lopt, &ku, &kw, &kmp);
+        view(&kmp)
+    };
+    assert_same_view(
+        &ours_final,
+        &kernel_final,
+        &format!("seed {seed} after remount"),
+    );
+    // Interop: each upper read back by the other implementation.
+    let (kw2, m2) = (d("kw2"), d("m2"));
+    {
+        let _k = mount_kernel(&lopt, &ou, &kw2, &m2);
+        assert_same_view(
+            &view(&m2),
+            &kernel_final,
+            &format!("seed {seed}: unionfuse's upper under kernel overlayfs"),
+        );
+    }
+    {
+        let _o = UnionMount::new(&lowers, Some(&ku), &m2);
+        assert_same_view(
+            &view(&m2),
+            &kernel_final,
+            &format!("seed {seed}: kernel's upper under unionfuse"),
+        );
+    }
+    stats
+}
+
+fn mount_kernel(lopt: &str, upper: &Path, work: &Path, mp: &Path) -> KernelOverlay {
+    let opts = format!(
+        "{lopt},upperdir={},workdir={},redirect_dir=off,index=off",
+        upper.display(),
+        work.display()
+    );
+    let out = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &opts])
+        .arg(mp)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kernel mount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    KernelOverlay {
+        mp: mp.to_path_buf(),
+    }
+}
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+#[test]
+fn random_operation_sequences_match_kernel_overlayfs() {
+    if !require_root() {
+        return;
+    }
+    let start = env("UNIONFUSE_WDIFF_START", 1);
+    let n = env("UNIONFUSE_WDIFF_SEEDS", 40);
+    let steps = env("UNIONFUSE_WDIFF_STEPS", 80) as usize;
+    let (mut total, mut errors) = (0, 0);
+    for seed in start..start + n {
+        let s = run_sequence(seed, steps);
+        total += s.steps;
+        errors += s.errors;
+    }
+    eprintln!(
+        "write differential: {n} sequences from seed {start}, {total} steps ({errors} of them \
+         errors, each matched by errno), 0 divergences"
+    );
+}
