@@ -455,10 +455,9 @@ impl Union {
             return Err(Errno(libc::EXDEV));
         }
         // As overlayfs: the target's emptiness is checked after the EXDEV refusal.
-        if let Some(d) = dst.as_ref().filter(|d| !exchange && is_dir(d)) {
-            if !self.dir_is_empty(d)? {
-                return Err(Errno(libc::ENOTEMPTY));
-            }
+        let target_dir = dst.as_ref().filter(|d| !exchange && is_dir(d));
+        if target_dir.map(|d| self.dir_is_empty(d)).transpose()? == Some(false) {
+            return Err(Errno(libc::ENOTEMPTY));
         }
         self.bring_up(&p, name, &src)?;
         if exchange {
