@@ -328,8 +328,16 @@ impl ParentTimes {
     }
 }
 
-/// Gives `to` the owner, mode, xattrs and times of `from` (whose status is `st`).
+/// Gives `to` the owner, mode, xattrs and times of `from` (whose status is `st`). The order
+/// matters: chown clears set-id bits (so the mode follows it) and file capabilities (so the
+/// xattrs follow both); times go last.
 pub fn copy_meta(from: At<'_>, to: At<'_>, st: &libc::stat) -> Result<()> {
+    let name = to.name.unwrap_or(c"");
+    let fmt = st.st_mode & libc::S_IFMT;
+    chown_at(to, st.st_uid, st.st_gid)?;
+    if fmt != libc::S_IFLNK {
+        sys::chmod_at(to.dir, to.name, st.st_mode & 0o7777)?;
+    }
     for attr in sys::listxattr(from.dir, from.name)? {
         if whiteout::is_private_xattr(&attr) {
             continue;
@@ -341,13 +349,6 @@ pub fn copy_meta(from: At<'_>, to: At<'_>, st: &libc::stat) -> Result<()> {
                 Err(e) => return Err(e),
             }
         }
-    }
-    let name = to.name.unwrap_or(c"");
-    let fmt = st.st_mode & libc::S_IFMT;
-    chown_at(to, st.st_uid, st.st_gid)?;
-    // chown clears set-id bits: the mode goes after it.
-    if fmt != libc::S_IFLNK {
-        sys::chmod_at(to.dir, to.name, st.st_mode & 0o7777)?;
     }
     let ts = [
         libc::timespec {

@@ -1,0 +1,485 @@
+//! The writable upper on real FUSE mounts: copy-up fidelity and atomicity, the POSIX errors,
+//! whiteout formats, file operations, inode numbers, and a full upper.
+
+mod common;
+
+use std::ffi::CString;
+use std::io::{Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+struct Setup {
+    _t: tempfile::TempDir,
+    root: PathBuf,
+    lower: PathBuf,
+    upper: PathBuf,
+    mp: PathBuf,
+}
+
+fn setup() -> Setup {
+    let t = scratch();
+    let root = t.path().to_path_buf();
+    let d = |n: &str| {
+        let p = root.join(n);
+        mkdir(&p);
+        p
+    };
+    Setup {
+        lower: d("lower"),
+        upper: d("upper"),
+        mp: d("mnt"),
+        root,
+        _t: t,
+    }
+}
+
+fn c(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+fn errno_of<T>(r: std::io::Result<T>) -> i32 {
+    r.err().and_then(|e| e.raw_os_error()).unwrap_or(0)
+}
+
+#[test]
+fn copy_up_keeps_data_holes_owner_mode_times_xattrs_and_parents() {
+    if !require_root() {
+        return;
+    }
+    let s = setup();
+    let f = s.lower.join("d1/d2/file");
+    // Sparse: 1 MiB of data at 64 MiB.
+    mkdir(f.parent().unwrap());
+    {
+        let file = std::fs::File::create(&f).unwrap();
+        file.write_all_at(&[7u8; 1 << 20], 64 << 20).unwrap();
+    }
+    chmod(&f, 0o4751);
+    lchown(&f, 1000, 1001);
+    setxattr(&f, "user.keep", b"me");
+    setxattr(
+        &f,
+        "security.capability",
+        &[
+            1, 0, 0, 2, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ],
+    );
+    assert!(
+        Command::new("setfacl")
+            .args(["-m", "u:4321:rw"])
+            .arg(&f)
+            .status()
+            .unwrap()
+            .success()
+    );
+    chmod(&f, 0o4751);
+    set_times(&f, (1_111_111_111, 1), (1_222_222_222, 2));
+    for d in ["d1", "d1/d2"] {
+        chmod(&s.lower.join(d), 0o750);
+        lchown(&s.lower.join(d), 1000, 1000);
+        setxattr(&s.lower.join(d), "user.dir", d.as_bytes());
+        set_times(&s.lower.join(d), (1_000_000_000, 0), (1_100_000_000, 0));
+    }
+    let _m = UnionMount::new(&[&s.lower], Some(&s.upper), &s.mp);
+    let before = std::fs::metadata(s.mp.join("d1/d2/file")).unwrap();
+    // chown/chmod-free change: an xattr on the file copies it up.
+    setxattr(&s.mp.join("d1/d2/file"), "user.new", b"1");
+    let u = s.upper.join("d1/d2/file");
+    let um = std::fs::metadata(&u).unwrap();
+    assert_eq!(um.len(), (64 << 20) + (1 << 20));
+    assert!(
+        um.blocks() * 512 < 8 << 20,
+        "the hole was filled: {} blocks",
+        um.blocks()
+    );
+    assert_eq!(um.mode() & 0o7777, 0o4751, "mode (with setuid) kept");
+    assert_eq!((um.uid(), um.gid()), (1000, 1001));
+    assert_eq!((um.mtime(), um.mtime_nsec()), (1_222_222_222, 2));
+    assert_eq!(getxattr(&u, "user.keep").unwrap(), b"me");
+    assert_eq!(getxattr(&u, "user.new").unwrap(), b"1");
+    assert!(
+        getxattr(&u, "security.capability").is_ok(),
+        "file capability kept"
+    );
+    let acl = Command::new("getfacl").arg(&u).output().unwrap();
+    assert!(String::from_utf8_lossy(&acl.stdout).contains("user:4321:rw-"));
+    for d in ["d1", "d1/d2"] {
+        let m = std::fs::metadata(s.upper.join(d)).unwrap();
+        assert_eq!(m.mode() & 0o7777, 0o750, "{d}");
+        assert_eq!((m.uid(), m.gid()), (1000, 1000), "{d}");
+        assert_eq!(
+            getxattr(&s.upper.join(d), "user.dir").unwrap(),
+            d.as_bytes()
+        );
+        assert_eq!(m.mtime(), 1_100_000_000, "{d}: parent times kept");
+    }
+    // The view did not change where it was not asked to.
+    let after = std::fs::metadata(s.mp.join("d1/d2/file")).unwrap();
+    assert_eq!(after.ino(), before.ino(), "st_ino kept across copy-up");
+    assert_eq!(after.mode(), before.mode());
+    // The lower is untouched.
+    assert_eq!(getxattr(&f, "user.new"), Err(libc::ENODATA));
+}
+
+#[test]
+fn reading_never_copies_up_and_writing_does_once() {
+    if !require_root() {
+        return;
+    }
+    let s = setup();
+    write(&s.lower.join("r"), b"read me");
+    write(&s.lower.join("w"), b"0123456789");
+    let _m = UnionMount::new(&[&s.lower], Some(&s.upper), &s.mp);
+    assert_eq!(std::fs::read(s.mp.join("r")).unwrap(), b"read me");
+    let ro = std::fs::File::open(s.mp.join("r")).unwrap();
+    assert!(!s.upper.join("r").exists(), "a read-only open copied up");
+    drop(ro);
+    // Two writers open the same lower file at once: one copy-up, both writes land in it.
+    let a = std::fs::OpenOptions::new()
+        .write(true)
+        .open(s.mp.join("w"))
+        .unwrap();
+    let b = std::fs::OpenOptions::new()
+        .write(true)
+        .open(s.mp.join("w"))
+        .unwrap();
+    a.write_all_at(b"AA", 0).unwrap();
+    b.write_all_at(b"BB", 8).unwrap();
+    drop((a, b));
+    assert_eq!(std::fs::read(s.mp.join("w")).unwrap(), b"AA234567BB");
+    assert_eq!(std::fs::read(s.upper.join("w")).unwrap(), b"AA234567BB");
+    assert_eq!(std::fs::read(s.lower.join("w")).unwrap(), b"0123456789");
+    // Concurrent copy-ups of one big file from many threads: one consistent result.
+    let big: Vec<u8> = (0..8_000_000u32).map(|i| (i % 253) as u8).collect();
+    write(&s.lower.join("big"), &big);
+    drop(_m);
+    let _m = UnionMount::new(&[&s.lower], Some(&s.upper), &s.mp);
+    let threads: Vec<_> = (0..8u8)
+        .map(|i| {
+            let p = s.mp.join("big");
+            std::thread::spawn(move || {
+                let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+                f.write_all_at(&[i], i as u64 * 1_000_000).unwrap();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let got = std::fs::read(s.mp.join("big")).unwrap();
+    let mut want = big.clone();
+    for i in 0..8u8 {
+        want[i as usize * 1_000_000] = i;
+    }
+    assert!(got == want, "concurrent copy-ups lost data");
+}
+
+#[test]
+fn posix_errors_and_special_rules() {
+    if !require_root() {
+        return;
+    }
+    let s = setup();
+    write(&s.lower.join("dir/child"), b"x");
+    write(&s.lower.join("file"), b"x");
+    let _m = UnionMount::new(&[&s.lower], Some(&s.upper), &s.mp);
+    let m = &s.mp;
+    // A 0/0 character device is a whiteout: refused like overlayfs does.
+    let r = unsafe { libc::mknod(c(&m.join("wh")).as_ptr(), libc::S_IFCHR | 0o600, 0) };
+    assert_eq!(
+        (r, std::io::Error::last_os_error().raw_os_error()),
+        (-1, Some(libc::EPERM))
+    );
+    assert_eq!(
+        errno_of(std::fs::remove_dir(m.join("dir"))),
+        libc::ENOTEMPTY
+    );
+    assert_eq!(errno_of(std::fs::create_dir(m.join("file"))), libc::EEXIST);
+    assert_eq!(errno_of(std::fs::remove_file(m.join("dir"))), libc::EISDIR);
+    assert_eq!(errno_of(std::fs::remove_dir(m.join("file"))), libc::ENOTDIR);
+    assert_eq!(
+        errno_of(std::fs::rename(m.join("file"), m.join("dir"))),
+        libc::EISDIR
+    );
+    // Names of the OCI whiteout format are refused.
+    assert_eq!(
+        errno_of(std::fs::write(m.join(".wh.file"), b"")),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno_of(std::fs::create_dir(m.join(".wh..wh..opq"))),
+        libc::EINVAL
+    );
+    // The work dir is not part of the view.
+    assert_eq!(lstat_errno(&m.join(".unionfuse-work")), libc::ENOENT);
+    assert!(!names(m).contains(&".unionfuse-work".to_string()));
+    // An open file that loses its last name reports st_nlink 0 (upper and lower alike).
+    for name in ["file", "fresh"] {
+        let p = m.join(name);
+        if name == "fresh" {
+            std::fs::write(&p, b"new").unwrap();
+        }
+        let f = std::fs::File::open(&p).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        assert_eq!(f.metadata().unwrap().nlink(), 0, "{name}");
+        assert_eq!(lstat_errno(&p), libc::ENOENT);
+    }
+    // Modes are the ones asked for under the caller's umask, fifos too.
+    let old = unsafe { libc::umask(0o027) };
+    let r = unsafe { libc::mkfifo(c(&m.join("fifo")).as_ptr(), 0o666) };
+    std::fs::create_dir(m.join("newdir")).unwrap();
+    std::fs::write(m.join("newfile"), b"").unwrap();
+    unsafe { libc::umask(old) };
+    assert_eq!(r, 0);
+    assert_eq!(
+        std::fs::symlink_metadata(m.join("fifo")).unwrap().mode() & 0o777,
+        0o640
+    );
+    assert_eq!(
+        std::fs::metadata(m.join("newdir")).unwrap().mode() & 0o777,
+        0o750
+    );
+    assert_eq!(
+        std::fs::metadata(m.join("newfile")).unwrap().mode() & 0o777,
+        0o640
+    );
+}
+
+#[test]
+fn deleted_names_leave_whiteouts_and_remade_dirs_are_opaque() {
+    if !require_root() {
+        return;
+    }
+    for oci in [false, true] {
+        let s = setup();
+        write(&s.lower.join("a/b/c/deep"), b"lower");
+        write(&s.lower.join("a/b/c/other"), b"lower");
+        write(&s.lower.join("gone"), b"lower");
+        let args: &[&str] = if oci { &["-o", "whiteout=oci"] } else { &[] };
+        {
+            let _m = UnionMount::with_args(&[&s.lower], Some(&s.upper), &s.mp, args);
+            std::fs::remove_file(s.mp.join("gone")).unwrap();
+            std::fs::remove_dir_all(s.mp.join("a/b/c")).unwrap();
+            std::fs::create_dir(s.mp.join("a/b/c")).unwrap();
+            std::fs::write(s.mp.join("a/b/c/new"), b"upper").unwrap();
+            assert_eq!(names(&s.mp.join("a/b/c")), ["new"]);
+            assert_eq!(lstat_errno(&s.mp.join("gone")), libc::ENOENT);
+        }
+        if oci {
+            assert!(s.upper.join(".wh.gone").exists());
+            assert!(s.upper.join("a/b/c/.wh..wh..opq").exists());
+        } else {
+            let st = std::fs::symlink_metadata(s.upper.join("gone")).unwrap();
+            assert_eq!((st.mode() & libc::S_IFMT, st.rdev()), (libc::S_IFCHR, 0));
+            assert_eq!(
+                getxattr(&s.upper.join("a/b/c"), "trusted.overlay.opaque").unwrap(),
+                b"y"
+            );
+        }
+        // Remounted, the view is the same.
+        let _m = UnionMount::new(&[&s.lower], Some(&s.upper), &s.mp);
+        assert_eq!(names(&s.mp.join("a/b/c")), ["new"]);
+        assert_eq!(lstat_errno(&s.mp.join("gone")), libc::ENOENT);
+    }
+}
+
+#[test]
+fn inode_numbers_survive_reuse_by_the_upper_filesystem() {
+    if !require_root() {
+        return;
+    }
+    let s = setup();
+    let src = s.root.join("src");
+    for i in 0..50 {
+        write(
+            &src.join(format!("d{}/f{i}", i % 5)),
+            format!("{i}").as_bytes(),
+        );
+    }
+    let tar = s.root.join("t.tar");
+    assert!(
+        Command::new("tar")
+            .arg("-cf")
+            .arg(&tar)
+            .arg("-C")
+            .arg(&src)
+            .arg(".")
+            .status()
+            .unwrap()
+            .success()
+    );
+    let _m = UnionMount::new(&[&s.lower], Some(&s.upper), &s.mp);
+    let x = s.mp.join("x");
+    for round in 0..15 {
+        std::fs::create_dir(&x).unwrap();
+        let st = Command::new("tar")
+            .arg("-xf")
+            .arg(&tar)
+            .arg("-C")
+            .arg(&x)
+            .status()
+            .unwrap();
+        assert!(st.success(), "round {round}: tar failed");
+        let st = Command::new("rm").arg("-rf").arg(&x).status().unwrap();
+        assert!(st.success(), "round {round}: rm failed");
+    }
+}
+
+#[test]
+fn file_operations_behave_as_on_a_local_filesystem() {
+    if !require_root() {
+        return;
+    }
+    let s = setup();
+    write(&s.lower.join("data"), &[1u8; 100_000]);
+    let _m = UnionMount::new(&[&s.lower], Some(&s.upper), &s.mp);
+    let p = s.mp.join("data");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&p)
+        .unwrap();
+    f.sync_all().unwrap();
+    f.sync_data().unwrap();
+    // fallocate beyond the end, then holes and data.
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 1 << 20) };
+    assert_eq!(r, 0);
+    assert_eq!(f.metadata().unwrap().len(), 1 << 20);
+    let sparse = s.mp.join("sparse");
+    let g = std::fs::File::create(&sparse).unwrap();
+    g.write_all_at(b"x", 10 << 20).unwrap();
+    let data = unsafe { libc::lseek(g.as_raw_fd(), 0, libc::SEEK_DATA) };
+    let hole = unsafe { libc::lseek(g.as_raw_fd(), 0, libc::SEEK_HOLE) };
+    assert_eq!(hole, 0, "a hole at the start");
+    assert!(data >= 9 << 20, "data near the end, got {data}");
+    // Locks.
+    assert_eq!(
+        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    let f2 = std::fs::File::open(&p).unwrap();
+    assert_eq!(
+        unsafe { libc::flock(f2.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        -1
+    );
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_len = 10;
+    assert_eq!(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &fl) }, 0);
+    // Shared writable mmap: stores reach the file.
+    unsafe {
+        let m = libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(m, libc::MAP_FAILED);
+        std::ptr::copy_nonoverlapping(b"mmapped".as_ptr(), m as *mut u8, 7);
+        assert_eq!(libc::msync(m, 4096, libc::MS_SYNC), 0);
+        libc::munmap(m, 4096);
+    }
+    let mut head = [0u8; 7];
+    f2.read_exact_at(&mut head, 0).unwrap();
+    assert_eq!(&head, b"mmapped");
+    assert_eq!(
+        &std::fs::read(s.upper.join("data")).unwrap()[..7],
+        b"mmapped"
+    );
+    // Append goes to the end.
+    let mut a = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+    a.write_all(b"END").unwrap();
+    a.seek(SeekFrom::End(0)).unwrap();
+    assert!(std::fs::read(&p).unwrap().ends_with(b"END"));
+    // statfs is the upper's.
+    let ours = nix_statfs(&s.mp);
+    let theirs = nix_statfs(&s.upper);
+    assert_eq!(
+        (ours.f_blocks, ours.f_bsize),
+        (theirs.f_blocks, theirs.f_bsize)
+    );
+}
+
+fn nix_statfs(p: &Path) -> libc::statvfs {
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c(p).as_ptr(), &mut st) }, 0);
+    st
+}
+
+#[test]
+fn full_upper_gives_enospc_and_keeps_lower_and_view_intact() {
+    if !require_root() {
+        return;
+    }
+    let s = setup();
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| i as u8).collect();
+    write(&s.lower.join("big"), &big);
+    write(&s.lower.join("small"), b"small");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    assert!(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(&s.upper)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let _u = Unmount(s.upper.clone());
+    let _m = UnionMount::new(&[&s.lower], Some(&s.upper), &s.mp);
+    let e = std::fs::OpenOptions::new()
+        .write(true)
+        .open(s.mp.join("big"))
+        .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+    assert_eq!(
+        std::fs::read(s.mp.join("big")).unwrap(),
+        big,
+        "view still shows the lower file"
+    );
+    assert_eq!(std::fs::read(s.lower.join("big")).unwrap(), big);
+    // Nothing half-made is left in the upper, and small changes still work.
+    assert!(!s.upper.join("big").exists());
+    std::fs::write(s.mp.join("small"), b"changed").unwrap();
+    assert_eq!(std::fs::read(s.mp.join("small")).unwrap(), b"changed");
+}
+
+#[test]
+fn oci_upper_reads_back_the_same_and_volatile_is_accepted() {
+    if !require_root() {
+        return;
+    }
+    let s = setup();
+    write(&s.lower.join("keep"), b"k");
+    write(&s.lower.join("drop"), b"d");
+    write(&s.lower.join("dir/x"), b"x");
+    {
+        let _m = UnionMount::with_args(
+            &[&s.lower],
+            Some(&s.upper),
+            &s.mp,
+            &["-o", "whiteout=oci,volatile"],
+        );
+        std::fs::remove_file(s.mp.join("drop")).unwrap();
+        std::fs::remove_dir_all(s.mp.join("dir")).unwrap();
+        std::fs::create_dir(s.mp.join("dir")).unwrap();
+        std::fs::write(s.mp.join("keep"), b"K").unwrap();
+    }
+    assert!(s.upper.join(".wh.drop").exists());
+    let _m = UnionMount::new(&[&s.lower], Some(&s.upper), &s.mp);
+    assert_eq!(names(&s.mp), ["dir", "keep"]);
+    assert!(names(&s.mp.join("dir")).is_empty());
+    assert_eq!(std::fs::read(s.mp.join("keep")).unwrap(), b"K");
+}
