@@ -339,7 +339,7 @@ fn file_operations_behave_as_on_a_local_filesystem() {
     write(&s.lower.join("data"), &[1u8; 100_000]);
     let _m = UnionMount::new(&[&s.lower], Some(&s.upper), &s.mp);
     let p = s.mp.join("data");
-    let mut f = std::fs::OpenOptions::new()
+    let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(&p)
