@@ -2,9 +2,9 @@
 //! overlayfs and on unionfuse over the same lower layers, compared after every step (result
 //! and errno) and as whole views; then each upper is read back by the other implementation.
 //!
-//! The one deliberate difference, stated here only: unionfuse does not yet write redirects,
-//! so, like kernel overlayfs mounted with `redirect_dir=off`, it refuses with EXDEV to rename
-//! a directory that has lower content. The kernel oracle is mounted that way.
+//! Directories with lower content are renamed with redirects, as kernel overlayfs does with
+//! `redirect_dir=on` (the oracle is mounted that way), in the same xattr format, so each
+//! side's upper reads back on the other.
 //!
 //! CI runs a fixed seed set. More locally:
 //!   UNIONFUSE_WDIFF_SEEDS=1000 UNIONFUSE_WDIFF_START=100 UNIONFUSE_WDIFF_STEPS=200 \
@@ -492,7 +492,7 @@ fn run_sequence(seed: u64, steps: usize) -> Stats {
 
 fn mount_kernel(lopt: &str, upper: &Path, work: &Path, mp: &Path) -> KernelOverlay {
     let opts = format!(
-        "{lopt},upperdir={},workdir={},redirect_dir=off,index=off",
+        "{lopt},upperdir={},workdir={},redirect_dir=on,index=off",
         upper.display(),
         work.display()
     );

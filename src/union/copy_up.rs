@@ -288,6 +288,15 @@ impl Union {
         })
     }
 
+    /// The xattr a redirect is written in: the same family as the opaque marker.
+    pub(super) fn redirect_xattr(&self) -> &'static CStr {
+        if self.opaque_xattr == c"trusted.overlay.opaque" {
+            c"trusted.overlay.redirect"
+        } else {
+            c"user.overlay.redirect"
+        }
+    }
+
     /// Marks a new upper directory opaque, in the format this mount writes.
     pub(super) fn set_opaque(&self, dir: BorrowedFd<'_>) -> Result<()> {
         if self.oci_whiteouts {

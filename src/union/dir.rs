@@ -4,6 +4,7 @@
 
 use std::ffi::{CStr, OsStr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use super::copy_up::{At, chown_at, remove_tree};
@@ -447,17 +448,24 @@ impl Union {
         } else if exchange {
             return Err(Errno(libc::ENOENT));
         }
-        // A directory that carries lower content would need redirects; like overlayfs without
-        // redirect_dir, that is refused for now (tools fall back to copying).
-        if (is_dir(&src) && has_lower(&src))
-            || (exchange && dst.as_ref().is_some_and(|d| is_dir(d) && has_lower(d)))
-        {
+        // A directory with lower content moves with a redirect to where that content is, as
+        // overlayfs' redirect_dir does. The OCI format has no redirects: refused there, like
+        // overlayfs without redirect_dir (tools then copy).
+        let redirected = |r: &Resolved| is_dir(r) && has_lower(r);
+        let dst_redirected = exchange && dst.as_ref().is_some_and(redirected);
+        if (redirected(&src) || dst_redirected) && self.oci_whiteouts {
             return Err(Errno(libc::EXDEV));
         }
         // As overlayfs: the target's emptiness is checked after the EXDEV refusal.
         let target_dir = dst.as_ref().filter(|d| !exchange && is_dir(d));
         if target_dir.map(|d| self.dir_is_empty(d)).transpose()? == Some(false) {
             return Err(Errno(libc::ENOTEMPTY));
+        }
+        if redirected(&src) {
+            self.set_redirect(&src)?;
+        }
+        if dst_redirected {
+            self.set_redirect(dst.as_ref().expect("checked"))?;
         }
         self.bring_up(&p, name, &src)?;
         if exchange {
@@ -472,10 +480,10 @@ impl Union {
             let d = dst.as_ref().expect("checked");
             sys::renameat2(spfd.as_fd(), &c, dpfd.as_fd(), &nc, sys::RENAME_EXCHANGE)?;
             // A directory landing where a lower one is must not merge with it.
-            if is_dir(&src) && dst_lower {
+            if is_dir(&src) && !redirected(&src) && dst_lower {
                 self.set_opaque(src.dirs[0].1.as_fd())?;
             }
-            if is_dir(d) && src_wh {
+            if is_dir(d) && !redirected(d) && src_wh {
                 self.set_opaque(d.dirs[0].1.as_fd())?;
             }
             self.moved(&src, newparent, newname, &dpfd);
@@ -494,7 +502,7 @@ impl Union {
             Slot::Whiteout if is_dir(&src) => sys::unlinkat(dpfd.as_fd(), &nc, 0)?,
             _ => {}
         }
-        if is_dir(&src) && (dst_lower || slot != Slot::Empty) {
+        if is_dir(&src) && !redirected(&src) && (dst_lower || slot != Slot::Empty) {
             self.set_opaque(src.dirs[0].1.as_fd())?;
         }
         let mut done = false;
@@ -517,6 +525,53 @@ impl Union {
         }
         self.moved(&src, newparent, newname, &dpfd);
         Ok(())
+    }
+
+    /// Copies a directory with lower content up (itself, not its tree) and records where
+    /// that content is, so that it can move.
+    fn set_redirect(&self, r: &Resolved) -> Result<()> {
+        let node = self
+            .nodes
+            .get(self.union_ino(&r.st))
+            .ok_or(Errno(libc::EXDEV))?;
+        let path = self.lower_path(&node)?;
+        let ufd = self.upper_dir(&node)?;
+        if whiteout::redirect_of(ufd.as_fd())?.is_none() {
+            sys::setxattr(ufd.as_fd(), None, self.redirect_xattr(), Some(&path), 0)?;
+        }
+        Ok(())
+    }
+
+    /// Where a directory's lower content is: its own redirect, or its parent's lower path
+    /// and its name.
+    fn lower_path(&self, node: &Node) -> Result<Vec<u8>> {
+        if node.ino == super::inode::ROOT_INO {
+            return Ok(Vec::new());
+        }
+        let (parent, name, upper) = {
+            let loc = node.loc.read();
+            let upper = loc
+                .dirs
+                .first()
+                .filter(|(l, _)| !self.is_lower(*l))
+                .map(|(_, fd)| fd.clone());
+            (loc.parent, loc.name.clone(), upper)
+        };
+        let mut own = name.as_bytes().to_vec();
+        if let Some(rd) = upper
+            .map(|u| whiteout::redirect_of(u.as_fd()))
+            .transpose()?
+            .flatten()
+        {
+            if rd.starts_with(b"/") {
+                return Ok(rd);
+            }
+            own = rd;
+        }
+        let mut path = self.lower_path(&*self.node(parent)?)?;
+        path.push(b'/');
+        path.extend_from_slice(&own);
+        Ok(path)
     }
 
     /// Copies up the object that `name` in `parent` resolved to, by that name.

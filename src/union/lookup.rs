@@ -7,6 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use super::whiteout;
@@ -154,4 +155,45 @@ pub fn check_name(name: &OsStr) -> Result<()> {
         return Err(Errno(libc::ENOENT));
     }
     Ok(())
+}
+
+/// Follows a path, one name at a time, down the given lower directories (top-down), as a
+/// merged lookup would: a layer whose path ends or is not a directory drops out; a whiteout
+/// or a non-directory hides every layer below it; an opaque directory is the last.
+pub fn walk_lower(
+    start: &[(usize, Arc<OwnedFd>)],
+    components: &[&[u8]],
+) -> Result<Vec<(usize, Arc<OwnedFd>)>> {
+    let mut dirs: Vec<(usize, Arc<OwnedFd>)> = start.to_vec();
+    for comp in components {
+        let name = OsStr::from_bytes(comp);
+        check_name(name)?;
+        let c = sys::cstr(name)?;
+        let mut next = Vec::new();
+        for (layer, fd) in &dirs {
+            match sys::fstatat(fd.as_fd(), &c) {
+                Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
+                    let sub = sys::openat(fd.as_fd(), &c, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+                    let opaque = whiteout::is_opaque_dir(sub.as_fd())?;
+                    next.push((*layer, Arc::new(sub)));
+                    if opaque || whiteout::has_oci_whiteout(fd.as_fd(), name)? {
+                        break;
+                    }
+                }
+                // A whiteout or any other non-directory hides what is below.
+                Ok(_) => break,
+                Err(Errno(libc::ENOENT)) => {
+                    if whiteout::has_oci_whiteout(fd.as_fd(), name)? {
+                        break;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        dirs = next;
+        if dirs.is_empty() {
+            break;
+        }
+    }
+    Ok(dirs)
 }

@@ -55,7 +55,7 @@ pub struct Union {
     pub volatile: bool,
     /// Whiteouts and opaque markers are written in the OCI format (asked, or no choice).
     pub oci_whiteouts: bool,
-    opaque_xattr: &'static std::ffi::CStr,
+    pub(super) opaque_xattr: &'static std::ffi::CStr,
     /// Told the inode number of a node whose attributes copy-up changed (the adapter drops
     /// the kernel's cached attributes, which it may hold for long on lower nodes).
     changed: std::sync::OnceLock<ChangeHook>,
@@ -237,7 +237,14 @@ impl Union {
                     dirs = lookup::open_dir_chain(&pdirs, [layer], &c)?;
                     let upper_opaque =
                         dirs.len() == 1 && whiteout::is_opaque_dir(dirs[0].1.as_fd())?;
-                    if let Some(e) = entry.filter(|e| !upper_opaque && !e.chain.is_empty()) {
+                    let redirect = match upper_opaque {
+                        true => None,
+                        false => whiteout::redirect_of(dirs[0].1.as_fd())?,
+                    };
+                    if let Some(rd) = redirect {
+                        // A renamed directory: its lower content is where it came from.
+                        dirs.extend(self.redirected_chain(&pdirs, &rd)?);
+                    } else if let Some(e) = entry.filter(|e| !upper_opaque && !e.chain.is_empty()) {
                         dirs.extend(lookup::open_dir_chain(&pdirs, e.chain.clone(), &c)?);
                     }
                 }
@@ -269,6 +276,41 @@ impl Union {
                 })
             }
         }
+    }
+
+    /// The lower directories a redirect points at: an absolute path from every lower
+    /// layer's root, or a name in the parent's lower directories.
+    fn redirected_chain(
+        &self,
+        pdirs: &[(usize, Arc<std::os::fd::OwnedFd>)],
+        redirect: &[u8],
+    ) -> Result<Vec<(usize, Arc<std::os::fd::OwnedFd>)>> {
+        let (start, path): (Vec<_>, &[u8]) = match redirect.strip_prefix(b"/") {
+            Some(abs) => (
+                self.layers
+                    .iter()
+                    .filter(|l| !l.writable)
+                    .map(|l| (l.idx, l.root.clone()))
+                    .collect(),
+                abs,
+            ),
+            None => (
+                pdirs
+                    .iter()
+                    .filter(|(l, _)| self.is_lower(*l))
+                    .cloned()
+                    .collect(),
+                redirect,
+            ),
+        };
+        let comps: Vec<&[u8]> = path
+            .split(|&b| b == b'/')
+            .filter(|c| !c.is_empty())
+            .collect();
+        if comps.is_empty() {
+            return Ok(Vec::new());
+        }
+        lookup::walk_lower(&start, &comps)
     }
 
     /// Looks `name` up in `parent` and takes one lookup reference on the result.

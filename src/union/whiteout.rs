@@ -19,6 +19,7 @@ const OPAQUE_XATTRS: [&CStr; 3] = [
     c"user.overlay.opaque",
     c"user.fuseoverlayfs.opaque",
 ];
+const REDIRECT_XATTRS: [&CStr; 2] = [c"trusted.overlay.redirect", c"user.overlay.redirect"];
 const WHITEOUT_XATTRS: [&CStr; 2] = [c"trusted.overlay.whiteout", c"user.overlay.whiteout"];
 
 /// Extended attributes that belong to the overlay machinery and are never shown in the view.
@@ -117,4 +118,21 @@ pub fn upper_slot(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Slot> {
         Err(sys::Errno(libc::ENOENT)) => Ok(Slot::Empty),
         Err(e) => Err(e),
     }
+}
+
+/// The redirect of an upper directory that was renamed (overlayfs' `redirect_dir`): where
+/// its lower content is, as an absolute path from the layers' roots (`/a/b`) or a name in
+/// the same parent's lower directories.
+pub fn redirect_of(dir: BorrowedFd<'_>) -> Result<Option<Vec<u8>>> {
+    let names = sys::listxattr(dir, None)?;
+    for x in REDIRECT_XATTRS {
+        if names.iter().any(|n| n.as_slice() == x.to_bytes()) {
+            if let Some(v) = sys::getxattr(dir, None, x)? {
+                if !v.is_empty() {
+                    return Ok(Some(v));
+                }
+            }
+        }
+    }
+    Ok(None)
 }
