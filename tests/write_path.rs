@@ -483,3 +483,80 @@ fn oci_upper_reads_back_the_same_and_volatile_is_accepted() {
     assert!(names(&s.mp.join("dir")).is_empty());
     assert_eq!(std::fs::read(s.mp.join("keep")).unwrap(), b"K");
 }
+
+/// Directories that carry lower content move (no EXDEV), nested and repeatedly, as dpkg,
+/// rustup or npm move them; the upper reads back the same under kernel overlayfs.
+#[test]
+fn directories_with_lower_content_rename_with_redirects() {
+    if !require_root() {
+        return;
+    }
+    let s = setup();
+    let l2 = s.root.join("lower2");
+    write(&s.lower.join("pkg/a/file"), b"a-top");
+    write(&l2.join("pkg/a/deep/x"), b"x-below");
+    write(&l2.join("pkg/b/y"), b"y");
+    write(&l2.join("pkg/stay"), b"stay");
+    write(&l2.join("other/dst-was-here"), b"hidden by the move");
+    let snapshot = |m: &Path| -> Vec<(String, Vec<u8>)> {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg("find . -type f | sort")
+            .current_dir(m)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| (l.to_string(), std::fs::read(m.join(l)).unwrap()))
+            .collect()
+    };
+    let ours = {
+        let _m = UnionMount::new(&[&s.lower, &l2], Some(&s.upper), &s.mp);
+        let m = &s.mp;
+        std::fs::rename(m.join("pkg/a"), m.join("pkg/a.new")).unwrap();
+        std::fs::create_dir(m.join("pkg/a")).unwrap();
+        std::fs::rename(m.join("pkg"), m.join("renamed")).unwrap();
+        std::fs::rename(m.join("renamed/a.new/deep"), m.join("deep-moved")).unwrap();
+        std::fs::remove_dir_all(m.join("other")).unwrap();
+        std::fs::rename(m.join("renamed/b"), m.join("other")).unwrap();
+        std::fs::write(m.join("deep-moved/x2"), b"new").unwrap();
+        assert_eq!(names(m), ["deep-moved", "other", "renamed"]);
+        assert_eq!(names(&m.join("renamed")), ["a", "a.new", "stay"]);
+        assert!(
+            names(&m.join("renamed/a")).is_empty(),
+            "a new dir where a lower one was"
+        );
+        assert_eq!(names(&m.join("renamed/a.new")), ["file"]);
+        assert_eq!(names(&m.join("deep-moved")), ["x", "x2"]);
+        assert_eq!(names(&m.join("other")), ["y"]);
+        assert_eq!(std::fs::read(m.join("deep-moved/x")).unwrap(), b"x-below");
+        snapshot(m)
+    };
+    // Remounted, and read by kernel overlayfs: the same tree.
+    {
+        let _m = UnionMount::new(&[&s.lower, &l2], Some(&s.upper), &s.mp);
+        assert_eq!(snapshot(&s.mp), ours);
+    }
+    let (w, k) = (s.root.join("kw"), s.root.join("k"));
+    mkdir(&w);
+    mkdir(&k);
+    let opts = format!(
+        "lowerdir={}:{},upperdir={},workdir={},redirect_dir=on",
+        s.lower.display(),
+        l2.display(),
+        s.upper.display(),
+        w.display()
+    );
+    let out = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &opts])
+        .arg(&k)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _k = KernelOverlay { mp: k.clone() };
+    assert_eq!(snapshot(&k), ours);
+}

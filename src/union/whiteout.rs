@@ -126,12 +126,12 @@ pub fn upper_slot(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Slot> {
 pub fn redirect_of(dir: BorrowedFd<'_>) -> Result<Option<Vec<u8>>> {
     let names = sys::listxattr(dir, None)?;
     for x in REDIRECT_XATTRS {
-        if names.iter().any(|n| n.as_slice() == x.to_bytes()) {
-            if let Some(v) = sys::getxattr(dir, None, x)? {
-                if !v.is_empty() {
-                    return Ok(Some(v));
-                }
-            }
+        if !names.iter().any(|n| n.as_slice() == x.to_bytes()) {
+            continue;
+        }
+        match sys::getxattr(dir, None, x)? {
+            Some(v) if !v.is_empty() => return Ok(Some(v)),
+            _ => {}
         }
     }
     Ok(None)
