@@ -561,12 +561,17 @@ fn permissions_enforced_as_on_kernel_overlayfs() {
     // Give the uid 65534 process a way in: the scratch root is 0700 by default.
     chmod(&f.root, 0o755);
     let (ku, kw, kmp, mp) = (f.dir("ku"), f.dir("kw"), f.dir("kmnt"), f.dir("mnt"));
+    let ou = f.dir("ou");
     let lrefs: Vec<&Path> = lowers.iter().map(|p| p.as_path()).collect();
     let _k = KernelOverlay::new(&lrefs, Some((&ku, &kw)), &kmp);
-    let _m = UnionMount::new(&lrefs, None, &mp);
+    let _m = UnionMount::new(&lrefs, Some(&ou), &mp);
     let script = "for p in secret public closed/inside nobody; do cat $p 2>&1 | sed 's|^cat: ||'; done; \
         ls closed 2>&1 | sed 's|^ls: ||'; ls listonly 2>&1; ls -l listonly 2>&1 | sed 's|^ls: ||' | sort; \
-        ./script 2>&1 | sed 's|^.*script: ||'; test -r secret; echo r$?; test -x script; echo x$?";
+        ./script 2>&1 | sed 's|^.*script: ||'; test -r secret; echo r$?; test -x script; echo x$?; \
+        for c in 'touch new' 'echo x >> public' 'chmod 777 public' 'rm -f public' 'mkdir d' \
+                 'ln -s x l' 'mv public p2' 'echo mine > nobody' 'chmod 640 nobody' \
+                 'chown 0 nobody' 'touch -d @5 nobody' 'rm -f closed/inside'; do \
+            sh -c \"$c\" 2>/dev/null; echo \"$c: $?\"; done; cat nobody; stat -c '%a %u %Y' nobody";
     let run_as_nobody = |dir: &Path| {
         let mut cmd = Command::new("sh");
         cmd.args(["-c", script])
@@ -580,6 +585,11 @@ fn permissions_enforced_as_on_kernel_overlayfs() {
     let kernel = run_as_nobody(&kmp);
     let ours = run_as_nobody(&mp);
     assert!(kernel.contains("Permission denied"), "oracle: {kernel}");
+    // Both refusals and successes are in what is compared.
+    assert!(
+        kernel.contains("touch new: 1") && kernel.contains("chmod 640 nobody: 0"),
+        "{kernel}"
+    );
     assert_eq!(ours, kernel);
 }
 
