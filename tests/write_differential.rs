@@ -88,12 +88,14 @@ enum Op {
 struct Existing {
     all: Vec<String>,
     dirs: Vec<String>,
+    files: Vec<String>,
 }
 
 fn existing(root: &Path) -> Existing {
     let mut e = Existing {
         all: vec![],
         dirs: vec![String::new()],
+        files: vec![],
     };
     let mut stack = vec![String::new()];
     while let Some(d) = stack.pop() {
@@ -103,9 +105,13 @@ fn existing(root: &Path) -> Existing {
         for ent in rd.flatten() {
             let n = ent.file_name().to_string_lossy().into_owned();
             let p = if d.is_empty() { n } else { format!("{d}/{n}") };
-            if std::fs::symlink_metadata(root.join(&p)).is_ok_and(|m| m.is_dir()) {
-                e.dirs.push(p.clone());
-                stack.push(p.clone());
+            match std::fs::symlink_metadata(root.join(&p)) {
+                Ok(m) if m.is_dir() => {
+                    e.dirs.push(p.clone());
+                    stack.push(p.clone());
+                }
+                Ok(m) if m.is_file() => e.files.push(p.clone()),
+                _ => {}
             }
             e.all.push(p);
         }
@@ -131,6 +137,15 @@ fn pick(rng: &mut StdRng, ex: &Existing, new: bool) -> String {
     ex.all[rng.gen_range(0..ex.all.len())].clone()
 }
 
+/// Mostly an existing entry from `among` (files, or directories but the root).
+fn pick_in(rng: &mut StdRng, ex: &Existing, among: &[String]) -> String {
+    let among: Vec<&String> = among.iter().filter(|p| !p.is_empty()).collect();
+    if among.is_empty() || rng.gen_bool(0.2) {
+        return pick(rng, ex, false);
+    }
+    among[rng.gen_range(0..among.len())].clone()
+}
+
 fn random_op(rng: &mut StdRng, ex: &Existing) -> Op {
     let creating = rng.gen_range(0..100);
     let p = pick(rng, ex, matches!(creating, 0..=9 | 41..=59));
@@ -138,12 +153,14 @@ fn random_op(rng: &mut StdRng, ex: &Existing) -> Op {
         let n = rng.gen_range(0..5000);
         (0..n).map(|_| rng.r#gen()).collect()
     };
+    let file = pick_in(rng, ex, &ex.files);
+    let dir = pick_in(rng, ex, &ex.dirs);
     match creating {
         0..=9 => Op::Create(p, [0o644, 0o600, 0o755][rng.gen_range(0..3)], data(rng)),
-        10..=16 => Op::Write(p, rng.gen_range(0..4000), data(rng)),
-        17..=20 => Op::Append(p, data(rng)),
-        21..=24 => Op::Truncate(p, rng.gen_range(0..6000)),
-        25..=26 => Op::OpenTrunc(p),
+        10..=16 => Op::Write(file, rng.gen_range(0..4000), data(rng)),
+        17..=20 => Op::Append(file, data(rng)),
+        21..=24 => Op::Truncate(file, rng.gen_range(0..6000)),
+        25..=26 => Op::OpenTrunc(file),
         27..=30 => Op::Chmod(p, [0o600, 0o644, 0o755, 0o700, 0o4755][rng.gen_range(0..5)]),
         31..=33 => Op::Chown(
             p,
@@ -153,12 +170,12 @@ fn random_op(rng: &mut StdRng, ex: &Existing) -> Op {
         34..=35 => Op::Utime(p, rng.gen_range(1_000_000..2_000_000_000)),
         36..=38 => Op::SetXattr(p, format!("v{}", rng.gen_range(0..100)).into_bytes()),
         39..=40 => Op::RemoveXattr(p),
-        41..=44 => Op::Link(pick(rng, ex, false), p),
+        41..=44 => Op::Link(file, p),
         45..=47 => Op::Symlink(["a", "../b", "/x"][rng.gen_range(0..3)].into(), p),
         48..=57 => Op::Mkdir(p, [0o755, 0o700][rng.gen_range(0..2)]),
         58..=59 => Op::Mkfifo(p),
         60..=69 => Op::Unlink(p),
-        70..=77 => Op::Rmdir(p),
+        70..=77 => Op::Rmdir(dir),
         78..=89 => {
             let flags =
                 [0, 0, 0, libc::RENAME_NOREPLACE, libc::RENAME_EXCHANGE][rng.gen_range(0..5)];
@@ -166,7 +183,7 @@ fn random_op(rng: &mut StdRng, ex: &Existing) -> Op {
             let to = pick(rng, ex, fresh);
             Op::Rename(p, to, flags)
         }
-        90..=95 => Op::Read(p),
+        90..=95 => Op::Read(file),
         _ => Op::List(p),
     }
 }
