@@ -134,3 +134,57 @@ fn everyday_tools_match_kernel_overlayfs() {
     assert!(kernel[8].contains("M src/m1/f1.rs"), "{}", kernel[8]);
     assert!(!kernel[0].contains("base-only"));
 }
+
+/// Tools that write and rename on the writable union: git (commit, `git mv` of a lower
+/// directory, gc, fsck), tar, mv, cp -a, rm -rf; same results as on kernel overlayfs.
+#[test]
+fn writing_tools_match_kernel_overlayfs() {
+    if !require_root() {
+        return;
+    }
+    let t = scratch();
+    let (base, app) = (t.path().join("base"), t.path().join("app"));
+    mkdir(&base);
+    mkdir(&app);
+    build_layers(&base, &app);
+    let d = |n: &str| {
+        let p = t.path().join(n);
+        mkdir(&p);
+        p
+    };
+    let (kmp, omp, ku, kw, ou) = (d("k"), d("o"), d("ku"), d("kw"), d("ou"));
+    let tarball = t.path().join("t.tar");
+    let st = Command::new("tar")
+        .arg("-cf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&base)
+        .arg("repo/src")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let script = format!(
+        "set -e; export GIT_AUTHOR_DATE=@1000000000 GIT_COMMITTER_DATE=@1000000000; \
+         g() {{ git -c user.name=t -c user.email=t@e \"$@\"; }}; \
+         cd repo; g checkout -q -b feature; echo change >> README; g commit -qam change; \
+         g mv src/m2 src/moved; g commit -qm mv; g gc -q --prune=now; g fsck --no-progress; \
+         g log --format='%H %s'; g status --porcelain; cd ..; \
+         mkdir t; tar -xf {} -C t; mv t/repo/src t/src2; rm -rf t/repo data/big.bin; \
+         mv etc etc.old; cp -a etc.old etc; rm -rf opq; \
+         find . -path ./repo/.git -prune -o -printf '%p %y %M %u %g %s %n %l\\n' | sort; \
+         find . -type f -not -path './repo/.git/*' -print0 | sort -z | xargs -0 sha256sum",
+        tarball.display()
+    );
+    let ours = {
+        let _m = UnionMount::new(&[&app, &base], Some(&ou), &omp);
+        sh(&omp, &script)
+    };
+    let kernel = {
+        let _k =
+            KernelOverlay::with_opts(&[&app, &base], Some((&ku, &kw)), &kmp, "redirect_dir=on");
+        sh(&kmp, &script)
+    };
+    assert!(kernel.ends_with("[exit 0]"), "oracle failed: {kernel}");
+    assert!(kernel.contains(" mv\n"), "{kernel}");
+    assert_eq!(ours, kernel, "left: unionfuse, right: kernel overlayfs");
+}

@@ -167,8 +167,22 @@ pub struct KernelOverlay {
 
 impl KernelOverlay {
     pub fn new(lowers: &[&Path], upper_work: Option<(&Path, &Path)>, mp: &Path) -> KernelOverlay {
+        Self::with_opts(lowers, upper_work, mp, "")
+    }
+
+    /// With extra mount options (e.g. `redirect_dir=on`).
+    pub fn with_opts(
+        lowers: &[&Path],
+        upper_work: Option<(&Path, &Path)>,
+        mp: &Path,
+        extra: &str,
+    ) -> KernelOverlay {
         let lower: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
         let mut opts = format!("lowerdir={}", lower.join(":"));
+        if !extra.is_empty() {
+            opts.push(',');
+            opts.push_str(extra);
+        }
         if let Some((u, w)) = upper_work {
             opts.push_str(&format!(
                 ",upperdir={},workdir={}",
