@@ -560,3 +560,59 @@ fn directories_with_lower_content_rename_with_redirects() {
     let _k = KernelOverlay { mp: k.clone() };
     assert_eq!(snapshot(&k), ours);
 }
+
+/// A lower object with several names stays one inode, with the right link count, through
+/// and after copy-up by any of its names; shadowed or whited-out names are left alone.
+#[test]
+fn lower_hard_links_stay_one_inode_through_copy_up() {
+    if !require_root() {
+        return;
+    }
+    let s = setup();
+    let top = s.root.join("top");
+    write(&s.lower.join("a/f"), b"data");
+    mkdir(&s.lower.join("b"));
+    mkdir(&s.lower.join("c"));
+    std::fs::hard_link(s.lower.join("a/f"), s.lower.join("b/g")).unwrap();
+    std::fs::hard_link(s.lower.join("a/f"), s.lower.join("c/shadowed")).unwrap();
+    std::fs::hard_link(s.lower.join("a/f"), s.lower.join("c/gone")).unwrap();
+    write(&top.join("c/shadowed"), b"a different file above");
+    whiteout_chr(&top.join("c/gone"));
+    {
+        let _m = UnionMount::new(&[&top, &s.lower], Some(&s.upper), &s.mp);
+        let m = &s.mp;
+        let ino = std::fs::metadata(m.join("a/f")).unwrap().ino();
+        assert_eq!(std::fs::metadata(m.join("b/g")).unwrap().ino(), ino);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(m.join("b/g"))
+            .unwrap();
+        f.write_all(b"+more").unwrap();
+        drop(f);
+        for p in ["a/f", "b/g"] {
+            let md = std::fs::metadata(m.join(p)).unwrap();
+            assert_eq!(md.ino(), ino, "{p}: one inode");
+            assert_eq!(md.nlink(), 2, "{p}: the two names the view shows");
+            assert_eq!(std::fs::read(m.join(p)).unwrap(), b"data+more", "{p}");
+        }
+        assert_eq!(
+            std::fs::read(m.join("c/shadowed")).unwrap(),
+            b"a different file above"
+        );
+        assert_eq!(lstat_errno(&m.join("c/gone")), libc::ENOENT);
+        // Renaming a name of the object keeps it linked.
+        std::fs::rename(m.join("a/f"), m.join("a/f2")).unwrap();
+        assert_eq!(std::fs::metadata(m.join("a/f2")).unwrap().ino(), ino);
+    }
+    assert_eq!(std::fs::read(s.lower.join("a/f")).unwrap(), b"data");
+    let ui = std::fs::metadata(s.upper.join("a/f2")).unwrap();
+    assert_eq!(
+        ui.ino(),
+        std::fs::metadata(s.upper.join("b/g")).unwrap().ino()
+    );
+    assert_eq!(ui.nlink(), 2);
+    assert!(!s.upper.join("c/shadowed").exists());
+    let _m = UnionMount::new(&[&top, &s.lower], Some(&s.upper), &s.mp);
+    assert_eq!(std::fs::read(s.mp.join("b/g")).unwrap(), b"data+more");
+    assert_eq!(std::fs::metadata(s.mp.join("b/g")).unwrap().nlink(), 2);
+}

@@ -129,7 +129,7 @@ impl Union {
         }
         self.upper_root()?;
         let _g = node.copy_lock.lock();
-        let (parent, name, top_dir) = {
+        let (parent, name, top_dir, layer, lower_st) = {
             let loc = node.loc.read();
             if !self.is_lower(loc.top_layer) {
                 return Ok(());
@@ -138,6 +138,8 @@ impl Union {
                 loc.parent,
                 loc.name.clone(),
                 loc.top_dir.clone().ok_or(Errno(libc::EIO))?,
+                loc.top_layer,
+                loc.cached,
             )
         };
         let pfd = self.upper_dir(&*self.node(parent)?)?;
@@ -146,14 +148,86 @@ impl Union {
         let obj = self.copy_up_entry(top_dir.as_fd(), &c, pfd.as_fd(), &c, truncate)?;
         ptimes.restore(pfd.as_fd())?;
         self.keep_ino(obj.as_fd(), node.ino)?;
+        let obj = Arc::new(obj);
         let mut loc = node.loc.write();
         loc.top_layer = 0;
         loc.top_dir = Some(pfd);
         loc.cached = None;
-        loc.obj = Some(Arc::new(obj));
+        loc.obj = Some(obj.clone());
         drop(loc);
+        if let Some(st) = lower_st.filter(|st| st.st_nlink > 1) {
+            self.link_up_other_names(layer, &st, &obj)?;
+        }
         self.notify_changed(node.ino);
         Ok(())
+    }
+
+    /// After copy-up of an object with several names in its lower layer: every other name of
+    /// it that the view shows becomes a hard link to the copy, so the names stay one inode
+    /// (and the upper, read by kernel overlayfs, has them as plain hard links).
+    fn link_up_other_names(&self, layer: usize, st: &libc::stat, obj: &OwnedFd) -> Result<()> {
+        let links = self.layers[layer].hard_links()?;
+        let Some(paths) = links.get(&(st.st_dev, st.st_ino)) else {
+            return Ok(());
+        };
+        for path in paths {
+            let mut held = Vec::new();
+            let r = self.link_up_one(layer, st, obj, path, &mut held);
+            for ino in held {
+                self.nodes.forget(ino, 1);
+            }
+            r?;
+        }
+        Ok(())
+    }
+
+    fn link_up_one(
+        &self,
+        layer: usize,
+        st: &libc::stat,
+        obj: &OwnedFd,
+        path: &[std::ffi::OsString],
+        held: &mut Vec<u64>,
+    ) -> Result<()> {
+        let Some((last, dirs)) = path.split_last() else {
+            return Ok(());
+        };
+        let mut cur = self.node(super::inode::ROOT_INO)?;
+        for comp in dirs {
+            let r = match self.resolve(&cur, comp) {
+                Ok(r) if r.st.st_mode & libc::S_IFMT == libc::S_IFDIR => r,
+                Ok(_) | Err(Errno(libc::ENOENT | libc::ENOTDIR)) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            let parent = cur.ino;
+            let n = self.node_for(&r.st, || {
+                super::inode::Location::new(
+                    parent,
+                    comp.clone(),
+                    r.top_layer,
+                    Some(r.top_dir.clone()),
+                    r.dirs.clone(),
+                )
+            });
+            held.push(n.ino);
+            cur = n;
+        }
+        let r = match self.resolve(&cur, last) {
+            Ok(r) => r,
+            Err(Errno(libc::ENOENT | libc::ENOTDIR)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        // Shadowed, whited out, or this very name (already up): nothing to link.
+        if r.top_layer != layer || (r.st.st_dev, r.st.st_ino) != (st.st_dev, st.st_ino) {
+            return Ok(());
+        }
+        let pfd = self.upper_dir(&cur)?;
+        let times = ParentTimes::save(pfd.as_fd())?;
+        match sys::link_tmpfile(obj.as_fd(), pfd.as_fd(), &sys::cstr(last)?) {
+            Ok(()) | Err(Errno(libc::EEXIST)) => {}
+            Err(e) => return Err(e),
+        }
+        times.restore(pfd.as_fd())
     }
 
     /// Copies the non-directory `sname` in `sdir` to `dname` in the upper directory `ddir`;

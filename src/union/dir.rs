@@ -579,17 +579,19 @@ impl Union {
         if !self.is_lower(r.top_layer) {
             return Ok(());
         }
-        let node = self.nodes.get(self.union_ino(&r.st));
-        match node {
-            Some(n) if n.loc.read().parent == parent.ino && n.loc.read().name == name => {
-                self.copy_up(&n, false)
-            }
-            _ => {
-                let pfd = self.upper_dir(parent)?;
-                let c = sys::cstr(name)?;
-                self.copy_up_entry(r.top_dir.as_fd(), &c, pfd.as_fd(), &c, false)
-                    .map(drop)
-            }
+        if let Some(n) = self.nodes.get(self.union_ino(&r.st)) {
+            // Copy-up brings every visible name of a multiply-linked object up with it.
+            self.copy_up(&n, false)?;
+        }
+        let c = sys::cstr(name)?;
+        let pfd = self.upper_dir(parent)?;
+        match sys::fstatat(pfd.as_fd(), &c) {
+            Ok(_) => Ok(()),
+            // No node, or the node stands for another name of the object: copy this one.
+            Err(Errno(libc::ENOENT)) => self
+                .copy_up_entry(r.top_dir.as_fd(), &c, pfd.as_fd(), &c, false)
+                .map(drop),
+            Err(e) => Err(e),
         }
     }
 

@@ -1,8 +1,10 @@
 //! A layer: the root directory of one branch of the union, held as an `O_PATH` fd.
 
-use std::os::fd::OwnedFd;
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::sys::{self, Result};
 
@@ -13,7 +15,13 @@ pub struct Layer {
     pub path: PathBuf,
     pub root: Arc<OwnedFd>,
     pub writable: bool,
+    /// Lower layers: every name of each multiply-linked object, by `(st_dev, st_ino)`; read
+    /// once, on the first copy-up of such an object (the layer never changes).
+    links: OnceLock<HardLinks>,
 }
+
+/// Paths (as name components from the layer's root) of each multiply-linked object.
+pub type HardLinks = HashMap<(u64, u64), Vec<Vec<OsString>>>;
 
 impl Layer {
     pub fn open(idx: usize, path: PathBuf, writable: bool) -> Result<Layer> {
@@ -31,6 +39,32 @@ impl Layer {
             path,
             root,
             writable,
+            links: OnceLock::new(),
         })
+    }
+
+    pub fn hard_links(&self) -> Result<&HardLinks> {
+        if let Some(l) = self.links.get() {
+            return Ok(l);
+        }
+        let mut map = HardLinks::new();
+        let mut stack: Vec<(Arc<OwnedFd>, Vec<OsString>)> = vec![(self.root.clone(), Vec::new())];
+        while let Some((dir, path)) = stack.pop() {
+            for e in sys::read_dir(dir.as_fd())? {
+                let c = sys::cstr(&e.name)?;
+                let Ok(st) = sys::fstatat(dir.as_fd(), &c) else {
+                    continue;
+                };
+                let mut p = path.clone();
+                p.push(e.name);
+                if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                    let sub = sys::openat(dir.as_fd(), &c, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+                    stack.push((Arc::new(sub), p));
+                } else if st.st_nlink > 1 {
+                    map.entry((st.st_dev, st.st_ino)).or_default().push(p);
+                }
+            }
+        }
+        Ok(self.links.get_or_init(|| map))
     }
 }
