@@ -612,7 +612,19 @@ fn lower_hard_links_stay_one_inode_through_copy_up() {
     );
     assert_eq!(ui.nlink(), 2);
     assert!(!s.upper.join("c/shadowed").exists());
-    let _m = UnionMount::new(&[&top, &s.lower], Some(&s.upper), &s.mp);
-    assert_eq!(std::fs::read(s.mp.join("b/g")).unwrap(), b"data+more");
-    assert_eq!(std::fs::metadata(s.mp.join("b/g")).unwrap().nlink(), 2);
+    {
+        let _m = UnionMount::new(&[&top, &s.lower], Some(&s.upper), &s.mp);
+        assert_eq!(std::fs::read(s.mp.join("b/g")).unwrap(), b"data+more");
+        assert_eq!(std::fs::metadata(s.mp.join("b/g")).unwrap().nlink(), 2);
+    }
+    // Kernel overlayfs reads the upper the same way: the names are plain hard links there.
+    let (w, k) = (s.root.join("kw"), s.root.join("k"));
+    mkdir(&w);
+    mkdir(&k);
+    let _k = KernelOverlay::new(&[&top, &s.lower], Some((&s.upper, &w)), &k);
+    let a = std::fs::metadata(k.join("a/f2")).unwrap();
+    let b = std::fs::metadata(k.join("b/g")).unwrap();
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
+    assert_eq!(std::fs::read(k.join("a/f2")).unwrap(), b"data+more");
+    assert_eq!(lstat_errno(&k.join("c/gone")), libc::ENOENT);
 }
