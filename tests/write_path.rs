@@ -628,3 +628,38 @@ fn lower_hard_links_stay_one_inode_through_copy_up() {
     assert_eq!(std::fs::read(k.join("a/f2")).unwrap(), b"data+more");
     assert_eq!(lstat_errno(&k.join("c/gone")), libc::ENOENT);
 }
+
+/// In the OCI format there are no redirects: a directory with lower content is copied up
+/// whole and opaque, then moved; nothing is lost and nothing merges in at the new place.
+#[test]
+fn oci_format_moves_directories_by_copying_them_up() {
+    if !require_root() {
+        return;
+    }
+    let s = setup();
+    write(&s.lower.join("pkg/a/x"), b"x");
+    write(&s.lower.join("pkg/b"), b"b");
+    write(&s.lower.join("pkg/gone"), b"gone");
+    write(
+        &s.lower.join("new/stale"),
+        b"a lower dir where the move lands",
+    );
+    {
+        let _m = UnionMount::with_args(&[&s.lower], Some(&s.upper), &s.mp, &["-o", "whiteout=oci"]);
+        let m = &s.mp;
+        std::fs::remove_file(m.join("pkg/gone")).unwrap();
+        std::fs::write(m.join("pkg/b"), b"b2").unwrap();
+        std::fs::remove_dir_all(m.join("new")).unwrap();
+        std::fs::rename(m.join("pkg"), m.join("new")).unwrap();
+        assert_eq!(names(m), ["new"]);
+        assert_eq!(names(&m.join("new")), ["a", "b"]);
+        assert_eq!(std::fs::read(m.join("new/a/x")).unwrap(), b"x");
+        assert_eq!(std::fs::read(m.join("new/b")).unwrap(), b"b2");
+    }
+    assert!(s.upper.join(".wh.pkg").exists());
+    assert!(s.upper.join("new/.wh..wh..opq").exists());
+    let _m = UnionMount::new(&[&s.lower], Some(&s.upper), &s.mp);
+    assert_eq!(names(&s.mp), ["new"]);
+    assert_eq!(names(&s.mp.join("new")), ["a", "b"]);
+    assert_eq!(std::fs::read(s.mp.join("new/a/x")).unwrap(), b"x");
+}

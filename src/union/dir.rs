@@ -454,7 +454,18 @@ impl Union {
         let redirected = |r: &Resolved| is_dir(r) && has_lower(r);
         let dst_redirected = exchange && dst.as_ref().is_some_and(redirected);
         if (redirected(&src) || dst_redirected) && self.oci_whiteouts {
-            return Err(Errno(libc::EXDEV));
+            // No redirects in this format: the directories come up whole instead, cut off from
+            // the lowers, and then move like any upper directory.
+            for r in std::iter::once(&src).chain(dst.as_ref().filter(|_| dst_redirected)) {
+                if redirected(r) {
+                    let node = self
+                        .nodes
+                        .get(self.union_ino(&r.st))
+                        .ok_or(Errno(libc::EXDEV))?;
+                    self.copy_up_tree(&node)?;
+                }
+            }
+            return self.rename(parent, name, newparent, newname, flags);
         }
         // As overlayfs: the target's emptiness is checked after the EXDEV refusal.
         let target_dir = dst.as_ref().filter(|d| !exchange && is_dir(d));
@@ -524,6 +535,38 @@ impl Union {
             self.mark_gone(&d.st);
         }
         self.moved(&src, newparent, newname, &dpfd);
+        Ok(())
+    }
+
+    /// Copies a directory and everything the view shows in it into the upper, then makes it
+    /// opaque: from then on the lowers have no part in it.
+    fn copy_up_tree(&self, node: &Arc<Node>) -> Result<()> {
+        let ufd = self.upper_dir(node)?;
+        for e in self.merged_entries(node)?.into_iter().skip(2) {
+            let r = self.resolve(node, &e.name)?;
+            if r.st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                let child = self.node_for(&r.st, || {
+                    Location::new(
+                        node.ino,
+                        e.name.clone(),
+                        r.top_layer,
+                        Some(r.top_dir.clone()),
+                        r.dirs.clone(),
+                    )
+                });
+                let done = self.copy_up_tree(&child);
+                self.nodes.forget(child.ino, 1);
+                done?;
+            } else {
+                self.bring_up(node, &e.name, &r)?;
+            }
+        }
+        self.set_opaque(ufd.as_fd())?;
+        let mut loc = node.loc.write();
+        loc.dirs.truncate(1);
+        loc.index = None;
+        drop(loc);
+        self.notify_changed(node.ino);
         Ok(())
     }
 

@@ -28,6 +28,15 @@ pub struct DirSnapshot {
 impl Union {
     pub fn opendir(&self, ino: u64) -> Result<u64> {
         let node = self.node(ino)?;
+        let entries = self.merged_entries(&node)?;
+        let fh = self.next_fh();
+        self.dirs.insert(fh, Arc::new(DirSnapshot { entries }));
+        Ok(fh)
+    }
+
+    /// The merged listing of a directory node: `.`, `..`, then every name the view shows.
+    pub(super) fn merged_entries(&self, node: &super::inode::Node) -> Result<Vec<DirEntry>> {
+        let ino = node.ino;
         if !node.is_dir() {
             return Err(Errno(libc::ENOTDIR));
         }
@@ -64,7 +73,7 @@ impl Union {
             }
         }
         if dirs.iter().any(|(l, _)| self.is_lower(*l)) {
-            let index = self.lower_index(&node)?;
+            let index = self.lower_index(node)?;
             for e in &index.entries {
                 let Some((_, st)) = &e.top else { continue };
                 if seen.contains(e.name.as_os_str()) {
@@ -77,9 +86,7 @@ impl Union {
                 });
             }
         }
-        let fh = self.next_fh();
-        self.dirs.insert(fh, Arc::new(DirSnapshot { entries }));
-        Ok(fh)
+        Ok(entries)
     }
 
     pub fn dir_snapshot(&self, fh: u64) -> Result<Arc<DirSnapshot>> {
