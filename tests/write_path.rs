@@ -399,6 +399,21 @@ fn file_operations_behave_as_on_a_local_filesystem() {
     a.write_all(b"END").unwrap();
     a.seek(SeekFrom::End(0)).unwrap();
     assert!(std::fs::read(&p).unwrap().ends_with(b"END"));
+    // copy_file_range between two files of the union.
+    let dst = std::fs::File::create(s.mp.join("copy")).unwrap();
+    let (mut off_in, mut off_out) = (0i64, 0i64);
+    let n = unsafe {
+        libc::copy_file_range(
+            f.as_raw_fd(),
+            &mut off_in,
+            dst.as_raw_fd(),
+            &mut off_out,
+            100_000,
+            0,
+        )
+    };
+    assert_eq!(n, 100_000, "{}", std::io::Error::last_os_error());
+    assert_eq!(&std::fs::read(s.mp.join("copy")).unwrap()[..7], b"mmapped");
     // statfs is the upper's.
     let ours = nix_statfs(&s.mp);
     let theirs = nix_statfs(&s.upper);
