@@ -473,7 +473,8 @@ fn run_sequence(seed: u64, steps: usize) -> Stats {
         for i in 0..steps {
             let op = &random_op(&mut rng, &existing(&kmp));
             if std::env::var_os("UNIONFUSE_WDIFF_TRACE").is_some() {
-                eprintln!("step {i}: {op:?}");
+                let short = format!("{op:?}");
+                eprintln!("step {i}: {}", &short[..short.len().min(80)]);
             }
             let kr = apply(&kmp, op);
             let or = apply(&omp, op);

@@ -468,8 +468,13 @@ impl Union {
             return self.rename(parent, name, newparent, newname, flags);
         }
         // As overlayfs: the target's emptiness is checked after the EXDEV refusal.
-        let target_dir = dst.as_ref().filter(|d| !exchange && is_dir(d));
-        if target_dir.map(|d| self.dir_is_empty(d)).transpose()? == Some(false) {
+        // A target directory merged with lower ones is checked here (the view decides); one
+        // that is only in the upper is left to the upper's own rename, after the copy-ups, as
+        // overlayfs does (the copy-ups stay even when that rename fails).
+        let merged_target = dst
+            .as_ref()
+            .filter(|d| !exchange && is_dir(d) && has_lower(d));
+        if merged_target.map(|d| self.dir_is_empty(d)).transpose()? == Some(false) {
             return Err(Errno(libc::ENOTEMPTY));
         }
         if redirected(&src) {
@@ -503,8 +508,8 @@ impl Union {
         }
         let slot = whiteout::upper_slot(dpfd.as_fd(), newname)?;
         match slot {
-            Slot::Taken if dst.as_ref().is_some_and(is_dir) => {
-                // An upper directory that the view shows empty holds only whiteouts.
+            Slot::Taken if merged_target.is_some() => {
+                // Its upper part, which the view shows empty, holds only whiteouts.
                 let ufd = &dst.as_ref().expect("checked").dirs[0].1;
                 for e in sys::read_dir(ufd.as_fd())? {
                     remove_tree(ufd.as_fd(), &sys::cstr(&e.name)?)?;
