@@ -460,7 +460,6 @@ fn run_sequence(seed: u64, steps: usize) -> Stats {
         }
     }
     let lowers = [l1.as_path(), l2.as_path()];
-    let lopt = format!("lowerdir={}:{}", l1.display(), l2.display());
     let mut k_results = Vec::new();
     let mut stats = Stats {
         steps: 0,
@@ -468,7 +467,7 @@ fn run_sequence(seed: u64, steps: usize) -> Stats {
     };
     let ctx = |i: usize| format!("seed {seed} step {i}");
     {
-        let _k = mount_kernel(&lopt, &ku, &kw, &kmp);
+        let _k = mount_kernel(&lowers, &ku, &kw, &kmp);
         let _o = UnionMount::new(&lowers, Some(&ou), &omp);
         for i in 0..steps {
             let op = &random_op(&mut rng, &existing(&kmp));
@@ -492,7 +491,7 @@ fn run_sequence(seed: u64, steps: usize) -> Stats {
         view(&omp, true)
     };
     let kernel_final = {
-        let _k = mount_kernel(&lopt, &ku, &kw, &kmp);
+        let _k = mount_kernel(&lowers, &ku, &kw, &kmp);
         view(&kmp, false)
     };
     assert_same_view(
@@ -503,7 +502,7 @@ fn run_sequence(seed: u64, steps: usize) -> Stats {
     // Interop: each upper read back by the other implementation.
     let (kw2, m2) = (d("kw2"), d("m2"));
     {
-        let _k = mount_kernel(&lopt, &ou, &kw2, &m2);
+        let _k = mount_kernel(&lowers, &ou, &kw2, &m2);
         assert_same_view(
             &view(&m2, false),
             &kernel_final,
@@ -521,25 +520,9 @@ fn run_sequence(seed: u64, steps: usize) -> Stats {
     stats
 }
 
-fn mount_kernel(lopt: &str, upper: &Path, work: &Path, mp: &Path) -> KernelOverlay {
-    let opts = format!(
-        "{lopt},upperdir={},workdir={},redirect_dir=on,index=off",
-        upper.display(),
-        work.display()
-    );
-    let out = Command::new("mount")
-        .args(["-t", "overlay", "overlay", "-o", &opts])
-        .arg(mp)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kernel mount: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    KernelOverlay {
-        mp: mp.to_path_buf(),
-    }
+/// The oracle: kernel overlayfs with redirects, without the index (its defaults otherwise).
+fn mount_kernel(lowers: &[&Path], upper: &Path, work: &Path, mp: &Path) -> KernelOverlay {
+    KernelOverlay::with_opts(lowers, Some((upper, work)), mp, "redirect_dir=on,index=off")
 }
 
 fn env(name: &str, default: u64) -> u64 {

@@ -555,24 +555,12 @@ fn directories_with_lower_content_rename_with_redirects() {
     let (w, k) = (s.root.join("kw"), s.root.join("k"));
     mkdir(&w);
     mkdir(&k);
-    let opts = format!(
-        "lowerdir={}:{},upperdir={},workdir={},redirect_dir=on",
-        s.lower.display(),
-        l2.display(),
-        s.upper.display(),
-        w.display()
+    let _k = KernelOverlay::with_opts(
+        &[&s.lower, &l2],
+        Some((&s.upper, &w)),
+        &k,
+        "redirect_dir=on",
     );
-    let out = Command::new("mount")
-        .args(["-t", "overlay", "overlay", "-o", &opts])
-        .arg(&k)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let _k = KernelOverlay { mp: k.clone() };
     assert_eq!(snapshot(&k), ours);
 }
 

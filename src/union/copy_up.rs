@@ -393,17 +393,7 @@ pub struct ParentTimes([libc::timespec; 2]);
 
 impl ParentTimes {
     pub fn save(dir: BorrowedFd<'_>) -> Result<ParentTimes> {
-        let st = sys::fstat(dir)?;
-        Ok(ParentTimes([
-            libc::timespec {
-                tv_sec: st.st_atime,
-                tv_nsec: st.st_atime_nsec,
-            },
-            libc::timespec {
-                tv_sec: st.st_mtime,
-                tv_nsec: st.st_mtime_nsec,
-            },
-        ]))
+        Ok(ParentTimes(times_of(&sys::fstat(dir)?)))
     }
 
     pub fn restore(&self, dir: BorrowedFd<'_>) -> Result<()> {
@@ -433,7 +423,12 @@ pub fn copy_meta(from: At<'_>, to: At<'_>, st: &libc::stat) -> Result<()> {
             }
         }
     }
-    let ts = [
+    sys::utimensat(to.dir, name, &times_of(st))
+}
+
+/// atime and mtime of a status, as `utimensat` takes them.
+fn times_of(st: &libc::stat) -> [libc::timespec; 2] {
+    [
         libc::timespec {
             tv_sec: st.st_atime,
             tv_nsec: st.st_atime_nsec,
@@ -442,8 +437,7 @@ pub fn copy_meta(from: At<'_>, to: At<'_>, st: &libc::stat) -> Result<()> {
             tv_sec: st.st_mtime,
             tv_nsec: st.st_mtime_nsec,
         },
-    ];
-    sys::utimensat(to.dir, name, &ts)
+    ]
 }
 
 pub fn chown_at(at: At<'_>, uid: u32, gid: u32) -> Result<()> {
