@@ -782,6 +782,42 @@ fn unprivileged_user_mounts_and_unmounts() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(is_mounted(&mp), None);
+
+    // With an upper: what the user may write, it can, also where a lower object is root's
+    // (its copy then belongs to the user: the only owner it can give).
+    let up = f.dir("up");
+    write(&l1.join("shared"), b"shared");
+    chmod(&l1.join("shared"), 0o666);
+    mkdir(&l1.join("tmpdir"));
+    chmod(&l1.join("tmpdir"), 0o1777);
+    lchown(&up, 65534, 65534);
+    let spec = layer_spec(&[&l1, &l2]);
+    let out = as_nobody(&[OsStr::new("mount"), &spec, up.as_os_str(), mp.as_os_str()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let w = Command::new("sh")
+        .args([
+            "-c",
+            "echo more >> shared && echo x > tmpdir/new && echo y > new && cat shared",
+        ])
+        .current_dir(&mp)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let umount = as_nobody(&[OsStr::new("umount"), mp.as_os_str()]);
+    assert!(w.status.success(), "{}", String::from_utf8_lossy(&w.stderr));
+    assert_eq!(String::from_utf8_lossy(&w.stdout), "sharedmore\n");
+    assert!(
+        umount.status.success(),
+        "{}",
+        String::from_utf8_lossy(&umount.stderr)
+    );
+    assert_eq!(std::fs::read(l1.join("shared")).unwrap(), b"shared");
+    assert_eq!(std::fs::read(up.join("tmpdir/new")).unwrap(), b"x\n");
 }
 
 /// SIGTERM or SIGINT to the daemon unmounts cleanly: no dead mount is left behind.

@@ -407,7 +407,13 @@ impl ParentTimes {
 pub fn copy_meta(from: At<'_>, to: At<'_>, st: &libc::stat) -> Result<()> {
     let name = to.name.unwrap_or(c"");
     let fmt = st.st_mode & libc::S_IFMT;
-    chown_at(to, st.st_uid, st.st_gid)?;
+    // Without privileges the copy can only be the mounting user's (and only some xattr
+    // namespaces can be written): better that than refusing the write.
+    let unprivileged = sys::geteuid() != 0;
+    match chown_at(to, st.st_uid, st.st_gid) {
+        Err(Errno(libc::EPERM)) if unprivileged => {}
+        r => r?,
+    }
     if fmt != libc::S_IFLNK {
         sys::chmod_at(to.dir, to.name, st.st_mode & 0o7777)?;
     }
@@ -419,6 +425,7 @@ pub fn copy_meta(from: At<'_>, to: At<'_>, st: &libc::stat) -> Result<()> {
         if let Some(v) = sys::getxattr(from.dir, from.name, &a)? {
             match sys::setxattr(to.dir, to.name, &a, Some(&v), 0) {
                 Ok(()) | Err(Errno(libc::EOPNOTSUPP)) => {}
+                Err(Errno(libc::EPERM)) if unprivileged => {}
                 Err(e) => return Err(e),
             }
         }
