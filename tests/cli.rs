@@ -197,12 +197,6 @@ fn read_only_upper_is_refused() {
     let d = dirs();
     let ro = d.root.join("ro");
     mkdir(&ro);
-    struct Unbind(PathBuf);
-    impl Drop for Unbind {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
     assert!(
         Command::new("mount")
             .arg("--bind")
@@ -212,7 +206,7 @@ fn read_only_upper_is_refused() {
             .unwrap()
             .success()
     );
-    let _g = Unbind(ro.clone());
+    let _g = UnmountOnDrop(ro.clone());
     assert!(
         Command::new("mount")
             .args(["-o", "remount,bind,ro"])

@@ -12,7 +12,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use common::*;
@@ -182,22 +182,6 @@ struct Desc {
     xattrs: Vec<(String, Vec<u8>)>,
     /// Other names of the same inode in the view.
     links: Vec<PathBuf>,
-}
-
-fn kind(ft: std::fs::FileType) -> &'static str {
-    if ft.is_dir() {
-        "dir"
-    } else if ft.is_file() {
-        "file"
-    } else if ft.is_symlink() {
-        "symlink"
-    } else if ft.is_fifo() {
-        "fifo"
-    } else if ft.is_char_device() {
-        "chr"
-    } else {
-        "other"
-    }
 }
 
 /// The whole view as seen through `root`, plus the errno of a lookup of every candidate name

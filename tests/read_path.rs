@@ -53,15 +53,7 @@ fn background_mount_serves_until_umount_and_daemon_exits() {
     );
     // The command returns only once the mount is live.
     assert_eq!(is_mounted(&mp).as_deref(), Some("fuse.unionfuse"));
-    struct Cleanup<'a>(&'a Path);
-    impl Drop for Cleanup<'_> {
-        fn drop(&mut self) {
-            if is_mounted(self.0).is_some() {
-                let _ = Command::new("umount").arg("-l").arg(self.0).status();
-            }
-        }
-    }
-    let _c = Cleanup(&mp);
+    let _c = UnmountOnDrop(mp.clone());
     assert_eq!(std::fs::read(mp.join("a")).unwrap(), b"top");
     assert_eq!(std::fs::read(mp.join("b")).unwrap(), b"only-below");
     let pid: i32 = std::fs::read_to_string(unionfuse::mount::pidfile(&mp))
@@ -747,15 +739,7 @@ fn unprivileged_user_mounts_and_unmounts() {
             .output()
             .unwrap()
     };
-    struct Guard<'a>(&'a Path);
-    impl Drop for Guard<'_> {
-        fn drop(&mut self) {
-            if is_mounted(self.0).is_some() {
-                let _ = Command::new("umount").arg("-l").arg(self.0).status();
-            }
-        }
-    }
-    let _g = Guard(&mp);
+    let _g = UnmountOnDrop(mp.clone());
     let out = as_nobody(&[
         OsStr::new("mount"),
         &layer_spec(&[&l1, &l2]),

@@ -21,7 +21,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -336,20 +336,6 @@ struct Desc {
     links: Vec<PathBuf>,
     /// Times set explicitly by the test (nanoseconds 5/7) are compared; others are not.
     set_mtime: Option<(i64, i64)>,
-}
-
-fn kind(ft: std::fs::FileType) -> &'static str {
-    if ft.is_dir() {
-        "dir"
-    } else if ft.is_file() {
-        "file"
-    } else if ft.is_symlink() {
-        "symlink"
-    } else if ft.is_fifo() {
-        "fifo"
-    } else {
-        "other"
-    }
 }
 
 /// The whole view under `root`. With `strict`, a listed name that cannot be looked up fails

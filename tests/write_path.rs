@@ -438,12 +438,6 @@ fn full_upper_gives_enospc_and_keeps_lower_and_view_intact() {
     let big: Vec<u8> = (0..3_000_000u32).map(|i| i as u8).collect();
     write(&s.lower.join("big"), &big);
     write(&s.lower.join("small"), b"small");
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
     assert!(
         Command::new("mount")
             .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
@@ -452,7 +446,7 @@ fn full_upper_gives_enospc_and_keeps_lower_and_view_intact() {
             .unwrap()
             .success()
     );
-    let _u = Unmount(s.upper.clone());
+    let _u = UnmountOnDrop(s.upper.clone());
     let _m = UnionMount::new(&[&s.lower], Some(&s.upper), &s.mp);
     let e = std::fs::OpenOptions::new()
         .write(true)

@@ -160,6 +160,39 @@ impl Drop for UnionMount {
     }
 }
 
+/// Unmounts whatever is mounted at a path when dropped (lazily if busy): for mounts a test
+/// makes by hand (a background union, a bind mount, a tmpfs).
+pub struct UnmountOnDrop(pub PathBuf);
+
+impl Drop for UnmountOnDrop {
+    fn drop(&mut self) {
+        if is_mounted(&self.0).is_some() {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+        if is_mounted(&self.0).is_some() {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+/// The kind of a file type, as the differential tests compare it.
+pub fn kind(ft: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_dir() {
+        "dir"
+    } else if ft.is_file() {
+        "file"
+    } else if ft.is_symlink() {
+        "symlink"
+    } else if ft.is_fifo() {
+        "fifo"
+    } else if ft.is_char_device() {
+        "chr"
+    } else {
+        "other"
+    }
+}
+
 /// Kernel overlayfs over the same kind of layers: the oracle.
 pub struct KernelOverlay {
     pub mp: PathBuf,
