@@ -256,8 +256,56 @@ pub fn getxattr(dir: BorrowedFd<'_>, name: Option<&CStr>, attr: &CStr) -> Result
     }
 }
 
+/// `listxattrat(2)` (Linux 6.13): the same number on every architecture.
+const SYS_LISTXATTRAT: libc::c_long = 465;
+static HAVE_LISTXATTRAT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// `listxattrat(dir, name, AT_SYMLINK_NOFOLLOW)`; `None` where the kernel lacks it.
+fn listxattrat(dir: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> Option<isize> {
+    use std::sync::atomic::Ordering;
+    if !HAVE_LISTXATTRAT.load(Ordering::Relaxed) {
+        return None;
+    }
+    let n = unsafe {
+        libc::syscall(
+            SYS_LISTXATTRAT,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    };
+    if n < 0 && Errno::last().0 == libc::ENOSYS {
+        HAVE_LISTXATTRAT.store(false, Ordering::Relaxed);
+        return None;
+    }
+    Some(n as isize)
+}
+
 /// The xattr names of `name` inside `dir` (or of `dir` itself).
 pub fn listxattr(dir: BorrowedFd<'_>, name: Option<&CStr>) -> Result<Vec<Vec<u8>>> {
+    // Relative to the directory where the kernel can: no walk through /proc per name.
+    if let Some(n) = name {
+        let mut buf = vec![0u8; 256];
+        while let Some(len) = listxattrat(dir, n, &mut buf) {
+            if len >= 0 {
+                buf.truncate(len as usize);
+                return Ok(split_names(&buf));
+            }
+            match Errno::last().0 {
+                libc::ENOTSUP => return Ok(Vec::new()),
+                libc::ERANGE => {
+                    let need = listxattrat(dir, n, &mut []).unwrap_or(-1);
+                    if need < 0 {
+                        return Err(Errno::last());
+                    }
+                    buf = vec![0u8; need as usize];
+                }
+                e => return Err(Errno(e)),
+            }
+        }
+    }
     let path = proc_path(dir.as_raw_fd(), name);
     let listx = if name.is_some() {
         libc::llistxattr
@@ -284,11 +332,14 @@ pub fn listxattr(dir: BorrowedFd<'_>, name: Option<&CStr>) -> Result<Vec<Vec<u8>
             e => return Err(Errno(e)),
         }
     }
-    Ok(buf
-        .split(|&b| b == 0)
+    Ok(split_names(&buf))
+}
+
+fn split_names(buf: &[u8]) -> Vec<Vec<u8>> {
+    buf.split(|&b| b == 0)
         .filter(|s| !s.is_empty())
         .map(|s| s.to_vec())
-        .collect())
+        .collect()
 }
 
 pub fn fstatvfs(fd: BorrowedFd<'_>) -> Result<libc::statvfs> {
