@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use unionfuse::mount::{self, MountRequest, UserError};
+use unionfuse::run;
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +41,82 @@ enum Cmd {
     },
     /// Unmount a union and wait for its daemon to exit.
     Umount { mountpoint: PathBuf },
+    /// Run a command with a union as its root filesystem, as root or rootless, in new user
+    /// (rootless), mount, pid, uts and ipc namespaces. Exits with the command's status
+    /// (128+N if a signal N ended it; 125 if the run itself failed, 126/127 if the command
+    /// could not be executed / was not found).
+    #[command(
+        after_help = "Inside: the union as /, a fresh /proc, a minimal /dev (null, zero, full, random,\nurandom, tty, pts, shm), /sys read-only, a tmpfs on /tmp. Rootless, the caller is root\ninside; with a range in /etc/subuid and /etc/subgid (and newuidmap/newgidmap) that range\nis mapped too, so files can belong to other users.\n\nExamples:\n  unionfuse run --lower app:base -- /bin/sh\n  unionfuse run --lower app:base --upper state --hostname box -- sh -c 'echo hi > /f'\n  unionfuse run --lower rootfs --ro-bind /etc/resolv.conf --bind $PWD:/src --chdir /src -- make",
+        trailing_var_arg = true
+    )]
+    Run {
+        /// The read-only layers, ':'-separated, leftmost on top.
+        #[arg(long = "lower", value_name = "LOWERS", required = true)]
+        lowers: OsString,
+        /// The writable layer; kept after the run. Without it, a temporary one is removed at exit.
+        #[arg(long, value_name = "DIR")]
+        upper: Option<PathBuf>,
+        /// The hostname inside.
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Set an environment variable (the caller's environment is passed on otherwise).
+        #[arg(long, value_name = "K=V")]
+        setenv: Vec<OsString>,
+        /// The working directory inside (default /).
+        #[arg(long, value_name = "DIR")]
+        chdir: Option<PathBuf>,
+        /// Bind a host path into the container (SRC alone binds it at the same path).
+        #[arg(long, value_name = "SRC[:DST]")]
+        bind: Vec<OsString>,
+        /// Bind a host path read-only.
+        #[arg(long = "ro-bind", value_name = "SRC[:DST]")]
+        ro_bind: Vec<OsString>,
+        /// host: the caller's network; none: only a loopback interface.
+        #[arg(long, value_name = "host|none", default_value = "host")]
+        net: String,
+        /// The command and its arguments (after `--`).
+        #[arg(required = true, value_name = "COMMAND", allow_hyphen_values = true)]
+        command: Vec<OsString>,
+    },
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_request(
+    lowers: OsString,
+    upper: Option<PathBuf>,
+    hostname: Option<String>,
+    setenv: Vec<OsString>,
+    chdir: Option<PathBuf>,
+    bind: Vec<OsString>,
+    ro_bind: Vec<OsString>,
+    net: String,
+    command: Vec<OsString>,
+) -> Result<run::RunRequest, UserError> {
+    let net = match net.as_str() {
+        "host" => run::Net::Host,
+        "none" => run::Net::None,
+        n => return Err(UserError(format!("--net '{n}': expected host or none"))),
+    };
+    let mut binds = Vec::new();
+    for b in &bind {
+        binds.push(run::parse_bind(b, false)?);
+    }
+    for b in &ro_bind {
+        binds.push(run::parse_bind(b, true)?);
+    }
+    Ok(run::RunRequest {
+        lower_spec: lowers,
+        upper,
+        hostname,
+        setenv: setenv
+            .iter()
+            .map(|e| run::parse_env(e))
+            .collect::<Result<_, _>>()?,
+        chdir,
+        binds,
+        net,
+        command,
+    })
 }
 
 fn apply_options(req: &mut MountRequest, options: &[String]) -> Result<(), UserError> {
@@ -84,15 +161,40 @@ fn run(cli: Cli) -> Result<(), UserError> {
             }
             req.mountpoint = PathBuf::from(paths.last().unwrap());
             let checked = mount::validate(&req, Some(&lower_spec))?;
-            mount::mount(checked)
+            mount::mount(checked).map(drop)
         }
         Cmd::Umount { mountpoint } => mount::umount(&mountpoint, Duration::from_secs(30)),
+        Cmd::Run { .. } => unreachable!("handled in main"),
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    if let Cmd::Run {
+        lowers,
+        upper,
+        hostname,
+        setenv,
+        chdir,
+        bind,
+        ro_bind,
+        net,
+        command,
+    } = cli.cmd
+    {
+        let r = run_request(
+            lowers, upper, hostname, setenv, chdir, bind, ro_bind, net, command,
+        )
+        .and_then(run::run);
+        return match r {
+            Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+            Err(e) => {
+                eprintln!("unionfuse run: {e}");
+                ExitCode::from(run::RUNNER_FAILED)
+            }
+        };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

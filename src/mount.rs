@@ -74,6 +74,10 @@ pub struct MountRequest {
     pub threads: Option<usize>,
     pub volatile: bool,
     pub oci_whiteouts: bool,
+    /// Part of a `unionfuse run`: no pidfile, the daemon ends with the process that started
+    /// it, and removes `remove_after` (the run's scratch directory) once unmounted.
+    pub private: bool,
+    pub remove_after: Option<PathBuf>,
 }
 
 /// What `validate` made of a request: canonical paths, checked.
@@ -91,7 +95,7 @@ fn describe(e: &std::io::Error) -> String {
     }
 }
 
-fn check_dir(role: &str, p: &Path, spec: Option<&OsStr>) -> Result<PathBuf> {
+pub(crate) fn check_dir(role: &str, p: &Path, spec: Option<&OsStr>) -> Result<PathBuf> {
     let md = match std::fs::metadata(p) {
         Ok(m) => m,
         Err(e) => {
@@ -159,7 +163,7 @@ fn unescape_octal(s: &[u8]) -> Vec<u8> {
     out
 }
 
-fn is_writable_dir(p: &Path) -> bool {
+pub(crate) fn is_writable_dir(p: &Path) -> bool {
     let Ok(c) = CString::new(p.as_os_str().as_bytes()) else {
         return false;
     };
@@ -323,7 +327,7 @@ pub fn pidfile(mountpoint: &Path) -> PathBuf {
     dir.join(format!("{h:016x}.pid"))
 }
 
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+pub(crate) fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(std::io::Error::last_os_error());
@@ -333,9 +337,9 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 
 /// Mounts and serves. In the background (the default) it returns only once the mount is live
 /// or has failed; the daemon stays behind until the filesystem is unmounted.
-pub fn mount(c: Checked) -> Result<()> {
+pub fn mount(c: Checked) -> Result<Option<i32>> {
     if c.req.foreground {
-        return serve(c, None);
+        return serve(c, None).map(|()| None);
     }
     let (rd, wr) = pipe().map_err(|e| UserError(format!("pipe: {e}")))?;
     match unsafe { libc::fork() } {
@@ -343,18 +347,22 @@ pub fn mount(c: Checked) -> Result<()> {
         0 => {
             drop(rd);
             unsafe { libc::setsid() };
+            if c.req.private {
+                // Never outlive the runner, even after a kill -9: SIGTERM unmounts and cleans.
+                unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
+            }
             let code = match serve(c, Some(wr)) {
                 Ok(()) => 0,
                 Err(_) => 1,
             };
             std::process::exit(code);
         }
-        _ => {
+        pid => {
             drop(wr);
             let mut msg = String::new();
             let _ = std::fs::File::from(rd).read_to_string(&mut msg);
             if msg == "OK" {
-                Ok(())
+                Ok(Some(pid))
             } else if msg.is_empty() {
                 bail!("the daemon ended before the mount was ready")
             } else {
@@ -453,11 +461,13 @@ fn serve(c: Checked, ready: Option<OwnedFd>) -> Result<()> {
         }
     };
     let _ = notifier.set(session.notifier());
-    let pid_path = pidfile(&c.mountpoint);
-    if let Some(dir) = pid_path.parent() {
-        let _ = std::fs::create_dir_all(dir);
+    let pid_path = (!c.req.private).then(|| pidfile(&c.mountpoint));
+    if let Some(p) = &pid_path {
+        if let Some(dir) = p.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let _ = std::fs::write(p, format!("{}\n", std::process::id()));
     }
-    let _ = std::fs::write(&pid_path, format!("{}\n", std::process::id()));
     let mp = c.mountpoint.clone();
     std::thread::Builder::new()
         .name("signals".into())
@@ -478,7 +488,15 @@ fn serve(c: Checked, ready: Option<OwnedFd>) -> Result<()> {
     }
     log::info!("serving {}", c.mountpoint.display());
     let r = session.run();
-    let _ = std::fs::remove_file(&pid_path);
+    if let Some(p) = &pid_path {
+        let _ = std::fs::remove_file(p);
+    }
+    // run() consumed the session: the union and its work directory are closed by now.
+    if let Some(dir) = &c.req.remove_after
+        && let Err(e) = std::fs::remove_dir_all(dir)
+    {
+        log::error!("cannot remove {}: {e}", dir.display());
+    }
     r.map_err(|e| UserError(format!("session ended: {e}")))
 }
 

@@ -415,6 +415,39 @@ pub fn private_readonly_tree(path: &std::path::Path) -> Option<OwnedFd> {
     (r == 0).then_some(fd)
 }
 
+/// Makes the mount at `fd` (an `O_PATH` fd of its root) and every mount below it read-only.
+pub fn make_tree_readonly(fd: BorrowedFd<'_>) -> Result<()> {
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            (libc::AT_EMPTY_PATH as u32 | AT_RECURSIVE) as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        ) as i32
+    })
+    .map(drop)
+}
+
+/// Root of the initial user namespace. Root inside a user namespace (`unionfuse run`
+/// without privileges) cannot give files unmapped owners nor write `trusted.*` xattrs.
+pub fn fully_privileged() -> bool {
+    static P: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *P.get_or_init(|| {
+        geteuid() == 0
+            && std::fs::read_to_string("/proc/self/uid_map")
+                .map(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
+                .unwrap_or(true)
+    })
+}
+
 // ---- calls of the write path ----
 
 pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> Result<()> {

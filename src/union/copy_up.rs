@@ -409,9 +409,10 @@ pub fn copy_meta(from: At<'_>, to: At<'_>, st: &libc::stat) -> Result<()> {
     let fmt = st.st_mode & libc::S_IFMT;
     // Without privileges the copy can only be the mounting user's (and only some xattr
     // namespaces can be written): better that than refusing the write.
-    let unprivileged = sys::geteuid() != 0;
+    let unprivileged = !sys::fully_privileged();
     match chown_at(to, st.st_uid, st.st_gid) {
-        Err(Errno(libc::EPERM)) if unprivileged => {}
+        // EINVAL: an owner that the user namespace does not map.
+        Err(Errno(libc::EPERM | libc::EINVAL)) if unprivileged => {}
         r => r?,
     }
     if fmt != libc::S_IFLNK {

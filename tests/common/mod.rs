@@ -2,6 +2,8 @@
 //! overlayfs as an oracle, and tree builders.
 #![allow(dead_code)]
 
+pub mod runenv;
+
 use std::ffi::{CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
