@@ -773,3 +773,66 @@ fn rootless_without_user_namespaces_is_refused_cleanly() {
     assert_eq!(err.lines().count(), 1, "one line expected: {err}");
     c.assert_clean();
 }
+
+/// A real distribution as the image: a Debian minbase tree (debootstrap, cached), where dpkg
+/// installs a package and useradd makes a user with a home, as root and rootless.
+fn debian_package_install(who: Who) {
+    let Some(c) = RunCtx::new(who) else { return };
+    let cache = common::runenv::debian_cache();
+    let tree = common::runenv::debian_tree_for(&cache, c.uid, c.gid);
+    let up = c.mkdir("up");
+    let debs = format!("{}:/debs", cache.join("debs").display());
+    let args = |extra: &[&str]| {
+        let mut a = vec![
+            "run".to_string(),
+            "--lower".into(),
+            tree.display().to_string(),
+            "--upper".into(),
+            up.display().to_string(),
+            "--ro-bind".into(),
+            debs.clone(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let script = "dpkg -i /debs/hello.deb >/dev/null && hello && useradd -m -u 1234 bob && stat -c '%u:%g %n' /home/bob && dpkg -s hello | grep '^Status'";
+    let o = c
+        .command(&args(&["--", "/bin/sh", "-c", script]))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    c.assert_clean();
+    let out = ok(&o);
+    assert_eq!(
+        out,
+        "Hello, world!\n1234:1234 /home/bob\nStatus: install ok installed\n"
+    );
+    let md = std::fs::symlink_metadata(up.join("home/bob")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (c.host_id(1234), c.host_id(1234)));
+    assert!(up.join("usr/bin/hello").exists());
+    assert!(
+        !tree.join("usr/bin/hello").exists(),
+        "the image layer was written"
+    );
+    // The next run on the same upper has the package and the user.
+    let o = c
+        .command(&args(&["--", "/bin/sh", "-c", "hello && id bob"]))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    c.assert_clean();
+    assert_eq!(
+        ok(&o),
+        "Hello, world!\nuid=1234(bob) gid=1234(bob) groups=1234(bob)\n"
+    );
+}
+
+#[test]
+fn debian_package_install_as_root() {
+    debian_package_install(Who::Root)
+}
+
+#[test]
+fn debian_package_install_rootless_with_subids() {
+    debian_package_install(Who::SubIds)
+}

@@ -377,3 +377,98 @@ impl Drop for Background {
         let _ = self.child.wait();
     }
 }
+
+/// A Debian minbase tree made by debootstrap, and `hello`'s package beside it in `debs/`:
+/// built once per machine under /var/tmp (the only step that needs the network), reused.
+pub fn debian_cache() -> PathBuf {
+    static DONE: OnceLock<PathBuf> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let cache = PathBuf::from("/var/tmp/unionfuse-test-cache");
+        let tree = cache.join("bookworm-minbase");
+        let debs = cache.join("debs");
+        std::fs::create_dir_all(&cache).unwrap();
+        if !cache.join("bookworm-minbase.done").exists() {
+            let _ = std::fs::remove_dir_all(&tree);
+            let o = Command::new("debootstrap")
+                .args(["--variant=minbase", "bookworm"])
+                .arg(&tree)
+                .arg("http://deb.debian.org/debian")
+                .output()
+                .expect("debootstrap (scripts/setup installs it)");
+            assert!(
+                o.status.success(),
+                "debootstrap failed: {}",
+                String::from_utf8_lossy(&o.stdout)
+            );
+            std::fs::write(cache.join("bookworm-minbase.done"), "").unwrap();
+        }
+        if !debs.join("hello.deb").exists() {
+            std::fs::create_dir_all(&debs).unwrap();
+            let o = Command::new("apt-get")
+                .args(["download", "hello"])
+                .current_dir(&debs)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "apt-get download hello: {o:?}");
+            let deb = std::fs::read_dir(&debs)
+                .unwrap()
+                .flatten()
+                .find(|e| e.file_name().to_string_lossy().starts_with("hello_"))
+                .expect("no hello_*.deb")
+                .path();
+            std::fs::rename(deb, debs.join("hello.deb")).unwrap();
+        }
+        std::fs::set_permissions(&debs, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(
+            debs.join("hello.deb"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        cache
+    })
+    .clone()
+}
+
+/// The cached Debian tree with its owners shifted into `uid`/`gid` (for 0) and the
+/// subordinate range (for 1 and up), as a rootless user's image layer is: made once per id.
+pub fn debian_tree_for(cache: &Path, uid: u32, gid: u32) -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let base = cache.join("bookworm-minbase");
+    if uid == 0 {
+        return base;
+    }
+    let shifted = cache.join(format!("bookworm-minbase-{uid}-{gid}-{SUB_START}"));
+    let done = shifted.with_extension("done");
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if done.exists() {
+        return shifted;
+    }
+    let _ = std::fs::remove_dir_all(&shifted);
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(&base)
+        .arg(&shifted)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let map = |id: u32, own: u32| if id == 0 { own } else { SUB_START + id - 1 };
+    let mut stack = vec![shifted.clone()];
+    while let Some(p) = stack.pop() {
+        let md = std::fs::symlink_metadata(&p).unwrap();
+        let c = super::cpath(&p);
+        unsafe { libc::lchown(c.as_ptr(), map(md.uid(), uid), map(md.gid(), gid)) };
+        if !md.file_type().is_symlink() {
+            // chown cleared the set-id bits.
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(md.mode() & 0o7777))
+                .unwrap();
+        }
+        if md.is_dir() {
+            for e in std::fs::read_dir(&p).unwrap().flatten() {
+                stack.push(e.path());
+            }
+        }
+    }
+    std::fs::write(&done, "").unwrap();
+    shifted
+}
