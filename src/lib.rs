@@ -4,6 +4,7 @@
 //! adapter to the kernel; `mount` parses and checks what the user asked for;
 //! `run` starts a command in namespaces of its own, on a union as its root.
 
+pub mod compat;
 pub mod fuse;
 pub mod mount;
 pub mod run;

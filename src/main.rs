@@ -169,8 +169,18 @@ fn run(cli: Cli) -> Result<(), UserError> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    if let Some(r) = unionfuse::compat::dispatch(&argv) {
+        return match r {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("unionfuse: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let cli = Cli::parse();
     if let Cmd::Run {
         lowers,
         upper,

@@ -78,6 +78,13 @@ pub struct MountRequest {
     /// it, and removes `remove_after` (the run's scratch directory) once unmounted.
     pub private: bool,
     pub remove_after: Option<PathBuf>,
+    pub ids: crate::union::ids::IdMap,
+    /// fuse-overlayfs's squash_to_uid/squash_to_gid (squash_to_root sets both to 0).
+    pub squash_uid: Option<u32>,
+    pub squash_gid: Option<u32>,
+    pub nosuid: bool,
+    pub nodev: bool,
+    pub noexec: bool,
 }
 
 /// What `validate` made of a request: canonical paths, checked.
@@ -237,6 +244,7 @@ pub fn validate(req: &MountRequest, lower_spec: Option<&OsStr>) -> Result<Checke
             upper,
             volatile: req.volatile,
             oci_whiteouts: req.oci_whiteouts,
+            ids: req.ids.clone(),
         },
         mountpoint,
         req: req.clone(),
@@ -253,6 +261,9 @@ fn fuse_config(c: &Checked) -> Config {
     ];
     if read_only(c) {
         cfg.mount_options.push(MountOption::RO);
+    }
+    if c.req.noexec {
+        cfg.mount_options.push(MountOption::NoExec);
     }
     cfg.acl = if c.req.allow_other.unwrap_or(root) {
         SessionACL::All
@@ -272,7 +283,7 @@ fn read_only(c: &Checked) -> bool {
 
 /// As root: mount(2) with the type `fuse.unionfuse` (fuser's own mount says plain `fuse`),
 /// devices and setuid allowed as on a system mount. Returns the `/dev/fuse` fd to serve.
-fn mount_as_root(mountpoint: &Path, cfg: &Config, ro: bool) -> std::io::Result<OwnedFd> {
+fn mount_as_root(mountpoint: &Path, cfg: &Config, req: &Checked) -> std::io::Result<OwnedFd> {
     let dev = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -293,7 +304,17 @@ fn mount_as_root(mountpoint: &Path, cfg: &Config, ro: bool) -> std::io::Result<O
         c(b"fuse.unionfuse")?,
         c(data.as_bytes())?,
     );
-    let flags = if ro { libc::MS_RDONLY } else { 0 };
+    let mut flags = 0;
+    for (on, f) in [
+        (read_only(req), libc::MS_RDONLY),
+        (req.req.nosuid, libc::MS_NOSUID),
+        (req.req.nodev, libc::MS_NODEV),
+        (req.req.noexec, libc::MS_NOEXEC),
+    ] {
+        if on {
+            flags |= f;
+        }
+    }
     let r = unsafe {
         libc::mount(
             src.as_ptr(),
@@ -446,7 +467,7 @@ fn serve(c: Checked, ready: Option<OwnedFd>) -> Result<()> {
     }));
     let fs = UnionFs { union };
     let session = if sys::geteuid() == 0 {
-        mount_as_root(&c.mountpoint, &cfg, read_only(&c))
+        mount_as_root(&c.mountpoint, &cfg, &c)
             .and_then(|fd| Session::from_fd(fs, fd, cfg.acl, cfg.clone()))
     } else {
         Session::new(fs, &c.mountpoint, &cfg)

@@ -39,6 +39,7 @@ impl Union {
         if node.is_dir() && node.loc.read().dirs.len() > 1 {
             st.st_nlink = 1;
         }
+        (st.st_uid, st.st_gid) = self.ids.show(st.st_uid, st.st_gid);
         st
     }
 
@@ -159,7 +160,15 @@ impl Union {
             sys::ftruncate(sys::reopen(t, libc::O_WRONLY)?.as_fd(), len)?;
         }
         if a.uid.is_some() || a.gid.is_some() {
-            sys::fchownat_empty(t, a.uid.unwrap_or(u32::MAX), a.gid.unwrap_or(u32::MAX))?;
+            let uid = match a.uid {
+                Some(u) => self.ids.store_uid(u).ok_or(Errno(libc::EINVAL))?,
+                None => u32::MAX,
+            };
+            let gid = match a.gid {
+                Some(g) => self.ids.store_gid(g).ok_or(Errno(libc::EINVAL))?,
+                None => u32::MAX,
+            };
+            sys::fchownat_empty(t, uid, gid)?;
         }
         if let Some(mode) = a.mode {
             sys::chmod_at(t, None, mode & 0o7777)?;

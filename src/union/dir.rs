@@ -70,14 +70,16 @@ impl Union {
         dir: bool,
     ) -> Result<(u32, u32, u32)> {
         let pst = sys::fstat(pfd)?;
-        let mut gid = who.gid;
+        // The caller's ids are the view's: stored through the id mapping.
+        let uid = self.ids.store_uid(who.uid).ok_or(Errno(libc::EINVAL))?;
+        let mut gid = self.ids.store_gid(who.gid).ok_or(Errno(libc::EINVAL))?;
         if pst.st_mode & libc::S_ISGID != 0 {
             gid = pst.st_gid;
             if dir {
                 mode |= libc::S_ISGID;
             }
         }
-        Ok((who.uid, gid, mode & 0o7777))
+        Ok((uid, gid, mode & 0o7777))
     }
 
     /// Moves `tmp` from the work dir to `name` in `pfd`, replacing a whiteout there in one

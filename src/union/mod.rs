@@ -5,6 +5,7 @@ pub mod attr;
 pub mod copy_up;
 pub mod dir;
 pub mod file;
+pub mod ids;
 pub mod inode;
 pub mod layer;
 pub mod lookup;
@@ -33,6 +34,8 @@ pub struct UnionConfig {
     pub volatile: bool,
     /// Write OCI whiteouts (`.wh.NAME`, `.wh..wh..opq`) even where kernel ones are possible.
     pub oci_whiteouts: bool,
+    /// Owner translation between the layers and the view (fuse-overlayfs's options).
+    pub ids: ids::IdMap,
 }
 
 /// Who asks: new objects belong to the caller.
@@ -54,6 +57,7 @@ pub struct Union {
     next_tmp: AtomicU64,
     pub volatile: bool,
     /// Whiteouts and opaque markers are written in the OCI format (asked, or no choice).
+    pub ids: ids::IdMap,
     pub oci_whiteouts: bool,
     pub(super) opaque_xattr: &'static std::ffi::CStr,
     /// Told the inode number of a node whose attributes copy-up changed (the adapter drops
@@ -95,6 +99,7 @@ impl Union {
             next_tmp: AtomicU64::new(0),
             volatile: cfg.volatile,
             oci_whiteouts: cfg.oci_whiteouts,
+            ids: cfg.ids.clone(),
             opaque_xattr: c"trusted.overlay.opaque",
             changed: std::sync::OnceLock::new(),
             layers,
