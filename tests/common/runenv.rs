@@ -197,21 +197,25 @@ impl RunCtx {
 
     /// `unionfuse ARGS` as the test's identity, with TMPDIR pointing into the scratch space.
     pub fn command<S: AsRef<OsStr>>(&self, args: &[S]) -> Command {
-        let bin = shared_bin();
-        let mut c = match self.who {
-            Who::Root => Command::new(&bin),
+        let mut c = self.program(shared_bin().as_os_str());
+        c.args(args).env("TMPDIR", &self.tmp);
+        c
+    }
+
+    /// Any program, run as the test's identity.
+    pub fn program(&self, prog: &OsStr) -> Command {
+        match self.who {
+            Who::Root => Command::new(prog),
             _ => {
                 let mut c = Command::new("setpriv");
                 c.arg(format!("--reuid={}", self.uid))
                     .arg(format!("--regid={}", self.gid))
                     .arg("--init-groups")
                     .arg("--")
-                    .arg(&bin);
+                    .arg(prog);
                 c
             }
-        };
-        c.args(args).env("TMPDIR", &self.tmp);
-        c
+        }
     }
 
     /// `unionfuse run --lower ROOTFS EXTRA... -- sh -c SCRIPT`, run to the end.
