@@ -14,7 +14,7 @@ use unionfuse::run;
     name = "unionfuse",
     version,
     about = "A userspace union filesystem: ordered read-only layers under one writable upper",
-    after_help = "Examples:\n  unionfuse mount /layers/app:/layers/base /upper /mnt\n  unionfuse mount /layers/app:/layers/base /mnt        (read-only union)\n  unionfuse umount /mnt"
+    after_help = "Examples:\n  unionfuse mount /layers/app:/layers/base /upper /mnt\n  unionfuse mount /layers/app:/layers/base /mnt        (read-only union)\n  unionfuse umount /mnt\n  unionfuse run --lower /layers/app:/layers/base -- /bin/sh\n\nThe command line of fuse-overlayfs is understood too (for containers/storage's\nmount_program):\n  unionfuse [-f] [-d] -o lowerdir=A:B,upperdir=U,workdir=W[,OPTION...] MOUNTPOINT\nwith volatile, noacl, uidmapping=ID:MAPPED:LEN[:...], gidmapping=..., squash_to_root,\nsquash_to_uid=N, squash_to_gid=N, ro, nosuid, nodev, noexec, allow_other.\n\nAs mount(8)'s helper (mount-helper/install links mount.unionfuse and\nmount.fuse.unionfuse to this binary):\n  mount -t fuse.unionfuse -o lowerdir=/l1:/l2,upperdir=/u,workdir=/w none /mnt\n  none /mnt fuse.unionfuse lowerdir=/l1:/l2,upperdir=/u,workdir=/w,nofail 0 0   (fstab)\nmount(8)'s own options (nofail, _netdev, noauto, x-*, comment=...) are ignored.\numount /mnt ends the daemon."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -40,9 +40,15 @@ enum Cmd {
         paths: Vec<OsString>,
     },
     /// Unmount a union and wait for its daemon to exit.
+    #[command(after_help = "Example:\n  unionfuse umount /mnt")]
     Umount { mountpoint: PathBuf },
-    /// Run a command with a union as its root filesystem, as root or rootless, in new user
-    /// (rootless), mount, pid, uts and ipc namespaces. Exits with the command's status
+    /// Write the manual pages (unionfuse.1 and one per command) into DIR.
+    #[command(hide = true)]
+    Man { dir: PathBuf },
+    /// Run a command in a container whose root filesystem is the union.
+    ///
+    /// As root or rootless, in new user (rootless), mount, pid, uts and ipc
+    /// namespaces. Exits with the command's status
     /// (128+N if a signal N ended it; 125 if the run itself failed, 126/127 if the command
     /// could not be executed / was not found).
     #[command(
@@ -165,7 +171,34 @@ fn run(cli: Cli) -> Result<(), UserError> {
         }
         Cmd::Umount { mountpoint } => mount::umount(&mountpoint, Duration::from_secs(30)),
         Cmd::Run { .. } => unreachable!("handled in main"),
+        Cmd::Man { dir } => {
+            write_man_pages(&dir).map_err(|e| UserError(format!("{}: {e}", dir.display())))
+        }
     }
+}
+
+/// unionfuse.1 for the whole program, unionfuse-COMMAND.1 for each command, from the same
+/// definitions as `--help`.
+fn write_man_pages(dir: &std::path::Path) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)?;
+    let mut cmd = Cli::command();
+    cmd.build();
+    let render = |c: clap::Command, file: String| -> std::io::Result<()> {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(c).render(&mut out)?;
+        std::fs::write(dir.join(file), out)
+    };
+    for sub in cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
+        let name = format!("unionfuse-{}", sub.get_name());
+        // clap names are 'static; this runs once per page.
+        let leaked: &'static str = Box::leak(name.clone().into_boxed_str());
+        render(sub.clone().name(leaked), format!("{name}.1"))?;
+    }
+    render(cmd.clone(), "unionfuse.1".into())
 }
 
 fn main() -> ExitCode {

@@ -247,3 +247,33 @@ fn help_and_version_answer() {
     let out = run(Command::new(bin()).args(["mount", "--help"]));
     assert!(String::from_utf8_lossy(&out.stdout).contains("Examples"));
 }
+
+/// The manual pages in man/ are the ones the definitions behind --help generate.
+#[test]
+fn man_pages_are_current() {
+    let dir = scratch();
+    let o = unionfuse(&[OsStr::new("man"), dir.path().as_os_str()]);
+    assert!(o.status.success(), "{o:?}");
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("man");
+    let mut names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    let mut committed: Vec<_> = std::fs::read_dir(&repo)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    committed.sort();
+    assert_eq!(names, committed, "man/ holds other pages than generated");
+    assert!(names.iter().any(|n| n == "unionfuse.1"));
+    for n in names {
+        let fresh = std::fs::read(dir.path().join(&n)).unwrap();
+        let old = std::fs::read(repo.join(&n)).unwrap();
+        assert!(
+            fresh == old,
+            "man/{} is stale: run `cargo run --release -- man man`",
+            n.to_string_lossy()
+        );
+    }
+}
