@@ -531,7 +531,7 @@ fn kill_9_of_the_runner_leaves_nothing(who: Who) {
             "--",
             "/bin/sh",
             "-c",
-            "echo data > /f; echo ready; sleep 1000 & wait",
+            "echo data > /f; sleep 1000 & echo ready; wait",
         ]);
         let mut b = Background::start(c.command(&a));
         b.expect_line("ready", Duration::from_secs(10));
