@@ -155,12 +155,13 @@ fn finish(mut p: Parsed, mountpoint: PathBuf, foreground: bool) -> Result<mount:
     };
     p.req.lowers = mount::split_layers(&spec)?;
     if let Some(w) = &p.workdir {
-        // Our work directory lives inside the upper; a given one must still exist, as the
-        // kernel and fuse-overlayfs demand.
-        mount::check_dir("workdir", w, None)?;
+        // Used as the kernel uses it (our work goes in a `unionfuse` directory inside);
+        // without one, the work dir is hidden in the upper.
+        let w = mount::check_dir("workdir", w, None)?;
         if p.req.upper.is_none() {
             bail!("workdir= given without upperdir=");
         }
+        p.req.workdir = Some(w);
     }
     let (u, g) = (p.req.squash_uid, p.req.squash_gid);
     p.req.ids.squash(u, g);

@@ -79,6 +79,8 @@ pub struct MountRequest {
     pub private: bool,
     pub remove_after: Option<PathBuf>,
     pub ids: crate::union::ids::IdMap,
+    /// A work directory given with `workdir=` (on the upper's filesystem).
+    pub workdir: Option<PathBuf>,
     /// fuse-overlayfs's squash_to_uid/squash_to_gid (squash_to_root sets both to 0).
     pub squash_uid: Option<u32>,
     pub squash_gid: Option<u32>,
@@ -203,6 +205,16 @@ pub fn validate(req: &MountRequest, lower_spec: Option<&OsStr>) -> Result<Checke
         None => None,
     };
     let mountpoint = check_dir("mountpoint", &req.mountpoint, None)?;
+    if let (Some(w), Some(u)) = (&req.workdir, &upper) {
+        let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+        if dev(w) != dev(u) {
+            bail!(
+                "workdir '{}' is not on the filesystem of upperdir '{}'",
+                w.display(),
+                u.display()
+            );
+        }
+    }
 
     let mut seen: Vec<((u64, u64), &Path)> = Vec::new();
     for p in upper.iter().chain(lowers.iter()) {
@@ -245,6 +257,7 @@ pub fn validate(req: &MountRequest, lower_spec: Option<&OsStr>) -> Result<Checke
             volatile: req.volatile,
             oci_whiteouts: req.oci_whiteouts,
             ids: req.ids.clone(),
+            workdir: req.workdir.clone(),
         },
         mountpoint,
         req: req.clone(),

@@ -192,6 +192,37 @@ fn podman_run_write_and_commit(who: Who) {
         ],
     );
     assert_eq!(out, "committed\n33:33\ngone\n/var/new\n");
+
+    // The changes of a running container (what a commit of it would take) are the writes
+    // alone: nothing of unionfuse's own in the upper.
+    p.ok(
+        "podman",
+        &[
+            "run",
+            "-d",
+            "--name",
+            "c2",
+            "localhost/uftest",
+            "sh",
+            "-c",
+            "echo x > /running; touch /ready; sleep 1000",
+        ],
+    );
+    let ready = wait_for(Duration::from_secs(30), || {
+        p.run("podman", &["exec", "c2", "test", "-e", "/ready"])
+            .status
+            .success()
+    });
+    assert!(ready, "the container did not start");
+    let diff = p.ok("podman", &["diff", "c2"]);
+    p.ok("podman", &["rm", "-f", "-t", "0", "c2"]);
+    // (podman itself adds /etc/hosts and friends: "C /etc".)
+    let lines: Vec<&str> = diff.lines().collect();
+    assert!(
+        lines.contains(&"A /ready") && lines.contains(&"A /running"),
+        "podman diff: {diff}"
+    );
+    assert!(!diff.contains("unionfuse"), "podman diff: {diff}");
 }
 
 fn buildah_from_run_commit(who: Who) {

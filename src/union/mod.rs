@@ -12,7 +12,7 @@ pub mod lookup;
 pub mod readdir;
 pub mod whiteout;
 
-use std::ffi::OsStr;
+use std::ffi::{CStr, OsStr};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,6 +36,9 @@ pub struct UnionConfig {
     pub oci_whiteouts: bool,
     /// Owner translation between the layers and the view (fuse-overlayfs's options).
     pub ids: ids::IdMap,
+    /// A work directory on the upper's filesystem, as kernel overlayfs and fuse-overlayfs
+    /// take one. Without it the work dir is a hidden directory in the upper.
+    pub workdir: Option<PathBuf>,
 }
 
 /// Who asks: new objects belong to the caller.
@@ -54,6 +57,9 @@ pub struct Union {
     dirs: DashMap<u64, Arc<readdir::DirSnapshot>>,
     next_fh: AtomicU64,
     work: Option<std::os::fd::OwnedFd>,
+    /// Where the work dir was made: its parent and name, removed at the end.
+    work_at: Option<(std::os::fd::OwnedFd, &'static CStr)>,
+    work_in_upper: bool,
     next_tmp: AtomicU64,
     pub volatile: bool,
     /// Whiteouts and opaque markers are written in the OCI format (asked, or no choice).
@@ -70,8 +76,8 @@ pub type ChangeHook = Box<dyn Fn(u64) + Send + Sync>;
 impl Drop for Union {
     /// A clean unmount leaves no work dir behind (it is empty unless an operation failed).
     fn drop(&mut self) {
-        if let (Some(_), Ok(name)) = (&self.work, sys::cstr(OsStr::new(copy_up::WORK_NAME))) {
-            let _ = sys::unlinkat(self.layers[0].root.as_fd(), &name, libc::AT_REMOVEDIR);
+        if let Some((dir, name)) = &self.work_at {
+            let _ = sys::unlinkat(dir.as_fd(), name, libc::AT_REMOVEDIR);
         }
     }
 }
@@ -96,6 +102,8 @@ impl Union {
             dirs: DashMap::new(),
             next_fh: AtomicU64::new(1),
             work: None,
+            work_at: None,
+            work_in_upper: cfg.workdir.is_none(),
             next_tmp: AtomicU64::new(0),
             volatile: cfg.volatile,
             oci_whiteouts: cfg.oci_whiteouts,
@@ -105,7 +113,7 @@ impl Union {
             layers,
         };
         if u.has_upper {
-            u.setup_work()?;
+            u.setup_work(cfg.workdir.as_deref())?;
         }
         let root_st = sys::fstat(u.layers[0].root.as_fd())?;
         // Give the top layer's filesystem index 0, so samefs unions show real inode numbers.
@@ -121,14 +129,27 @@ impl Union {
 
     /// Makes (or empties, after a crash) the work dir, and finds which formats this process
     /// may write: a 0/0 device for whiteouts, `trusted.*` or `user.*` xattrs for opaque dirs.
-    fn setup_work(&mut self) -> Result<()> {
-        let root = self.layers[0].root.clone();
-        let name = sys::cstr(OsStr::new(copy_up::WORK_NAME))?;
-        match sys::mkdirat(root.as_fd(), &name, 0o700) {
+    fn setup_work(&mut self, workdir: Option<&std::path::Path>) -> Result<()> {
+        let upper = self.layers[0].root.clone();
+        let (root, name): (std::os::fd::OwnedFd, &'static CStr) = match workdir {
+            None => (
+                upper.try_clone().map_err(|_| Errno(libc::EMFILE))?,
+                c".unionfuse-work",
+            ),
+            Some(w) => {
+                let fd = sys::open_dir_path(w)?;
+                // Copies are published by rename and link: same filesystem only.
+                if sys::fstat(fd.as_fd())?.st_dev != sys::fstat(upper.as_fd())?.st_dev {
+                    return Err(Errno(libc::EXDEV));
+                }
+                (fd, c"unionfuse")
+            }
+        };
+        match sys::mkdirat(root.as_fd(), name, 0o700) {
             Ok(()) | Err(Errno(libc::EEXIST)) => {}
             Err(e) => return Err(e),
         }
-        let work = sys::openat(root.as_fd(), &name, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        let work = sys::openat(root.as_fd(), name, libc::O_PATH | libc::O_DIRECTORY, 0)?;
         for e in sys::read_dir(work.as_fd())? {
             copy_up::remove_tree(work.as_fd(), &sys::cstr(&e.name)?)?;
         }
@@ -149,6 +170,7 @@ impl Union {
         drop(pfd);
         sys::unlinkat(work.as_fd(), probe, libc::AT_REMOVEDIR)?;
         self.work = Some(work);
+        self.work_at = Some((root, name));
         Ok(())
     }
 
@@ -164,7 +186,7 @@ impl Union {
 
     /// Is `name` in `parent` the work dir, which the view never shows?
     pub fn is_reserved(&self, parent: u64, name: &OsStr) -> bool {
-        self.has_upper && parent == ROOT_INO && name == copy_up::WORK_NAME
+        self.has_upper && self.work_in_upper && parent == ROOT_INO && name == copy_up::WORK_NAME
     }
 
     pub fn is_lower(&self, layer: usize) -> bool {
