@@ -5,10 +5,10 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    BackingId, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use log::{debug, warn};
 
@@ -22,6 +22,120 @@ const UPPER_TTL: Duration = Duration::from_secs(1);
 
 pub struct UnionFs {
     pub union: Union,
+    pub passthrough: Passthrough,
+}
+
+impl UnionFs {
+    pub fn new(union: Union) -> UnionFs {
+        UnionFs {
+            union,
+            passthrough: Passthrough::default(),
+        }
+    }
+}
+
+/// Kernel passthrough, for real root only (the kernel refuses it in user namespaces): reads
+/// and writes of an open upper file go from the kernel straight to that file. The kernel
+/// fails an open (EIO) that does not match the inode's current mode: while an inode has
+/// passthrough opens every open must pass through to the same file, and while it has cached
+/// opens none may pass through. So passthrough is only for upper files (a lower file's copy-up
+/// would change the file behind it), and only for an inode without cached opens.
+#[derive(Default)]
+pub struct Passthrough {
+    enabled: std::sync::atomic::AtomicBool,
+    inodes: std::sync::Mutex<std::collections::HashMap<u64, IoMode>>,
+    handles: dashmap::DashMap<u64, u64>,
+}
+
+enum IoMode {
+    Cached {
+        opens: usize,
+    },
+    Passthrough {
+        id: std::sync::Arc<BackingId>,
+        opens: usize,
+    },
+}
+
+impl Passthrough {
+    /// Decides how the open `fh` of `ino` is served; `None`: through the daemon.
+    fn mode(
+        &self,
+        union: &Union,
+        ino: u64,
+        fh: u64,
+        register: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> std::io::Result<BackingId>,
+    ) -> Option<std::sync::Arc<BackingId>> {
+        use std::os::fd::AsFd;
+        use std::sync::atomic::Ordering;
+        if !self.enabled.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut inodes = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
+        self.handles.insert(fh, ino);
+        match inodes.get_mut(&ino) {
+            Some(IoMode::Cached { opens }) | Some(IoMode::Passthrough { opens, .. }) => {
+                *opens += 1;
+                return match inodes.get(&ino) {
+                    Some(IoMode::Passthrough { id, .. }) => Some(id.clone()),
+                    _ => None,
+                };
+            }
+            None => {}
+        }
+        let cached = |inodes: &mut std::collections::HashMap<u64, IoMode>| {
+            inodes.insert(ino, IoMode::Cached { opens: 1 });
+            None
+        };
+        if union.is_lower_node(ino) {
+            return cached(&mut inodes);
+        }
+        let Some(fd) = union.handle_fd(fh) else {
+            return cached(&mut inodes);
+        };
+        match sys::fstat(fd.as_fd()) {
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {}
+            _ => return cached(&mut inodes),
+        }
+        // Every later open of the inode shares this backing file: it must read and write.
+        let Ok(rw) = sys::reopen(fd.as_fd(), libc::O_RDWR) else {
+            return cached(&mut inodes);
+        };
+        match register(rw.as_fd()) {
+            Ok(id) => {
+                let id = std::sync::Arc::new(id);
+                inodes.insert(
+                    ino,
+                    IoMode::Passthrough {
+                        id: id.clone(),
+                        opens: 1,
+                    },
+                );
+                Some(id)
+            }
+            Err(e) => {
+                warn!("kernel passthrough refused ({e}); reads and writes go through the daemon");
+                self.enabled.store(false, Ordering::Relaxed);
+                cached(&mut inodes)
+            }
+        }
+    }
+
+    fn release(&self, fh: u64) {
+        if let Some((_, ino)) = self.handles.remove(&fh) {
+            let mut inodes = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
+            let last = match inodes.get_mut(&ino) {
+                Some(IoMode::Cached { opens }) | Some(IoMode::Passthrough { opens, .. }) => {
+                    *opens -= 1;
+                    *opens == 0
+                }
+                None => false,
+            };
+            if last {
+                inodes.remove(&ino);
+            }
+        }
+    }
 }
 
 fn errno(e: sys::Errno) -> Errno {
@@ -144,6 +258,15 @@ impl Filesystem for UnionFs {
                 debug!("kernel lacks {missing:?}");
             }
         }
+        if sys::fully_privileged()
+            && std::env::var_os("UNIONFUSE_NO_PASSTHROUGH").is_none()
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.passthrough
+                .enabled
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_background(64);
         Ok(())
@@ -198,7 +321,13 @@ impl Filesystem for UnionFs {
                 } else {
                     FopenFlags::empty()
                 };
-                reply.opened(FileHandle(fh), f)
+                match self
+                    .passthrough
+                    .mode(&self.union, ino.0, fh, |fd| reply.open_backing(fd))
+                {
+                    Some(id) => reply.opened_passthrough(FileHandle(fh), f, &id),
+                    None => reply.opened(FileHandle(fh), f),
+                }
             }
             Err(e) => {
                 log_err("open", e);
@@ -237,6 +366,7 @@ impl Filesystem for UnionFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.passthrough.release(fh.0);
         self.union.release(fh.0);
         reply.ok();
     }
@@ -249,7 +379,9 @@ impl Filesystem for UnionFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // Nothing to do on close (data goes to the layer at each write): ENOSYS tells the
+        // kernel to stop sending FLUSH, a round trip saved on every close.
+        reply.error(Errno::ENOSYS);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -450,13 +582,29 @@ impl Filesystem for UnionFs {
         reply: ReplyCreate,
     ) {
         match self.union.create(parent.0, name, mode, caller(req)) {
-            Ok((st, fh)) => reply.created(
-                &self.ttl(st.st_ino),
-                &to_attr(&st),
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::empty(),
-            ),
+            Ok((st, fh)) => {
+                let (ttl, attr) = (self.ttl(st.st_ino), to_attr(&st));
+                match self
+                    .passthrough
+                    .mode(&self.union, st.st_ino, fh, |fd| reply.open_backing(fd))
+                {
+                    Some(id) => reply.created_passthrough(
+                        &ttl,
+                        &attr,
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                        &id,
+                    ),
+                    None => reply.created(
+                        &ttl,
+                        &attr,
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                    ),
+                }
+            }
             Err(e) => {
                 log_err("create", e);
                 reply.error(errno(e))

@@ -478,7 +478,7 @@ fn serve(c: Checked, ready: Option<OwnedFd>) -> Result<()> {
             let _ = n.inval_inode(fuser::INodeNo(ino), -1, 0);
         }
     }));
-    let fs = UnionFs { union };
+    let fs = UnionFs::new(union);
     let session = if sys::geteuid() == 0 {
         mount_as_root(&c.mountpoint, &cfg, &c)
             .and_then(|fd| Session::from_fd(fs, fd, cfg.acl, cfg.clone()))

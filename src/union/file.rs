@@ -102,6 +102,11 @@ impl Union {
         Ok(buf)
     }
 
+    /// The fd behind an open handle (for kernel passthrough).
+    pub fn handle_fd(&self, fh: u64) -> Option<Arc<std::os::fd::OwnedFd>> {
+        self.files.get(&fh).map(|f| f.clone())
+    }
+
     pub fn release(&self, fh: u64) {
         self.files.remove(&fh);
     }
