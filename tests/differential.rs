@@ -57,16 +57,27 @@ impl Gen<'_> {
     fn whiteout(&mut self, dir: &Path, name: &str) {
         whiteout_chr(&self.kernel.join(dir).join(name));
         let o = self.ours.join(dir);
-        match self.rng.gen_range(0..4) {
+        // Xattr whiteouts live in directories marked for them (opaque xattr "x"), as the kernel
+        // requires; an opaque ("y") directory cannot carry that mark.
+        let opaque_y = ["trusted.overlay.opaque", "user.overlay.opaque"]
+            .iter()
+            .any(|x| getxattr(&o, x).as_deref() == Ok(b"y".as_slice()));
+        let format = match self.rng.gen_range(0..4) {
+            2 | 3 if opaque_y => 0,
+            f => f,
+        };
+        match format {
             0 => whiteout_chr(&o.join(name)),
             1 => write(&o.join(format!(".wh.{name}")), b""),
             2 => {
                 write(&o.join(name), b"");
                 setxattr(&o.join(name), "trusted.overlay.whiteout", b"");
+                setxattr(&o, "trusted.overlay.opaque", b"x");
             }
             _ => {
                 write(&o.join(name), b"");
                 setxattr(&o.join(name), "user.overlay.whiteout", b"");
+                setxattr(&o, "user.overlay.opaque", b"x");
             }
         }
     }
@@ -74,7 +85,12 @@ impl Gen<'_> {
     fn opaque(&mut self, rel: &Path) {
         setxattr(&self.kernel.join(rel), "trusted.overlay.opaque", b"y");
         let o = self.ours.join(rel);
-        match self.rng.gen_range(0..4) {
+        // A directory marked "x" for xattr whiteouts is made opaque the OCI way.
+        let marked_x = ["trusted.overlay.opaque", "user.overlay.opaque"]
+            .iter()
+            .any(|x| getxattr(&o, x).as_deref() == Ok(b"x".as_slice()));
+        let format = if marked_x { 3 } else { self.rng.gen_range(0..4) };
+        match format {
             0 => setxattr(&o, "trusted.overlay.opaque", b"y"),
             1 => setxattr(&o, "user.overlay.opaque", b"y"),
             2 => setxattr(&o, "user.fuseoverlayfs.opaque", b"y"),

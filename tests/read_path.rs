@@ -168,13 +168,16 @@ fn every_whiteout_format_hides_and_is_hidden() {
     let formats: [(&str, Maker); 4] = [
         ("chr00", |d, n| whiteout_chr(&d.join(n))),
         ("oci", |d, n| write(&d.join(format!(".wh.{n}")), b"")),
+        // Xattr whiteouts sit in a directory marked for them, as the kernel wants.
         ("xattr-trusted", |d, n| {
             write(&d.join(n), b"");
             setxattr(&d.join(n), "trusted.overlay.whiteout", b"y");
+            setxattr(d, "trusted.overlay.opaque", b"x");
         }),
         ("xattr-user", |d, n| {
             write(&d.join(n), b"");
             setxattr(&d.join(n), "user.overlay.whiteout", b"y");
+            setxattr(d, "user.overlay.opaque", b"x");
         }),
     ];
     for in_upper in [false, true] {
@@ -197,6 +200,43 @@ fn every_whiteout_format_hides_and_is_hidden() {
             for n in ["gone", "sub/gonedir", "nothing-below", ".wh.gone"] {
                 assert_eq!(lstat_errno(&mp.join(n)), libc::ENOENT, "{ctx}: {n}");
             }
+        }
+    }
+}
+
+/// An xattr whiteout in a directory not marked "x": as the kernel, unionfuse honours it on
+/// lookup and lists it (a listing reads no inode to find such whiteouts: that is the point of
+/// the mark). Compared with kernel overlayfs on the same layers.
+#[test]
+fn unmarked_xattr_whiteouts_behave_as_in_the_kernel() {
+    if !require_root() {
+        return;
+    }
+    let f = Fixture::new();
+    let (top, bot, kmp, omp, up, _work) = (
+        f.dir("top"),
+        f.dir("bot"),
+        f.dir("km"),
+        f.dir("om"),
+        f.dir("up"),
+        f.dir("work"),
+    );
+    for d in ["d", "e"] {
+        write(&bot.join(d).join("f"), b"data");
+        write(&bot.join(d).join("g"), b"data");
+        mkdir(&top.join(d));
+        write(&top.join(d).join("f"), b"");
+        setxattr(&top.join(d).join("f"), "trusted.overlay.whiteout", b"y");
+    }
+    setxattr(&top.join("e"), "trusted.overlay.opaque", b"x");
+    let _k = KernelOverlay::new(&[&top, &bot], None, &kmp);
+    let _o = UnionMount::new(&[&top, &bot], Some(&up), &omp);
+    for (d, listed) in [("d", vec!["f", "g"]), ("e", vec!["g"])] {
+        assert_eq!(names(&kmp.join(d)), listed, "kernel, {d}");
+        assert_eq!(names(&omp.join(d)), listed, "unionfuse, {d}");
+        for mp in [&kmp, &omp] {
+            assert_eq!(lstat_errno(&mp.join(d).join("f")), libc::ENOENT, "{mp:?} {d}/f");
+            assert_eq!(lstat_errno(&mp.join(d).join("g")), 0, "{mp:?} {d}/g");
         }
     }
 }

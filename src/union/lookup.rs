@@ -5,20 +5,44 @@
 //! number. The upper, which changes, is probed afresh each time.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, OwnedFd};
+use std::ffi::{CStr, OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::whiteout;
 use crate::sys::{self, Errno, Result};
+
+/// The topmost lower object under a name: what its directory entry says, and its status,
+/// read on first need (a listing does not need it, and a cold listing of a big directory
+/// would spend most of its time reading inodes).
+#[derive(Debug)]
+pub struct Top {
+    pub layer: usize,
+    pub dev: u64,
+    pub ino: u64,
+    /// `S_IF*` of the object.
+    pub fmt: u32,
+    st: OnceLock<Box<libc::stat>>,
+}
+
+impl Top {
+    /// The status of the object, `name` in `dir` (the top layer's directory).
+    pub fn stat(&self, dir: BorrowedFd<'_>, name: &CStr) -> Result<libc::stat> {
+        if let Some(st) = self.st.get() {
+            return Ok(**st);
+        }
+        let st = sys::fstatat(dir, name)?;
+        Ok(**self.st.get_or_init(|| Box::new(st)))
+    }
+}
 
 /// What the lower layers of one directory hold under one name.
 #[derive(Debug)]
 pub struct IndexEntry {
     pub name: OsString,
-    /// The topmost lower object and its status; `None` when a whiteout hides the name.
-    pub top: Option<(usize, libc::stat)>,
+    /// The topmost lower object; `None` when a whiteout hides the name.
+    pub top: Option<Top>,
     /// Directories: the layers whose directory of this name merge in, top-down (the first is
     /// the top). Opaque directories are cut later, when the directory node is made.
     pub chain: Vec<usize>,
@@ -43,15 +67,24 @@ impl LowerIndex {
         for (layer, fd) in dirs {
             let (real, whiteouts) = read_layer_dir(fd.as_fd())?;
             let hidden_here: HashSet<&OsStr> = whiteouts.iter().map(|w| w.as_os_str()).collect();
-            for (name, st) in real {
-                let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-                match idx.map.get(&name) {
+            for e in real {
+                let is_dir = e.fmt == libc::S_IFDIR;
+                match idx.map.get(&e.name) {
                     None => {
-                        open.push(is_dir && !hidden_here.contains(name.as_os_str()));
-                        idx.map.insert(name.clone(), idx.entries.len());
+                        open.push(is_dir && !hidden_here.contains(e.name.as_os_str()));
+                        idx.map.insert(e.name.clone(), idx.entries.len());
                         idx.entries.push(IndexEntry {
-                            name,
-                            top: Some((*layer, st)),
+                            top: Some(Top {
+                                layer: *layer,
+                                dev: e.dev,
+                                ino: e.ino,
+                                fmt: e.fmt,
+                                st: match e.st {
+                                    Some(st) => OnceLock::from(Box::new(st)),
+                                    None => OnceLock::new(),
+                                },
+                            }),
+                            name: e.name,
                             chain: if is_dir { vec![*layer] } else { vec![] },
                         });
                     }
@@ -60,7 +93,7 @@ impl LowerIndex {
                             idx.entries[i].chain.push(*layer);
                         }
                         // A non-directory below a directory is hidden and ends the merge.
-                        open[i] = is_dir && !hidden_here.contains(name.as_os_str());
+                        open[i] = is_dir && !hidden_here.contains(e.name.as_os_str());
                     }
                     Some(_) => {}
                 }
@@ -84,20 +117,66 @@ impl LowerIndex {
     }
 }
 
-/// Visible entries with their status, and the names hidden by whiteouts.
-pub type LayerListing = (Vec<(OsString, libc::stat)>, Vec<OsString>);
+/// One visible entry of a real directory.
+#[derive(Debug)]
+pub struct LayerEntry {
+    pub name: OsString,
+    pub dev: u64,
+    pub ino: u64,
+    pub fmt: u32,
+    /// Read only where the entry's type could not tell whether it is a whiteout.
+    pub st: Option<libc::stat>,
+}
 
-/// Lists one real directory: its visible entries with their status, and the names its
-/// whiteouts (of any format) hide.
+/// Visible entries, and the names hidden by whiteouts.
+pub type LayerListing = (Vec<LayerEntry>, Vec<OsString>);
+
+fn fmt_of_dtype(t: u8) -> Option<u32> {
+    Some(match t {
+        libc::DT_REG => libc::S_IFREG,
+        libc::DT_DIR => libc::S_IFDIR,
+        libc::DT_LNK => libc::S_IFLNK,
+        libc::DT_CHR => libc::S_IFCHR,
+        libc::DT_BLK => libc::S_IFBLK,
+        libc::DT_FIFO => libc::S_IFIFO,
+        libc::DT_SOCK => libc::S_IFSOCK,
+        _ => return None,
+    })
+}
+
+/// Lists one real directory: its visible entries, and the names its whiteouts (of any
+/// format) hide. Only entries that may be whiteouts are stat'ed: character devices (0/0), and
+/// in a directory marked for them, regular files and fifos carrying the whiteout xattr.
 pub fn read_layer_dir(fd: std::os::fd::BorrowedFd<'_>) -> Result<LayerListing> {
     let mut real = Vec::new();
     let mut whiteouts = Vec::new();
+    let dev = sys::fstat(fd)?.st_dev;
+    let mut xwhiteouts = None;
     for e in sys::read_dir(fd)? {
         if let Some(t) = whiteout::oci_target(&e.name) {
             whiteouts.push(t.to_owned());
             continue;
         }
         if whiteout::is_oci_name(&e.name) {
+            continue;
+        }
+        let fmt = fmt_of_dtype(e.dtype);
+        let check = match fmt {
+            None | Some(libc::S_IFCHR) => true,
+            Some(libc::S_IFREG | libc::S_IFIFO) => match xwhiteouts {
+                Some(x) => x,
+                None => *xwhiteouts.insert(whiteout::may_hold_xattr_whiteouts(fd)?),
+            },
+            Some(_) => false,
+        };
+        if !check {
+            real.push(LayerEntry {
+                name: e.name,
+                dev,
+                ino: e.ino,
+                fmt: fmt.unwrap_or(0),
+                st: None,
+            });
             continue;
         }
         let c = sys::cstr(&e.name)?;
@@ -109,7 +188,13 @@ pub fn read_layer_dir(fd: std::os::fd::BorrowedFd<'_>) -> Result<LayerListing> {
         if whiteout::is_whiteout(fd, &c, &st)? {
             whiteouts.push(e.name);
         } else {
-            real.push((e.name, st));
+            real.push(LayerEntry {
+                name: e.name,
+                dev: st.st_dev,
+                ino: st.st_ino,
+                fmt: st.st_mode & libc::S_IFMT,
+                st: Some(st),
+            });
         }
     }
     Ok((real, whiteouts))

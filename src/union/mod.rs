@@ -284,12 +284,21 @@ impl Union {
             }
             None => {
                 let e = entry.ok_or(Errno(libc::ENOENT))?;
-                let (layer, st) = e.top.ok_or(Errno(libc::ENOENT))?;
+                let top = e.top.as_ref().ok_or(Errno(libc::ENOENT))?;
+                let layer = top.layer;
                 let top_dir = pdirs
                     .iter()
                     .find(|(l, _)| *l == layer)
                     .map(|(_, fd)| fd.clone())
                     .ok_or(Errno(libc::EIO))?;
+                let st = top.stat(top_dir.as_fd(), &c)?;
+                // An xattr whiteout in a directory not marked for them: listed (as the
+                // kernel lists it) but not found.
+                if matches!(st.st_mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFIFO)
+                    && whiteout::is_whiteout(top_dir.as_fd(), &c, &st)?
+                {
+                    return Err(Errno(libc::ENOENT));
+                }
                 let dirs = if e.chain.is_empty() {
                     Vec::new()
                 } else {

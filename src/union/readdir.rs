@@ -60,29 +60,29 @@ impl Union {
         if let Some((_, ufd)) = dirs.first().filter(|(l, _)| !self.is_lower(*l)) {
             let (real, whiteouts) = read_layer_dir(ufd.as_fd())?;
             seen.extend(whiteouts);
-            for (name, st) in real {
-                if self.is_reserved(ino, &name) {
+            for e in real {
+                if self.is_reserved(ino, &e.name) {
                     continue;
                 }
                 entries.push(DirEntry {
-                    ino: self.union_ino(&st),
-                    fmt: st.st_mode & libc::S_IFMT,
-                    name: name.clone(),
+                    ino: self.inos.map(e.dev, e.ino),
+                    fmt: e.fmt,
+                    name: e.name.clone(),
                 });
-                seen.insert(name);
+                seen.insert(e.name);
             }
         }
         if dirs.iter().any(|(l, _)| self.is_lower(*l)) {
             let index = self.lower_index(node)?;
             for e in &index.entries {
-                let Some((_, st)) = &e.top else { continue };
+                let Some(top) = &e.top else { continue };
                 if seen.contains(e.name.as_os_str()) {
                     continue;
                 }
                 entries.push(DirEntry {
                     name: e.name.clone(),
-                    ino: self.union_ino(st),
-                    fmt: st.st_mode & libc::S_IFMT,
+                    ino: self.inos.map(top.dev, top.ino),
+                    fmt: top.fmt,
                 });
             }
         }

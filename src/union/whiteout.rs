@@ -59,6 +59,18 @@ pub fn is_whiteout(dir: BorrowedFd<'_>, name: &CStr, st: &libc::stat) -> Result<
     Ok(false)
 }
 
+/// Does the directory `dir` say it may hold xattr whiteouts (opaque xattr "x", as kernel
+/// overlayfs marks it)? Only there does a listing look at regular files and fifos to find
+/// them; elsewhere they are honoured by lookup alone, as the kernel does.
+pub fn may_hold_xattr_whiteouts(dir: BorrowedFd<'_>) -> Result<bool> {
+    for x in &OPAQUE_XATTRS[..2] {
+        if sys::getxattr(dir, None, x)?.as_deref() == Some(b"x") {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Is the directory `dir` opaque (its own xattrs, or an OCI marker inside it)?
 pub fn is_opaque_dir(dir: BorrowedFd<'_>) -> Result<bool> {
     let names = sys::listxattr(dir, None)?;
