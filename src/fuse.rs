@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     BackingId, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use log::{debug, warn};
 
@@ -252,6 +252,10 @@ impl Filesystem for UnionFs {
             InitFlags::FUSE_POSIX_ACL,
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_PARALLEL_DIROPS,
+            // Listings that are followed by a stat of every entry (ls -l, find, git status)
+            // get the attributes with the names: no LOOKUP round trip per entry.
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
         ];
         for f in wanted {
             if let Err(missing) = config.add_capabilities(f) {
@@ -408,6 +412,62 @@ impl Filesystem for UnionFs {
         };
         for (i, e) in snap.entries.iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(e.ino), i as u64 + 1, file_type(e.fmt), &e.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let snap = match self.union.dir_snapshot(fh.0) {
+            Ok(s) => s,
+            Err(e) => return reply.error(errno(e)),
+        };
+        for (i, e) in snap.entries.iter().enumerate().skip(offset as usize) {
+            let next = i as u64 + 1;
+            let dot = e.name == "." || e.name == "..";
+            // Each entry with attributes is a lookup the kernel will forget later; "." and
+            // "..", and a name that no longer resolves, go without (node id 0).
+            let found = if dot {
+                None
+            } else {
+                self.union.lookup(ino.0, &e.name).ok()
+            };
+            let full = match &found {
+                Some(st) => reply.add(
+                    INodeNo(st.st_ino),
+                    next,
+                    &e.name,
+                    &self.ttl(st.st_ino),
+                    &to_attr(st),
+                    Generation(0),
+                ),
+                None => {
+                    let mut attr = to_attr(&unsafe { std::mem::zeroed() });
+                    attr.ino = INodeNo(e.ino);
+                    attr.kind = file_type(e.fmt);
+                    reply.add(
+                        INodeNo(0),
+                        next,
+                        &e.name,
+                        &Duration::ZERO,
+                        &attr,
+                        Generation(0),
+                    )
+                }
+            };
+            if full {
+                // Not sent: the lookup it counted is taken back.
+                if let Some(st) = found {
+                    self.union.forget(st.st_ino, 1);
+                }
                 break;
             }
         }

@@ -89,7 +89,11 @@ impl Gen<'_> {
         let marked_x = ["trusted.overlay.opaque", "user.overlay.opaque"]
             .iter()
             .any(|x| getxattr(&o, x).as_deref() == Ok(b"x".as_slice()));
-        let format = if marked_x { 3 } else { self.rng.gen_range(0..4) };
+        let format = if marked_x {
+            3
+        } else {
+            self.rng.gen_range(0..4)
+        };
         match format {
             0 => setxattr(&o, "trusted.overlay.opaque", b"y"),
             1 => setxattr(&o, "user.overlay.opaque", b"y"),

@@ -235,7 +235,11 @@ fn unmarked_xattr_whiteouts_behave_as_in_the_kernel() {
         assert_eq!(names(&kmp.join(d)), listed, "kernel, {d}");
         assert_eq!(names(&omp.join(d)), listed, "unionfuse, {d}");
         for mp in [&kmp, &omp] {
-            assert_eq!(lstat_errno(&mp.join(d).join("f")), libc::ENOENT, "{mp:?} {d}/f");
+            assert_eq!(
+                lstat_errno(&mp.join(d).join("f")),
+                libc::ENOENT,
+                "{mp:?} {d}/f"
+            );
             assert_eq!(lstat_errno(&mp.join(d).join("g")), 0, "{mp:?} {d}/g");
         }
     }
