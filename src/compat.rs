@@ -10,11 +10,7 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
-use crate::mount::{self, MountRequest, Result, UserError};
-
-macro_rules! bail {
-    ($($t:tt)*) => { return Err(UserError(format!($($t)*))) };
-}
+use crate::mount::{self, MountRequest, Result, UserError, bail};
 
 /// Options accepted and ignored: mount(8)'s own (fstab), generic mount flags the union has no
 /// use for, and fuse-overlayfs or kernel overlayfs tuning knobs that have no meaning here.

@@ -74,12 +74,13 @@ impl Passthrough {
         let mut inodes = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
         self.handles.insert(fh, ino);
         match inodes.get_mut(&ino) {
-            Some(IoMode::Cached { opens }) | Some(IoMode::Passthrough { opens, .. }) => {
+            Some(IoMode::Cached { opens }) => {
                 *opens += 1;
-                return match inodes.get(&ino) {
-                    Some(IoMode::Passthrough { id, .. }) => Some(id.clone()),
-                    _ => None,
-                };
+                return None;
+            }
+            Some(IoMode::Passthrough { id, opens }) => {
+                *opens += 1;
+                return Some(id.clone());
             }
             None => {}
         }

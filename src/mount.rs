@@ -25,8 +25,9 @@ impl std::fmt::Display for UserError {
 }
 
 macro_rules! bail {
-    ($($t:tt)*) => { return Err(UserError(format!($($t)*))) };
+    ($($t:tt)*) => { return Err($crate::mount::UserError(format!($($t)*))) };
 }
+pub(crate) use bail;
 
 pub type Result<T> = std::result::Result<T, UserError>;
 

@@ -19,12 +19,8 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::mount::{self, MountRequest, Result, UserError};
+use crate::mount::{self, MountRequest, Result, UserError, bail};
 use crate::sys;
-
-macro_rules! bail {
-    ($($t:tt)*) => { return Err(UserError(format!($($t)*))) };
-}
 
 /// Exit status when the runner itself fails and the command never ran (as docker has it).
 pub const RUNNER_FAILED: u8 = 125;

@@ -396,30 +396,25 @@ pub fn private_readonly_tree(path: &std::path::Path) -> Option<OwnedFd> {
         return None;
     }
     let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOATIME,
-        attr_clr: MOUNT_ATTR_ATIME_MASK,
-        propagation: 0,
-        userns_fd: 0,
-    };
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            (libc::AT_EMPTY_PATH as u32 | AT_RECURSIVE) as libc::c_uint,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    (r == 0).then_some(fd)
+    set_tree_attrs(
+        fd.as_fd(),
+        MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOATIME,
+        MOUNT_ATTR_ATIME_MASK,
+    )
+    .ok()
+    .map(|()| fd)
 }
 
 /// Makes the mount at `fd` (an `O_PATH` fd of its root) and every mount below it read-only.
 pub fn make_tree_readonly(fd: BorrowedFd<'_>) -> Result<()> {
+    set_tree_attrs(fd, MOUNT_ATTR_RDONLY, 0)
+}
+
+/// mount_setattr(2) on the mount at `fd` and every mount below it.
+fn set_tree_attrs(fd: BorrowedFd<'_>, set: u64, clear: u64) -> Result<()> {
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_RDONLY,
-        attr_clr: 0,
+        attr_set: set,
+        attr_clr: clear,
         propagation: 0,
         userns_fd: 0,
     };

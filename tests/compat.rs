@@ -7,12 +7,12 @@ mod common;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::runenv::{processes_mentioning, shared_bin, wait_for};
-use common::{UnmountOnDrop, is_mounted, mkdir, require_root, scratch, write};
+use common::runenv::{processes_mentioning, shared_bin};
+use common::{UnmountOnDrop, is_mounted, mkdir, require_root, run, scratch, wait_until, write};
 
 /// mount(8) finds helpers in /sbin: link them to this build's binary, once.
 fn install_helper() {
@@ -108,16 +108,12 @@ impl Layers {
         assert!(is_mounted(&self.mp).is_none());
         let token = self.token();
         assert!(
-            wait_for(Duration::from_secs(10), || processes_mentioning(&token)
+            wait_until(Duration::from_secs(10), || processes_mentioning(&token)
                 .is_empty()),
             "the daemon outlived the unmount: {:?}",
             processes_mentioning(&token)
         );
     }
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.stdin(Stdio::null()).output().unwrap()
 }
 
 fn ok(o: &Output) {

@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::runenv::{RunCtx, Who, processes_mentioning, shared_bin, wait_for};
+use common::runenv::{RunCtx, Who, processes_mentioning, shared_bin};
+use common::wait_until;
 
 /// The podman world of one test. Dropping it ends what podman leaves running (the rootless
 /// pause process) and checks that no mount or daemon of ours is left.
@@ -130,7 +131,7 @@ impl Drop for Podman {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         let token = self.c.dir.path().to_string_lossy().into_owned();
-        let clean = wait_for(Duration::from_secs(10), || {
+        let clean = wait_until(Duration::from_secs(10), || {
             processes_mentioning(&token).is_empty()
                 && !std::fs::read_to_string("/proc/self/mountinfo")
                     .unwrap()
@@ -208,7 +209,7 @@ fn podman_run_write_and_commit(who: Who) {
             "echo x > /running; touch /ready; sleep 1000",
         ],
     );
-    let ready = wait_for(Duration::from_secs(30), || {
+    let ready = wait_until(Duration::from_secs(30), || {
         p.run("podman", &["exec", "c2", "test", "-e", "/ready"])
             .status
             .success()

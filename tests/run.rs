@@ -11,7 +11,8 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::runenv::{Background, RunCtx, Who, processes_mentioning, wait_for};
+use common::runenv::{Background, RunCtx, Who, processes_mentioning};
+use common::wait_until;
 
 macro_rules! for_each_identity {
     ($($name:ident),* $(,)?) => {$(
@@ -551,7 +552,7 @@ fn kill_9_of_the_runner_leaves_nothing(who: Who) {
         assert!(in_pid_ns(&ns).len() >= 3, "{:?}", in_pid_ns(&ns));
         b.child.kill().unwrap(); // SIGKILL
         b.child.wait().unwrap();
-        let gone = wait_for(Duration::from_secs(10), || {
+        let gone = wait_until(Duration::from_secs(10), || {
             processes_mentioning(&token).is_empty()
                 && in_pid_ns(&ns).is_empty()
                 && std::fs::read_dir(&c.tmp).unwrap().next().is_none()

@@ -295,17 +295,6 @@ pub fn processes_mentioning(token: &str) -> Vec<(i32, String)> {
     out
 }
 
-pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    f()
-}
-
 /// A runner started in the background, its stdout read line by line. Dropping it kills the
 /// runner (SIGKILL) and reaps it: the run's own guards must then end everything else.
 pub struct Background {
