@@ -6,9 +6,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     BackingId, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 use log::{debug, warn};
 
@@ -98,11 +99,9 @@ impl Passthrough {
             Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {}
             _ => return cached(&mut inodes),
         }
-        // Every later open of the inode shares this backing file: it must read and write.
-        let Ok(rw) = sys::reopen(fd.as_fd(), libc::O_RDWR) else {
-            return cached(&mut inodes);
-        };
-        match register(rw.as_fd()) {
+        // The kernel opens its own backing file per open from this one's path, with that
+        // open's flags: the handle's access mode does not limit later opens.
+        match register(fd.as_fd()) {
             Ok(id) => {
                 let id = std::sync::Arc::new(id);
                 inodes.insert(
@@ -743,6 +742,23 @@ impl Filesystem for UnionFs {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(errno(e)),
         }
+    }
+
+    /// No ioctl is served (the kernel's overlay passes some to the real file; none is needed
+    /// to read or write). Answered like a regular file on disk, without a log line: every
+    /// `isatty()` (Python's `open`, stdio) asks.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
     }
 
     fn setxattr(

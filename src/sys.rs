@@ -533,12 +533,22 @@ pub fn fchownat(dir: BorrowedFd<'_>, name: &CStr, uid: u32, gid: u32) -> Result<
 /// chmod of `name` in `dir` (or of `dir` itself), never through a symlink.
 pub fn chmod_at(dir: BorrowedFd<'_>, name: Option<&CStr>, mode: u32) -> Result<()> {
     match name {
-        None => check(unsafe { libc::fchmod(dir.as_raw_fd(), mode) })
-            .or_else(|_| {
-                let p = proc_path(dir.as_raw_fd(), None);
-                check(unsafe { libc::chmod(p.as_ptr(), mode) })
-            })
-            .map(drop),
+        // fchmodat2 (Linux 6.6) takes an O_PATH fd with AT_EMPTY_PATH; fchmod does not.
+        None => check(unsafe {
+            libc::syscall(
+                libc::SYS_fchmodat2,
+                dir.as_raw_fd(),
+                c"".as_ptr(),
+                mode,
+                libc::AT_EMPTY_PATH,
+            ) as i32
+        })
+        .or_else(|_| check(unsafe { libc::fchmod(dir.as_raw_fd(), mode) }))
+        .or_else(|_| {
+            let p = proc_path(dir.as_raw_fd(), None);
+            check(unsafe { libc::chmod(p.as_ptr(), mode) })
+        })
+        .map(drop),
         Some(n) => {
             let fd = openat(dir, n, libc::O_PATH, 0)?;
             let st = fstat(fd.as_fd())?;
@@ -737,4 +747,47 @@ pub fn fchownat_empty(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> Result<()> {
         )
     })
     .map(drop)
+}
+
+/// The calling thread's filesystem ids switched to a caller's for the life of the guard, so
+/// that what the thread makes is the caller's from its first moment (as the kernel's overlay
+/// does with its override credentials). Per thread: `setfsuid` is not broadcast.
+pub struct FsIds {
+    uid: u32,
+    gid: u32,
+}
+
+impl FsIds {
+    /// `None` when the thread cannot take these ids (not privileged, or an id unmapped in
+    /// the user namespace): the caller then makes the object as itself and chowns it.
+    pub fn switch(uid: u32, gid: u32) -> Option<FsIds> {
+        // setfs[ug]id return the previous id and report no error; (u32)-1 changes nothing.
+        let prev_gid = unsafe { libc::setfsgid(gid) } as u32;
+        if unsafe { libc::setfsgid(u32::MAX) } as u32 != gid {
+            unsafe { libc::setfsgid(prev_gid) };
+            return None;
+        }
+        let prev_uid = unsafe { libc::setfsuid(uid) } as u32;
+        if unsafe { libc::setfsuid(u32::MAX) } as u32 != uid {
+            unsafe {
+                libc::setfsuid(prev_uid);
+                libc::setfsgid(prev_gid);
+            }
+            return None;
+        }
+        Some(FsIds {
+            uid: prev_uid,
+            gid: prev_gid,
+        })
+    }
+}
+
+impl Drop for FsIds {
+    fn drop(&mut self) {
+        // Back to the daemon's ids: the capabilities dropped with a non-zero fsuid return.
+        unsafe {
+            libc::setfsuid(self.uid);
+            libc::setfsgid(self.gid);
+        }
+    }
 }

@@ -660,3 +660,100 @@ fn oci_format_moves_directories_by_copying_them_up() {
     assert_eq!(names(&s.mp.join("new")), ["a", "b"]);
     assert_eq!(std::fs::read(s.mp.join("new/a/x")).unwrap(), b"x");
 }
+
+/// Owner, group and mode of every new object, made by an unprivileged caller, in the view and
+/// in the upper: the same as on the kernel's overlay (the caller's ids, a set-group-ID
+/// directory's group and bit, the caller's umask, set-ID bits kept for the owner).
+#[test]
+fn new_objects_belong_to_their_maker_as_in_the_kernel() {
+    if !require_root() {
+        return;
+    }
+    let s = setup();
+    let make = |root: &Path| {
+        chmod(root, 0o755);
+        for d in ["lower", "upper", "mnt", "kupper", "kwork", "kmnt"] {
+            let p = root.join(d);
+            if !p.exists() {
+                mkdir(&p);
+            }
+            chmod(&p, 0o755);
+        }
+    };
+    make(&s.root);
+    let lower = &s.lower;
+    mkdir(&lower.join("pub"));
+    chmod(&lower.join("pub"), 0o777);
+    mkdir(&lower.join("sg"));
+    lchown(&lower.join("sg"), 0, 2000);
+    chmod(&lower.join("sg"), 0o2777);
+    mkdir(&lower.join("mine"));
+    lchown(&lower.join("mine"), 1000, 1001);
+    let script = "set -e; umask 027; for d in pub sg mine; do cd \"$1/$d\"; \
+        : > f; mkdir d; ln -s f l; mkfifo p; \
+        : > s; chmod 6755 s; mkdir d/sub; : > d/sub/f; cd - >/dev/null; done";
+    let act = |mp: &Path| {
+        let out = run(Command::new("setpriv")
+            .args([
+                "--reuid=1000",
+                "--regid=1001",
+                "--groups=2000",
+                "--",
+                "sh",
+                "-c",
+                script,
+                "sh",
+            ])
+            .arg(mp));
+        assert!(
+            out.status.success(),
+            "as uid 1000 in {}: {}",
+            mp.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let names = ["f", "d", "l", "p", "s", "d/sub", "d/sub/f"];
+    let describe = |root: &Path| -> Vec<String> {
+        let mut v = Vec::new();
+        for d in ["pub", "sg", "mine"] {
+            for n in names {
+                let m = std::fs::symlink_metadata(root.join(d).join(n)).unwrap();
+                v.push(format!("{d}/{n} {}:{} {:o}", m.uid(), m.gid(), m.mode()));
+            }
+        }
+        v
+    };
+    let kernel = {
+        let _k = KernelOverlay::new(
+            &[lower],
+            Some((&s.root.join("kupper"), &s.root.join("kwork"))),
+            &s.root.join("kmnt"),
+        );
+        act(&s.root.join("kmnt"));
+        describe(&s.root.join("kmnt"))
+    };
+    let ours = {
+        let _m = UnionMount::new(&[lower], Some(&s.upper), &s.mp);
+        act(&s.mp);
+        describe(&s.mp)
+    };
+    assert_eq!(ours, kernel, "view: unionfuse vs kernel overlayfs");
+    assert_eq!(
+        describe(&s.upper),
+        describe(&s.root.join("kupper")),
+        "uppers"
+    );
+    // Not vacuous: the caller's ids and the set-group-ID directory's group are in there.
+    assert!(
+        ours.contains(&"pub/f 1000:1001 100640".to_string()),
+        "{ours:?}"
+    );
+    assert!(
+        ours.contains(&"sg/f 1000:2000 100640".to_string()),
+        "{ours:?}"
+    );
+    assert!(
+        ours.contains(&"sg/d 1000:2000 42750".to_string()),
+        "{ours:?}"
+    );
+}
