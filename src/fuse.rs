@@ -2,6 +2,8 @@
 
 use std::ffi::OsStr;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -24,6 +26,26 @@ const UPPER_TTL: Duration = Duration::from_secs(1);
 pub struct UnionFs {
     pub union: Union,
     pub passthrough: Passthrough,
+    /// Nodes dropped since the heap was last trimmed (see `trim_heap_when_forgotten`).
+    forgotten: Arc<AtomicU64>,
+}
+
+/// Gives free heap pages back to the system, once a second at most, after nodes went: the
+/// allocator keeps them otherwise, and the daemon would stay at its peak after the kernel
+/// let go of a big walk. A thread of its own, so the last forgets of a burst count too.
+pub fn trim_heap_when_forgotten(fs: &UnionFs) -> std::io::Result<()> {
+    let forgotten = fs.forgotten.clone();
+    std::thread::Builder::new()
+        .name("trim".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+                if forgotten.swap(0, Ordering::Relaxed) > 0 {
+                    sys::trim_heap();
+                }
+            }
+        })
+        .map(drop)
 }
 
 impl UnionFs {
@@ -31,6 +53,7 @@ impl UnionFs {
         UnionFs {
             union,
             passthrough: Passthrough::default(),
+            forgotten: Default::default(),
         }
     }
 }
@@ -290,7 +313,9 @@ impl Filesystem for UnionFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.union.forget(ino.0, nlookup);
+        if self.union.forget(ino.0, nlookup) {
+            self.forgotten.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {

@@ -463,6 +463,7 @@ fn serve(c: Checked, ready: Option<OwnedFd>) -> Result<()> {
         Err(UserError(msg))
     };
     sys::raise_nofile_limit();
+    sys::bound_heap();
     // Modes arrive from the kernel with the caller's umask applied; ours must not apply twice.
     sys::set_umask_zero();
     let sigset = block_term_signals();
@@ -480,6 +481,9 @@ fn serve(c: Checked, ready: Option<OwnedFd>) -> Result<()> {
         }
     }));
     let fs = UnionFs::new(union);
+    if let Err(e) = crate::fuse::trim_heap_when_forgotten(&fs) {
+        return fail(ready, format!("thread: {e}"));
+    }
     let session = if sys::geteuid() == 0 {
         mount_as_root(&c.mountpoint, &cfg, &c)
             .and_then(|fd| Session::from_fd(fs, fd, cfg.acl, cfg.clone()))

@@ -355,6 +355,24 @@ pub fn geteuid() -> u32 {
 
 /// Raises the soft open-file limit to the hard one: the daemon keeps one `O_PATH` fd per
 /// directory and layer that the kernel still references.
+/// Fixed allocator thresholds for a long-lived daemon whose memory follows the kernel's
+/// caches: blocks of 4 MiB and more (the index of a big directory) are mapped and unmapped
+/// on their own, and a heap whose free top passes 4 MiB shrinks. glibc would otherwise raise
+/// both thresholds after the first big block is freed, and keep the peak for good.
+pub fn bound_heap() {
+    // SAFETY: mallopt only sets allocator parameters.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 4 << 20);
+    }
+}
+
+/// Gives free heap pages back to the system.
+pub fn trim_heap() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe { libc::malloc_trim(0) };
+}
+
 pub fn raise_nofile_limit() {
     unsafe {
         let mut rl: libc::rlimit = std::mem::zeroed();

@@ -44,26 +44,16 @@ impl Union {
     }
 
     fn real_stat(&self, node: &Node) -> Result<libc::stat> {
-        let loc = node.loc.read().clone();
-        if let Some(st) = loc.cached {
-            return Ok(st);
-        }
-        let st = if node.is_dir() {
+        let loc = node.loc.read();
+        if node.is_dir() {
             let (_, fd) = loc.dirs.first().ok_or(Errno(libc::EIO))?;
-            sys::fstat(fd.as_fd())?
+            sys::fstat(fd.as_fd())
         } else if let Some(obj) = &loc.obj {
-            sys::fstat(obj.as_fd())?
+            sys::fstat(obj.as_fd())
         } else {
             let dir = loc.top_dir.as_ref().ok_or(Errno(libc::EIO))?;
-            sys::fstatat(dir.as_fd(), &sys::cstr(&loc.name)?)?
-        };
-        if self.is_lower(loc.top_layer) {
-            let mut l = node.loc.write();
-            if l.top_layer == loc.top_layer {
-                l.cached = Some(st);
-            }
+            sys::fstatat(dir.as_fd(), &sys::cstr(&loc.name)?)
         }
-        Ok(st)
     }
 
     pub fn getattr(&self, ino: u64) -> Result<libc::stat> {

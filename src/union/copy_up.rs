@@ -95,7 +95,6 @@ impl Union {
         loc.dirs.insert(0, (0, ufd.clone()));
         loc.top_layer = 0;
         loc.top_dir = Some(pfd);
-        loc.cached = None;
         drop(loc);
         self.notify_changed(node.ino);
         Ok(ufd)
@@ -129,7 +128,7 @@ impl Union {
         }
         self.upper_root()?;
         let _g = node.copy_lock.lock();
-        let (parent, name, top_dir, layer, lower_st) = {
+        let (parent, name, top_dir, layer) = {
             let loc = node.loc.read();
             if !self.is_lower(loc.top_layer) {
                 return Ok(());
@@ -139,12 +138,12 @@ impl Union {
                 loc.name.clone(),
                 loc.top_dir.clone().ok_or(Errno(libc::EIO))?,
                 loc.top_layer,
-                loc.cached,
             )
         };
         let pfd = self.upper_dir(&*self.node(parent)?)?;
         let c = sys::cstr(&name)?;
         let ptimes = ParentTimes::save(pfd.as_fd())?;
+        let lower_st = sys::fstatat(top_dir.as_fd(), &c)?;
         let obj = self.copy_up_entry(top_dir.as_fd(), &c, pfd.as_fd(), &c, truncate)?;
         ptimes.restore(pfd.as_fd())?;
         self.keep_ino(obj.as_fd(), node.ino)?;
@@ -152,11 +151,10 @@ impl Union {
         let mut loc = node.loc.write();
         loc.top_layer = 0;
         loc.top_dir = Some(pfd);
-        loc.cached = None;
         loc.obj = Some(obj.clone());
         drop(loc);
-        if let Some(st) = lower_st.filter(|st| st.st_nlink > 1) {
-            self.link_up_other_names(layer, &st, &obj)?;
+        if lower_st.st_nlink > 1 {
+            self.link_up_other_names(layer, &lower_st, &obj)?;
         }
         self.notify_changed(node.ino);
         Ok(())

@@ -377,7 +377,7 @@ impl Union {
         Ok(!index
             .entries
             .iter()
-            .any(|e| e.top.is_some() && !hidden.contains(&e.name)))
+            .any(|e| e.top.is_some() && !hidden.contains(&*e.name)))
     }
 
     /// Marks the node of a real object whose last name went away.

@@ -25,8 +25,6 @@ pub struct Location {
     /// Directories only: the real directory in each layer that contributes, top-down, ending
     /// at the first opaque one.
     pub dirs: Vec<(usize, Arc<OwnedFd>)>,
-    /// Status of a lower-only object; lower layers are immutable, so it never goes stale.
-    pub cached: Option<libc::stat>,
     /// Directories: merged listing of the lower layers, built on first use.
     pub index: Option<Arc<LowerIndex>>,
     /// The name was removed; the node lives on while the kernel (an open file) holds it.
@@ -50,7 +48,6 @@ impl Location {
             top_layer,
             top_dir,
             dirs,
-            cached: None,
             index: None,
             unlinked: false,
             obj: None,
@@ -89,7 +86,11 @@ impl Node {
 #[derive(Debug, Default)]
 pub struct NodeTable {
     map: DashMap<u64, Arc<Node>>,
+    removed: AtomicU64,
 }
+
+const SHRINK_CHECK_EVERY: u64 = 1024;
+const SHRINK_MIN: usize = 16384;
 
 impl NodeTable {
     pub fn get(&self, ino: u64) -> Option<Arc<Node>> {
@@ -108,22 +109,39 @@ impl NodeTable {
         self.map.insert(node.ino, Arc::new(node));
     }
 
-    /// Drops `n` lookups; the node goes when none is left (the root never goes).
-    pub fn forget(&self, ino: u64, n: u64) {
+    /// Drops `n` lookups; the node goes when none is left (the root never goes). True when
+    /// it went.
+    pub fn forget(&self, ino: u64, n: u64) -> bool {
         if ino == ROOT_INO {
-            return;
+            return false;
         }
-        let Some(node) = self.get(ino) else { return };
+        let Some(node) = self.get(ino) else {
+            return false;
+        };
         let prev = node
             .lookups
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
                 Some(c.saturating_sub(n))
             })
             .unwrap_or(0);
-        if prev <= n {
-            self.map
-                .remove_if(&ino, |_, v| v.lookups.load(Ordering::Acquire) == 0);
+        let gone = prev <= n
+            && self
+                .map
+                .remove_if(&ino, |_, v| v.lookups.load(Ordering::Acquire) == 0)
+                .is_some();
+        if gone
+            && self
+                .removed
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(SHRINK_CHECK_EVERY)
+        {
+            // The table keeps its room after the kernel let go of a big walk; give most back.
+            let cap = self.map.capacity();
+            if cap > SHRINK_MIN && cap / 4 > self.map.len() {
+                self.map.shrink_to_fit();
+            }
         }
+        gone
     }
 
     pub fn len(&self) -> usize {
@@ -218,11 +236,12 @@ mod tests {
         t.insert_root(Node::new(ROOT_INO, libc::S_IFDIR, loc.clone()));
         t.acquire(7, || Node::new(7, libc::S_IFREG, loc.clone()));
         t.acquire(7, || unreachable!("exists"));
-        t.forget(7, 1);
+        assert!(!t.forget(7, 1));
         assert!(t.get(7).is_some());
-        t.forget(7, 1);
+        assert!(t.forget(7, 1));
         assert!(t.get(7).is_none());
-        t.forget(ROOT_INO, 100);
+        assert!(!t.forget(7, 1));
+        assert!(!t.forget(ROOT_INO, 100));
         assert!(t.get(ROOT_INO).is_some());
     }
 }

@@ -4,18 +4,22 @@
 //! once into a `LowerIndex`: one hash probe answers for every lower layer, whatever their
 //! number. The upper, which changes, is probed afresh each time.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::hash::{BuildHasher, RandomState};
+
+use hashbrown::HashTable;
 use std::ffi::{CStr, OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use super::whiteout;
 use crate::sys::{self, Errno, Result};
 
-/// The topmost lower object under a name: what its directory entry says, and its status,
-/// read on first need (a listing does not need it, and a cold listing of a big directory
-/// would spend most of its time reading inodes).
+/// The topmost lower object under a name, as its directory entry says. Its status is read
+/// when a lookup needs it, and not kept here: a listing does not need it (a cold listing of
+/// a big directory would spend most of its time reading inodes), and the node of a looked-up
+/// object is what the kernel asks again.
 #[derive(Debug)]
 pub struct Top {
     pub layer: usize,
@@ -23,24 +27,19 @@ pub struct Top {
     pub ino: u64,
     /// `S_IF*` of the object.
     pub fmt: u32,
-    st: OnceLock<Box<libc::stat>>,
 }
 
 impl Top {
     /// The status of the object, `name` in `dir` (the top layer's directory).
     pub fn stat(&self, dir: BorrowedFd<'_>, name: &CStr) -> Result<libc::stat> {
-        if let Some(st) = self.st.get() {
-            return Ok(**st);
-        }
-        let st = sys::fstatat(dir, name)?;
-        Ok(**self.st.get_or_init(|| Box::new(st)))
+        sys::fstatat(dir, name)
     }
 }
 
 /// What the lower layers of one directory hold under one name.
 #[derive(Debug)]
 pub struct IndexEntry {
-    pub name: OsString,
+    pub name: Box<OsStr>,
     /// The topmost lower object; `None` when a whiteout hides the name.
     pub top: Option<Top>,
     /// Directories: the layers whose directory of this name merge in, top-down (the first is
@@ -48,16 +47,47 @@ pub struct IndexEntry {
     pub chain: Vec<usize>,
 }
 
-/// The merged listing of a directory's lower layers, in first-seen order.
-#[derive(Debug, Default)]
+/// The merged listing of a directory's lower layers, in first-seen order. The hash table
+/// holds positions in `entries`, not a second copy of every name.
+#[derive(Default)]
 pub struct LowerIndex {
     pub entries: Vec<IndexEntry>,
-    map: HashMap<OsString, usize>,
+    map: HashTable<u32>,
+    hasher: RandomState,
+}
+
+impl std::fmt::Debug for LowerIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LowerIndex")
+            .field("entries", &self.entries)
+            .finish()
+    }
 }
 
 impl LowerIndex {
     pub fn get(&self, name: &OsStr) -> Option<&IndexEntry> {
-        self.map.get(name).map(|&i| &self.entries[i])
+        self.position(name).map(|i| &self.entries[i])
+    }
+
+    fn position(&self, name: &OsStr) -> Option<usize> {
+        let h = self.hasher.hash_one(name.as_bytes());
+        self.map
+            .find(h, |&i| *self.entries[i as usize].name == *name)
+            .map(|&i| i as usize)
+    }
+
+    fn push(&mut self, e: IndexEntry) {
+        let LowerIndex {
+            entries,
+            map,
+            hasher,
+        } = self;
+        let h = hasher.hash_one(e.name.as_bytes());
+        let i = u32::try_from(entries.len()).expect("fewer than 2^32 names in a directory");
+        entries.push(e);
+        map.insert_unique(h, i, |&j| {
+            hasher.hash_one(entries[j as usize].name.as_bytes())
+        });
     }
 
     /// Reads the given lower directories, top-down.
@@ -69,26 +99,21 @@ impl LowerIndex {
             let hidden_here: HashSet<&OsStr> = whiteouts.iter().map(|w| w.as_os_str()).collect();
             for e in real {
                 let is_dir = e.fmt == libc::S_IFDIR;
-                match idx.map.get(&e.name) {
+                match idx.position(&e.name) {
                     None => {
                         open.push(is_dir && !hidden_here.contains(e.name.as_os_str()));
-                        idx.map.insert(e.name.clone(), idx.entries.len());
-                        idx.entries.push(IndexEntry {
+                        idx.push(IndexEntry {
                             top: Some(Top {
                                 layer: *layer,
                                 dev: e.dev,
                                 ino: e.ino,
                                 fmt: e.fmt,
-                                st: match e.st {
-                                    Some(st) => OnceLock::from(Box::new(st)),
-                                    None => OnceLock::new(),
-                                },
                             }),
-                            name: e.name,
+                            name: e.name.into_boxed_os_str(),
                             chain: if is_dir { vec![*layer] } else { vec![] },
                         });
                     }
-                    Some(&i) if open[i] => {
+                    Some(i) if open[i] => {
                         if is_dir {
                             idx.entries[i].chain.push(*layer);
                         }
@@ -99,13 +124,12 @@ impl LowerIndex {
                 }
             }
             for w in whiteouts {
-                match idx.map.get(&w) {
-                    Some(&i) => open[i] = false,
+                match idx.position(&w) {
+                    Some(i) => open[i] = false,
                     None => {
                         open.push(false);
-                        idx.map.insert(w.clone(), idx.entries.len());
-                        idx.entries.push(IndexEntry {
-                            name: w,
+                        idx.push(IndexEntry {
+                            name: w.into_boxed_os_str(),
                             top: None,
                             chain: vec![],
                         });
@@ -124,8 +148,6 @@ pub struct LayerEntry {
     pub dev: u64,
     pub ino: u64,
     pub fmt: u32,
-    /// Read only where the entry's type could not tell whether it is a whiteout.
-    pub st: Option<libc::stat>,
 }
 
 /// Visible entries, and the names hidden by whiteouts.
@@ -175,7 +197,6 @@ pub fn read_layer_dir(fd: std::os::fd::BorrowedFd<'_>) -> Result<LayerListing> {
                 dev,
                 ino: e.ino,
                 fmt: fmt.unwrap_or(0),
-                st: None,
             });
             continue;
         }
@@ -193,7 +214,6 @@ pub fn read_layer_dir(fd: std::os::fd::BorrowedFd<'_>) -> Result<LayerListing> {
                 dev: st.st_dev,
                 ino: st.st_ino,
                 fmt: st.st_mode & libc::S_IFMT,
-                st: Some(st),
             });
         }
     }

@@ -353,19 +353,14 @@ impl Union {
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<libc::stat> {
         let pnode = self.node(parent)?;
         let r = self.resolve(&pnode, name)?;
-        let lower = self.is_lower(r.top_layer);
         let node = self.node_for(&r.st, || {
-            let mut loc = Location::new(
+            Location::new(
                 parent,
                 name.to_owned(),
                 r.top_layer,
                 Some(r.top_dir.clone()),
                 r.dirs.clone(),
-            );
-            if lower {
-                loc.cached = Some(r.st);
-            }
-            loc
+            )
         });
         self.attach_obj(&node, &r, name)?;
         Ok(self.present(&node, r.st))
@@ -401,8 +396,9 @@ impl Union {
         Ok(())
     }
 
-    pub fn forget(&self, ino: u64, n: u64) {
-        self.nodes.forget(ino, n);
+    /// Drops `n` of the kernel's lookups on `ino`; true when its node went.
+    pub fn forget(&self, ino: u64, n: u64) -> bool {
+        self.nodes.forget(ino, n)
     }
 
     /// Inode number of a real object, as the union shows it.

@@ -76,11 +76,11 @@ impl Union {
             let index = self.lower_index(node)?;
             for e in &index.entries {
                 let Some(top) = &e.top else { continue };
-                if seen.contains(e.name.as_os_str()) {
+                if seen.contains(&*e.name) {
                     continue;
                 }
                 entries.push(DirEntry {
-                    name: e.name.clone(),
+                    name: e.name.to_os_string(),
                     ino: self.inos.map(top.dev, top.ino),
                     fmt: top.fmt,
                 });
