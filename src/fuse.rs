@@ -415,7 +415,12 @@ impl Filesystem for UnionFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.union.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // The kernel keeps the listing until the directory changes through the mount
+            // (layers are not to change under a mounted union, as with kernel overlayfs).
+            Ok(fh) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Err(e) => {
                 log_err("opendir", e);
                 reply.error(errno(e))
@@ -431,11 +436,11 @@ impl Filesystem for UnionFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let snap = match self.union.dir_snapshot(fh.0) {
+        let listing = match self.union.dir_listing(fh.0, offset) {
             Ok(s) => s,
             Err(e) => return reply.error(errno(e)),
         };
-        for (i, e) in snap.entries.iter().enumerate().skip(offset as usize) {
+        for (i, e) in listing.iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(e.ino), i as u64 + 1, file_type(e.fmt), &e.name) {
                 break;
             }
@@ -451,11 +456,11 @@ impl Filesystem for UnionFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let snap = match self.union.dir_snapshot(fh.0) {
+        let listing = match self.union.dir_listing(fh.0, offset) {
             Ok(s) => s,
             Err(e) => return reply.error(errno(e)),
         };
-        for (i, e) in snap.entries.iter().enumerate().skip(offset as usize) {
+        for (i, e) in listing.iter().enumerate().skip(offset as usize) {
             let next = i as u64 + 1;
             let dot = e.name == "." || e.name == "..";
             // Each entry with attributes is a lookup the kernel will forget later; "." and

@@ -757,3 +757,125 @@ fn new_objects_belong_to_their_maker_as_in_the_kernel() {
         "{ours:?}"
     );
 }
+
+/// Every name in an open directory from its start, then again after rewinddir(3), which must
+/// show what changed in between (`between` runs with the directory still open).
+fn list_rewind(dir: &Path, between: impl FnOnce()) -> (Vec<String>, Vec<String>) {
+    let read_all = |d: *mut libc::DIR| {
+        let mut v = Vec::new();
+        loop {
+            let e = unsafe { libc::readdir(d) };
+            if e.is_null() {
+                break;
+            }
+            let name = unsafe { std::ffi::CStr::from_ptr((*e).d_name.as_ptr()) };
+            v.push(name.to_string_lossy().into_owned());
+        }
+        v.sort();
+        v
+    };
+    let d = unsafe { libc::opendir(c(dir).as_ptr()) };
+    assert!(!d.is_null(), "opendir {dir:?}");
+    let first = read_all(d);
+    between();
+    unsafe { libc::rewinddir(d) };
+    let again = read_all(d);
+    unsafe { libc::closedir(d) };
+    (first, again)
+}
+
+#[test]
+fn listings_follow_every_change_made_through_the_mount_as_in_the_kernel() {
+    if !require_root() {
+        return;
+    }
+    let s = setup();
+    let lower = &s.lower;
+    for f in ["d/a", "d/b", "d/sub/x", "e/y", "e/w"] {
+        let p = lower.join(f);
+        mkdir(p.parent().unwrap());
+        write(&p, f.as_bytes());
+    }
+    for d in ["kupper", "kwork", "kmnt"] {
+        mkdir(&s.root.join(d));
+    }
+    type Op = (&'static str, fn(&Path));
+    let ops: &[Op] = &[
+        ("create", |m| write(&m.join("d/new"), b"n")),
+        ("unlink lower", |m| {
+            std::fs::remove_file(m.join("d/a")).unwrap()
+        }),
+        ("unlink upper", |m| {
+            std::fs::remove_file(m.join("d/new")).unwrap()
+        }),
+        ("mkdir", |m| mkdir(&m.join("d/nd"))),
+        ("rename in", |m| {
+            std::fs::rename(m.join("e/y"), m.join("d/y")).unwrap()
+        }),
+        ("rename out", |m| {
+            std::fs::rename(m.join("d/b"), m.join("e/b")).unwrap()
+        }),
+        ("rename within", |m| {
+            std::fs::rename(m.join("d/y"), m.join("d/z")).unwrap()
+        }),
+        ("rename over", |m| {
+            std::fs::rename(m.join("e/w"), m.join("d/z")).unwrap()
+        }),
+        ("rmdir lower", |m| {
+            std::fs::remove_dir_all(m.join("d/sub")).unwrap()
+        }),
+        ("mkdir over removed", |m| mkdir(&m.join("d/sub"))),
+        ("symlink", |m| symlink("z", &m.join("d/l"))),
+        ("hard link", |m| {
+            std::fs::hard_link(m.join("d/z"), m.join("d/h")).unwrap()
+        }),
+        ("rmdir upper", |m| {
+            std::fs::remove_dir(m.join("d/nd")).unwrap()
+        }),
+    ];
+    // Each change runs while `d` is open and listed, then both a fresh listing and the
+    // rewound open one are taken, of `d`, `d/sub` and `e`. Every other time the caches are
+    // dropped first, so that the open directory's first listing is read from the daemon
+    // rather than from the kernel's cache.
+    let act = |mp: &Path| -> Vec<String> {
+        let mut log = Vec::new();
+        for (i, (name, op)) in ops.iter().enumerate() {
+            if i % 2 == 1 {
+                std::fs::write("/proc/sys/vm/drop_caches", "3\n").unwrap();
+            }
+            let (before, rewound) = list_rewind(&mp.join("d"), || op(mp));
+            log.push(format!("{name}: d before {before:?}"));
+            log.push(format!("{name}: d rewound {rewound:?}"));
+            for d in ["d", "d/sub", "e"] {
+                let now = if mp.join(d).exists() {
+                    format!("{:?}", names(&mp.join(d)))
+                } else {
+                    "absent".into()
+                };
+                log.push(format!("{name}: {d} {now}"));
+            }
+        }
+        log
+    };
+    let kernel = {
+        let _k = KernelOverlay::new(
+            &[lower],
+            Some((&s.root.join("kupper"), &s.root.join("kwork"))),
+            &s.root.join("kmnt"),
+        );
+        act(&s.root.join("kmnt"))
+    };
+    let ours = {
+        let _m = UnionMount::new(&[lower], Some(&s.upper), &s.mp);
+        act(&s.mp)
+    };
+    for (o, k) in ours.iter().zip(&kernel) {
+        assert_eq!(o, k, "unionfuse vs kernel overlayfs");
+    }
+    assert_eq!(ours.len(), kernel.len());
+    // Not vacuous: the rewound listing saw a change made while the directory was open.
+    assert!(
+        kernel.contains(&r#"create: d rewound [".", "..", "a", "b", "new", "sub"]"#.to_string()),
+        "{kernel:?}"
+    );
+}

@@ -1,11 +1,15 @@
 //! Merged directory listings: the upper read afresh, the lower index merged under it, names
-//! deduplicated, whiteouts hidden. A listing is a snapshot taken at opendir, so offsets stay
+//! deduplicated, whiteouts hidden. A listing is a snapshot taken when an open directory is
+//! read from its start (not at opendir: the kernel lists a directory it has cached without
+//! reading it here; and again after rewinddir, which must show what changed), so offsets stay
 //! valid across many small reads and seekdir/telldir.
 
 use std::collections::HashSet;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::os::fd::AsFd;
 use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use super::Union;
 use super::lookup::read_layer_dir;
@@ -19,18 +23,29 @@ pub struct DirEntry {
     pub fmt: u32,
 }
 
+/// `.`, `..`, then the merged entries. The offset of entry `i` is `i + 1`.
+pub type Listing = Arc<Vec<DirEntry>>;
+
 #[derive(Debug)]
 pub struct DirSnapshot {
-    /// `.`, `..`, then the merged entries. The offset of entry `i` is `i + 1`.
-    pub entries: Vec<DirEntry>,
+    node: Arc<super::inode::Node>,
+    listing: Mutex<Option<Listing>>,
 }
 
 impl Union {
     pub fn opendir(&self, ino: u64) -> Result<u64> {
         let node = self.node(ino)?;
-        let entries = self.merged_entries(&node)?;
+        if !node.is_dir() {
+            return Err(Errno(libc::ENOTDIR));
+        }
         let fh = self.next_fh();
-        self.dirs.insert(fh, Arc::new(DirSnapshot { entries }));
+        self.dirs.insert(
+            fh,
+            Arc::new(DirSnapshot {
+                node,
+                listing: Mutex::new(None),
+            }),
+        );
         Ok(fh)
     }
 
@@ -89,23 +104,24 @@ impl Union {
         Ok(entries)
     }
 
-    pub fn dir_snapshot(&self, fh: u64) -> Result<Arc<DirSnapshot>> {
-        self.dirs
+    /// The listing of an open directory for a read at `offset`: taken afresh at offset 0.
+    pub fn dir_listing(&self, fh: u64, offset: u64) -> Result<Listing> {
+        let snap = self
+            .dirs
             .get(&fh)
             .map(|d| d.clone())
-            .ok_or(Errno(libc::EBADF))
+            .ok_or(Errno(libc::EBADF))?;
+        if offset != 0
+            && let Some(l) = &*snap.listing.lock()
+        {
+            return Ok(l.clone());
+        }
+        let fresh = Arc::new(self.merged_entries(&snap.node)?);
+        *snap.listing.lock() = Some(fresh.clone());
+        Ok(fresh)
     }
 
     pub fn releasedir(&self, fh: u64) {
         self.dirs.remove(&fh);
     }
-}
-
-/// Names as the view lists them, for tests and tools.
-pub fn names(snap: &DirSnapshot) -> Vec<&OsStr> {
-    snap.entries
-        .iter()
-        .skip(2)
-        .map(|e| e.name.as_os_str())
-        .collect()
 }
