@@ -879,3 +879,73 @@ fn listings_follow_every_change_made_through_the_mount_as_in_the_kernel() {
         "{kernel:?}"
     );
 }
+
+#[test]
+fn whiteouts_share_one_inode_as_in_the_kernel() {
+    if !require_root() {
+        return;
+    }
+    let s = setup();
+    for n in ["f1", "f2", "f3", "d/f4"] {
+        write(&s.lower.join(n), b"lower");
+    }
+    for d in ["kupper", "kwork", "kmnt"] {
+        mkdir(&s.root.join(d));
+    }
+    let shared = |upper: &Path, names: &[&str]| -> Vec<(u64, u64, bool)> {
+        names
+            .iter()
+            .map(|n| {
+                let st = std::fs::symlink_metadata(upper.join(n)).unwrap();
+                let wh = st.mode() & libc::S_IFMT == libc::S_IFCHR && st.rdev() == 0;
+                (st.ino(), st.nlink(), wh)
+            })
+            .collect()
+    };
+    {
+        let _k = KernelOverlay::new(
+            &[&s.lower],
+            Some((&s.root.join("kupper"), &s.root.join("kwork"))),
+            &s.root.join("kmnt"),
+        );
+        for n in ["f1", "f2", "d/f4"] {
+            std::fs::remove_file(s.root.join("kmnt").join(n)).unwrap();
+        }
+    }
+    let k = shared(&s.root.join("kupper"), &["f1", "f2", "d/f4"]);
+    assert!(
+        k.iter()
+            .all(|&(ino, nlink, wh)| ino == k[0].0 && nlink >= 3 && wh),
+        "kernel: {k:?}"
+    );
+    {
+        let _m = UnionMount::new(&[&s.lower], Some(&s.upper), &s.mp);
+        for n in ["f1", "f2", "d/f4"] {
+            std::fs::remove_file(s.mp.join(n)).unwrap();
+        }
+        let ours = shared(&s.upper, &["f1", "f2", "d/f4"]);
+        assert!(
+            ours.iter()
+                .all(|&(ino, nlink, wh)| ino == ours[0].0 && nlink >= 3 && wh),
+            "unionfuse: {ours:?}"
+        );
+        // The shared inode gone from the work dir (or out of links): a new one takes over.
+        let work = s.upper.join(".unionfuse-work");
+        let kept: Vec<String> = names(&work);
+        assert_eq!(kept, ["whiteout"], "work dir holds the shared whiteout");
+        std::fs::remove_file(work.join("whiteout")).unwrap();
+        std::fs::remove_file(s.mp.join("f3")).unwrap();
+        assert_eq!(lstat_errno(&s.mp.join("f3")), libc::ENOENT);
+        let f3 = shared(&s.upper, &["f3"]);
+        assert!(f3[0].2 && f3[0].0 != ours[0].0, "{f3:?} vs {ours:?}");
+    }
+    // A clean unmount leaves no work dir, and the whiteouts still hide their names.
+    assert_eq!(lstat_errno(&s.upper.join(".unionfuse-work")), libc::ENOENT);
+    let _m = UnionMount::new(&[&s.lower], Some(&s.upper), &s.mp);
+    assert!(
+        names(&s.mp).iter().all(|n| !n.starts_with('f')),
+        "{:?}",
+        names(&s.mp)
+    );
+    assert_eq!(names(&s.mp.join("d")), Vec::<String>::new());
+}

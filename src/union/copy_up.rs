@@ -23,6 +23,9 @@ pub struct At<'a> {
     pub name: Option<&'a CStr>,
 }
 
+/// The whiteout inode every kernel-format whiteout of this mount links to (in the work dir).
+pub(super) const SHARED_WHITEOUT: &CStr = c"whiteout";
+
 impl Union {
     pub(super) fn upper_root(&self) -> Result<&Arc<OwnedFd>> {
         if self.has_upper {
@@ -340,8 +343,28 @@ impl Union {
     pub(super) fn tmp_whiteout(&self) -> Result<CString> {
         let work = self.work()?;
         let t = self.tmp_name();
-        sys::mknodat(work.as_fd(), &t, libc::S_IFCHR, 0)?;
+        self.new_whiteout(work.as_fd(), &t)?;
         Ok(t)
+    }
+
+    /// Makes a whiteout `name` in `dir`, where nothing is. Like overlayfs, a new link to one
+    /// whiteout inode kept in the work dir: deleting a name allocates no inode. A new one
+    /// takes the shared one's place when it is missing or has all the links it can have.
+    fn new_whiteout(&self, dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
+        let work = self.work()?.as_fd();
+        for _ in 0..2 {
+            match sys::linkat(work, SHARED_WHITEOUT, dir, name) {
+                Err(Errno(libc::ENOENT | libc::EMLINK)) => {
+                    let t = self.tmp_name();
+                    sys::mknodat(work, &t, libc::S_IFCHR, 0)?;
+                    sys::renameat2(work, &t, work, SHARED_WHITEOUT, 0).inspect_err(|_| {
+                        let _ = sys::unlinkat(work, &t, 0);
+                    })?;
+                }
+                r => return r,
+            }
+        }
+        sys::mknodat(dir, name, libc::S_IFCHR, 0)
     }
 
     /// Hides `name` in the upper directory `dir`, where nothing is yet.
@@ -353,11 +376,7 @@ impl Union {
             drop(fd);
             return Ok(());
         }
-        let t = self.tmp_whiteout()?;
-        let work = self.work()?;
-        sys::renameat2(work.as_fd(), &t, dir, &c, sys::RENAME_NOREPLACE).inspect_err(|_| {
-            let _ = sys::unlinkat(work.as_fd(), &t, 0);
-        })
+        self.new_whiteout(dir, &c)
     }
 
     /// The xattr a redirect is written in: the same family as the opaque marker.

@@ -76,6 +76,9 @@ pub type ChangeHook = Box<dyn Fn(u64) + Send + Sync>;
 impl Drop for Union {
     /// A clean unmount leaves no work dir behind (it is empty unless an operation failed).
     fn drop(&mut self) {
+        if let Some(work) = &self.work {
+            let _ = sys::unlinkat(work.as_fd(), copy_up::SHARED_WHITEOUT, 0);
+        }
         if let Some((dir, name)) = &self.work_at {
             let _ = sys::unlinkat(dir.as_fd(), name, libc::AT_REMOVEDIR);
         }
