@@ -305,6 +305,13 @@ impl Filesystem for UnionFs {
                 let ttl = self.ttl(st.st_ino);
                 reply.entry(&ttl, &to_attr(&st), Generation(0))
             }
+            // The kernel keeps the absence as it keeps an entry (a compiler's include path
+            // search, $PATH): a name made through the mount replaces it.
+            Err(sys::Errno(libc::ENOENT)) => {
+                let mut attr = to_attr(&unsafe { std::mem::zeroed() });
+                attr.ino = INodeNo(0);
+                reply.entry(&self.ttl(parent.0), &attr, Generation(0))
+            }
             Err(e) => {
                 log_err("lookup", e);
                 reply.error(errno(e))

@@ -949,3 +949,51 @@ fn whiteouts_share_one_inode_as_in_the_kernel() {
     );
     assert_eq!(names(&s.mp.join("d")), Vec::<String>::new());
 }
+
+#[test]
+fn names_first_found_missing_appear_when_made_through_the_mount() {
+    if !require_root() {
+        return;
+    }
+    let s = setup();
+    write(&s.lower.join("low/keep"), b"lower");
+    write(&s.lower.join("low/gone"), b"lower");
+    write(&s.lower.join("src"), b"moved");
+    let _m = UnionMount::new(&[&s.lower], Some(&s.upper), &s.mp);
+    mkdir(&s.mp.join("up"));
+    type Make = fn(&Path, &Path);
+    let makes: &[(&str, Make)] = &[
+        ("create", |_, p| write(p, b"x")),
+        ("mkdir", |_, p| mkdir(p)),
+        ("symlink", |_, p| symlink("t", p)),
+        ("fifo", |_, p| mknod(p, libc::S_IFIFO | 0o644, 0)),
+        ("hard link", |m, p| {
+            std::fs::hard_link(m.join("low/keep"), p).unwrap()
+        }),
+        ("rename", |m, p| {
+            write(&m.join("tmp"), b"r");
+            std::fs::rename(m.join("tmp"), p).unwrap()
+        }),
+    ];
+    let mut n = 0;
+    for dir in ["low", "up", "."] {
+        for (what, make) in makes {
+            n += 1;
+            let p = s.mp.join(dir).join(format!("n{n}"));
+            // Asked twice: the second answer may come from the kernel's cache of absences.
+            assert_eq!(lstat_errno(&p), libc::ENOENT);
+            assert_eq!(lstat_errno(&p), libc::ENOENT);
+            make(&s.mp, &p);
+            assert_eq!(lstat_errno(&p), 0, "{what} in {dir}");
+            assert!(
+                names(&s.mp.join(dir)).contains(&format!("n{n}")),
+                "{what} in {dir}"
+            );
+        }
+    }
+    // A name deleted through the mount is absent at once, and made again, present.
+    std::fs::remove_file(s.mp.join("low/gone")).unwrap();
+    assert_eq!(lstat_errno(&s.mp.join("low/gone")), libc::ENOENT);
+    write(&s.mp.join("low/gone"), b"again");
+    assert_eq!(std::fs::read(s.mp.join("low/gone")).unwrap(), b"again");
+}
