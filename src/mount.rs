@@ -131,6 +131,14 @@ pub(crate) fn check_dir(role: &str, p: &Path, spec: Option<&OsStr>) -> Result<Pa
 
 /// Mount points currently in the mount table, from `/proc/self/mountinfo`, with their types.
 pub fn mount_table() -> Vec<(PathBuf, String)> {
+    mount_table_with_devices()
+        .into_iter()
+        .map(|(p, t, _)| (p, t))
+        .collect()
+}
+
+/// The mount table with each mount's device (`major:minor`).
+fn mount_table_with_devices() -> Vec<(PathBuf, String, String)> {
     let Ok(s) = std::fs::read("/proc/self/mountinfo") else {
         return Vec::new();
     };
@@ -149,6 +157,7 @@ pub fn mount_table() -> Vec<(PathBuf, String)> {
         out.push((
             PathBuf::from(OsString::from_vec(unescape_octal(f[4]))),
             fstype,
+            String::from_utf8_lossy(f[2]).into_owned(),
         ));
     }
     out
@@ -500,6 +509,7 @@ fn serve(c: Checked, ready: Option<OwnedFd>) -> Result<()> {
         }
     };
     let _ = notifier.set(session.notifier());
+    widen_readahead(&c.mountpoint);
     let pid_path = (!c.req.private).then(|| pidfile(&c.mountpoint));
     if let Some(p) = &pid_path {
         if let Some(dir) = p.parent() {
@@ -537,6 +547,23 @@ fn serve(c: Checked, ready: Option<OwnedFd>) -> Result<()> {
         log::error!("cannot remove {}: {e}", dir.display());
     }
     r.map_err(|e| UserError(format!("session ended: {e}")))
+}
+
+/// The kernel caps a FUSE mount's readahead at 128 KiB whatever the daemon asks: a big file
+/// read through the daemon would come in 128 KiB requests. As root, the mount's own setting
+/// is raised to the 1 MiB asked at init (found through the mount table: a stat of the
+/// mount point would be a request to this daemon, which does not serve yet).
+fn widen_readahead(mountpoint: &Path) {
+    let Some((_, _, dev)) = mount_table_with_devices()
+        .into_iter()
+        .rfind(|(p, t, _)| p == mountpoint && t.starts_with("fuse"))
+    else {
+        return;
+    };
+    let knob = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+    if let Err(e) = std::fs::write(&knob, "1024") {
+        log::debug!("{knob}: {e}");
+    }
 }
 
 fn pid_alive(pid: i32) -> bool {

@@ -871,3 +871,28 @@ fn termination_signal_unmounts_and_exits() {
         assert_eq!(is_mounted(&mp), None, "signal {sig} left the mount");
     }
 }
+
+#[test]
+fn big_files_are_read_ahead_a_mebibyte_at_a_time() {
+    if !require_root() {
+        return;
+    }
+    let f = Fixture::new();
+    let (l1, up, mp) = (f.dir("l1"), f.dir("up"), f.dir("mnt"));
+    let data: Vec<u8> = (0..(4u32 << 20)).map(|i| (i % 251) as u8).collect();
+    write(&l1.join("big"), &data);
+    let _m = UnionMount::new(&[&l1], Some(&up), &mp);
+    // The kernel caps FUSE readahead at 128 KiB; the daemon raises its mount's own setting.
+    let dev = std::fs::metadata(&mp).unwrap().dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    assert_eq!(
+        std::fs::read_to_string(&knob).unwrap().trim(),
+        "1024",
+        "{knob}"
+    );
+    assert!(
+        std::fs::read(mp.join("big")).unwrap() == data,
+        "data read back"
+    );
+}
