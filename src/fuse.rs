@@ -19,9 +19,12 @@ use crate::sys;
 use crate::union::attr::{SetAttr, Time};
 use crate::union::{Caller, Union};
 
-/// Lower layers are immutable: the kernel may cache what comes from them for long.
-const LOWER_TTL: Duration = Duration::from_secs(24 * 3600);
-const UPPER_TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may keep entries and attributes. Lower layers are immutable; the upper
+/// changes only through this mount (as with kernel overlayfs, a change made under a mounted
+/// union is undefined), the kernel drops what each operation changes, and what the daemon
+/// changes on its own (copy-up) it invalidates. With a short time, a long create-then-delete
+/// run looked every name up again before unlinking it.
+const TTL: Duration = Duration::from_secs(24 * 3600);
 
 pub struct UnionFs {
     pub union: Union,
@@ -242,7 +245,7 @@ fn time_of(t: Option<TimeOrNow>) -> Option<Time> {
 impl UnionFs {
     fn reply_entry(&self, reply: ReplyEntry, op: &str, r: sys::Result<libc::stat>) {
         match r {
-            Ok(st) => reply.entry(&self.ttl(st.st_ino), &to_attr(&st), Generation(0)),
+            Ok(st) => reply.entry(&TTL, &to_attr(&st), Generation(0)),
             Err(e) => {
                 log_err(op, e);
                 reply.error(errno(e))
@@ -257,14 +260,6 @@ impl UnionFs {
                 log_err(op, e);
                 reply.error(errno(e))
             }
-        }
-    }
-
-    fn ttl(&self, ino: u64) -> Duration {
-        if self.union.is_lower_node(ino) {
-            LOWER_TTL
-        } else {
-            UPPER_TTL
         }
     }
 }
@@ -301,16 +296,13 @@ impl Filesystem for UnionFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.union.lookup(parent.0, name) {
-            Ok(st) => {
-                let ttl = self.ttl(st.st_ino);
-                reply.entry(&ttl, &to_attr(&st), Generation(0))
-            }
+            Ok(st) => reply.entry(&TTL, &to_attr(&st), Generation(0)),
             // The kernel keeps the absence as it keeps an entry (a compiler's include path
             // search, $PATH): a name made through the mount replaces it.
             Err(sys::Errno(libc::ENOENT)) => {
                 let mut attr = to_attr(&unsafe { std::mem::zeroed() });
                 attr.ino = INodeNo(0);
-                reply.entry(&self.ttl(parent.0), &attr, Generation(0))
+                reply.entry(&TTL, &attr, Generation(0))
             }
             Err(e) => {
                 log_err("lookup", e);
@@ -334,7 +326,7 @@ impl Filesystem for UnionFs {
             Ok(st)
         });
         match r {
-            Ok(st) => reply.attr(&self.ttl(ino.0), &to_attr(&st)),
+            Ok(st) => reply.attr(&TTL, &to_attr(&st)),
             Err(e) => {
                 log_err("getattr", e);
                 reply.error(errno(e))
@@ -482,7 +474,7 @@ impl Filesystem for UnionFs {
                     INodeNo(st.st_ino),
                     next,
                     &e.name,
-                    &self.ttl(st.st_ino),
+                    &TTL,
                     &to_attr(st),
                     Generation(0),
                 ),
@@ -581,7 +573,7 @@ impl Filesystem for UnionFs {
             fh: fh.map(|f| f.0),
         };
         match self.union.setattr(ino.0, &a) {
-            Ok(st) => reply.attr(&self.ttl(ino.0), &to_attr(&st)),
+            Ok(st) => reply.attr(&TTL, &to_attr(&st)),
             Err(e) => {
                 log_err("setattr", e);
                 reply.error(errno(e))
@@ -680,7 +672,7 @@ impl Filesystem for UnionFs {
     ) {
         match self.union.create(parent.0, name, mode, caller(req)) {
             Ok((st, fh)) => {
-                let (ttl, attr) = (self.ttl(st.st_ino), to_attr(&st));
+                let (ttl, attr) = (TTL, to_attr(&st));
                 match self
                     .passthrough
                     .mode(&self.union, st.st_ino, fh, |fd| reply.open_backing(fd))

@@ -997,3 +997,126 @@ fn names_first_found_missing_appear_when_made_through_the_mount() {
     write(&s.mp.join("low/gone"), b"again");
     assert_eq!(std::fs::read(s.mp.join("low/gone")).unwrap(), b"again");
 }
+
+#[test]
+fn attributes_follow_every_change_as_in_the_kernel() {
+    if !require_root() {
+        return;
+    }
+    let s = setup();
+    write(&s.lower.join("d/f"), b"lower data");
+    mkdir(&s.lower.join("d/sub"));
+    for d in ["kupper", "kwork", "kmnt"] {
+        mkdir(&s.root.join(d));
+    }
+    type Op = (&'static str, fn(&Path));
+    let ops: &[Op] = &[
+        ("write lower", |m| {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(m.join("d/f"))
+                .unwrap()
+                .write_all(b"+more")
+                .unwrap()
+        }),
+        ("create", |m| write(&m.join("d/g"), &[1u8; 10000])),
+        ("link", |m| {
+            std::fs::hard_link(m.join("d/g"), m.join("d/h")).unwrap()
+        }),
+        ("chmod one name", |m| chmod(&m.join("d/h"), 0o600)),
+        ("chown one name", |m| lchown(&m.join("d/g"), 7, 8)),
+        ("grow", |m| {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(m.join("d/h"))
+                .unwrap()
+                .write_all(&[2u8; 50000])
+                .unwrap()
+        }),
+        ("truncate", |m| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(m.join("d/g"))
+                .unwrap()
+                .set_len(3)
+                .unwrap()
+        }),
+        ("unlink one name", |m| {
+            std::fs::remove_file(m.join("d/g")).unwrap()
+        }),
+        ("mkdir", |m| mkdir(&m.join("d/sub/new"))),
+        ("rmdir", |m| {
+            std::fs::remove_dir(m.join("d/sub/new")).unwrap()
+        }),
+        ("rename", |m| {
+            std::fs::rename(m.join("d/h"), m.join("d/sub/h")).unwrap()
+        }),
+        ("setfacl", |m| {
+            let ok = Command::new("setfacl")
+                .args(["-m", "u:4321:rwx"])
+                .arg(m.join("d/sub/h"))
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }),
+    ];
+    let paths = ["d", "d/f", "d/g", "d/h", "d/sub", "d/sub/h"];
+    // Mode, links, size, owner of every path after every change, and whether its change time
+    // moved (the times themselves differ between the two runs). Asked twice per step: the
+    // second answer may come from the kernel's cache.
+    let act = |mp: &Path| -> Vec<String> {
+        let mut log = Vec::new();
+        let mut before: Vec<Option<i64>> = vec![None; paths.len()];
+        for (name, op) in ops {
+            for p in paths {
+                let _ = std::fs::symlink_metadata(mp.join(p));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            op(mp);
+            for (i, p) in paths.iter().enumerate() {
+                for _ in 0..2 {
+                    let line = match std::fs::symlink_metadata(mp.join(p)) {
+                        Ok(m) => {
+                            let moved = before[i]
+                                .is_some_and(|c| c != m.ctime_nsec() + m.ctime() * 1_000_000_000);
+                            before[i] = Some(m.ctime_nsec() + m.ctime() * 1_000_000_000);
+                            format!(
+                                "{name}: {p} {:o} n{} s{} {}:{} ctime moved {moved}",
+                                m.mode(),
+                                if m.is_dir() { 0 } else { m.nlink() },
+                                if m.is_dir() { 0 } else { m.size() },
+                                m.uid(),
+                                m.gid()
+                            )
+                        }
+                        Err(e) => format!("{name}: {p} {e}"),
+                    };
+                    log.push(line);
+                }
+            }
+        }
+        log
+    };
+    let kernel = {
+        let _k = KernelOverlay::new(
+            &[&s.lower],
+            Some((&s.root.join("kupper"), &s.root.join("kwork"))),
+            &s.root.join("kmnt"),
+        );
+        act(&s.root.join("kmnt"))
+    };
+    let ours = {
+        let _m = UnionMount::new(&[&s.lower], Some(&s.upper), &s.mp);
+        act(&s.mp)
+    };
+    for (o, k) in ours.iter().zip(&kernel) {
+        assert_eq!(o, k, "unionfuse vs kernel overlayfs");
+    }
+    assert_eq!(ours.len(), kernel.len());
+    assert!(
+        kernel
+            .iter()
+            .any(|l| l.starts_with("grow: d/h 100600 n2 s60000 7:8")),
+        "{kernel:?}"
+    );
+}

@@ -100,6 +100,8 @@ impl Union {
         loc.top_dir = Some(pfd);
         drop(loc);
         self.notify_changed(node.ino);
+        // The parent's times are put back, but not its change time, which moved.
+        self.notify_changed(parent);
         Ok(ufd)
     }
 
@@ -160,6 +162,7 @@ impl Union {
             self.link_up_other_names(layer, &lower_st, &obj)?;
         }
         self.notify_changed(node.ino);
+        self.notify_changed(parent);
         Ok(())
     }
 
