@@ -46,6 +46,34 @@ fn errno_of<T>(r: std::io::Result<T>) -> i32 {
     r.err().and_then(|e| e.raw_os_error()).unwrap_or(0)
 }
 
+/// Runs `act` on kernel overlayfs and then on unionfuse, over the same lower and fresh uppers
+/// (the kernel's in `kupper`), and returns what each gave: (kernel, unionfuse).
+fn on_both<T>(s: &Setup, act: impl Fn(&Path) -> T) -> (T, T) {
+    for d in ["kupper", "kwork", "kmnt"] {
+        if !s.root.join(d).exists() {
+            mkdir(&s.root.join(d));
+        }
+    }
+    let kernel = {
+        let _k = KernelOverlay::new(
+            &[&s.lower],
+            Some((&s.root.join("kupper"), &s.root.join("kwork"))),
+            &s.root.join("kmnt"),
+        );
+        act(&s.root.join("kmnt"))
+    };
+    let _m = UnionMount::new(&[&s.lower], Some(&s.upper), &s.mp);
+    (kernel, act(&s.mp))
+}
+
+/// The same lines, reported at the first that differs.
+fn assert_same_log(ours: &[String], kernel: &[String]) {
+    for (o, k) in ours.iter().zip(kernel) {
+        assert_eq!(o, k, "unionfuse vs kernel overlayfs");
+    }
+    assert_eq!(ours.len(), kernel.len());
+}
+
 #[test]
 fn copy_up_keeps_data_holes_owner_mode_times_xattrs_and_parents() {
     if !require_root() {
@@ -796,9 +824,6 @@ fn listings_follow_every_change_made_through_the_mount_as_in_the_kernel() {
         mkdir(p.parent().unwrap());
         write(&p, f.as_bytes());
     }
-    for d in ["kupper", "kwork", "kmnt"] {
-        mkdir(&s.root.join(d));
-    }
     type Op = (&'static str, fn(&Path));
     let ops: &[Op] = &[
         ("create", |m| write(&m.join("d/new"), b"n")),
@@ -857,22 +882,8 @@ fn listings_follow_every_change_made_through_the_mount_as_in_the_kernel() {
         }
         log
     };
-    let kernel = {
-        let _k = KernelOverlay::new(
-            &[lower],
-            Some((&s.root.join("kupper"), &s.root.join("kwork"))),
-            &s.root.join("kmnt"),
-        );
-        act(&s.root.join("kmnt"))
-    };
-    let ours = {
-        let _m = UnionMount::new(&[lower], Some(&s.upper), &s.mp);
-        act(&s.mp)
-    };
-    for (o, k) in ours.iter().zip(&kernel) {
-        assert_eq!(o, k, "unionfuse vs kernel overlayfs");
-    }
-    assert_eq!(ours.len(), kernel.len());
+    let (kernel, ours) = on_both(&s, act);
+    assert_same_log(&ours, &kernel);
     // Not vacuous: the rewound listing saw a change made while the directory was open.
     assert!(
         kernel.contains(&r#"create: d rewound [".", "..", "a", "b", "new", "sub"]"#.to_string()),
@@ -1006,9 +1017,6 @@ fn attributes_follow_every_change_as_in_the_kernel() {
     let s = setup();
     write(&s.lower.join("d/f"), b"lower data");
     mkdir(&s.lower.join("d/sub"));
-    for d in ["kupper", "kwork", "kmnt"] {
-        mkdir(&s.root.join(d));
-    }
     type Op = (&'static str, fn(&Path));
     let ops: &[Op] = &[
         ("write lower", |m| {
@@ -1097,22 +1105,8 @@ fn attributes_follow_every_change_as_in_the_kernel() {
         }
         log
     };
-    let kernel = {
-        let _k = KernelOverlay::new(
-            &[&s.lower],
-            Some((&s.root.join("kupper"), &s.root.join("kwork"))),
-            &s.root.join("kmnt"),
-        );
-        act(&s.root.join("kmnt"))
-    };
-    let ours = {
-        let _m = UnionMount::new(&[&s.lower], Some(&s.upper), &s.mp);
-        act(&s.mp)
-    };
-    for (o, k) in ours.iter().zip(&kernel) {
-        assert_eq!(o, k, "unionfuse vs kernel overlayfs");
-    }
-    assert_eq!(ours.len(), kernel.len());
+    let (kernel, ours) = on_both(&s, act);
+    assert_same_log(&ours, &kernel);
     assert!(
         kernel
             .iter()
