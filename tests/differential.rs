@@ -218,72 +218,56 @@ struct View {
 }
 
 fn describe(root: &Path) -> View {
+    let tree = walk_tree(root);
+    let mut links = other_names(&tree);
     let mut listed_but_absent = Vec::new();
-    let mut out = BTreeMap::new();
+    let mut entries = BTreeMap::new();
     let mut probes = BTreeMap::new();
-    let mut by_ino: BTreeMap<u64, Vec<PathBuf>> = BTreeMap::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        let dir = root.join(&rel);
+    let dirs = std::iter::once(PathBuf::new()).chain(
+        tree.iter()
+            .filter(|(_, md)| md.as_ref().is_ok_and(|m| m.is_dir()))
+            .map(|(r, _)| r.clone()),
+    );
+    for rel in dirs {
         for n in NAMES
             .iter()
             .map(|s| s.to_string())
             .chain([".wh.a".into(), "zz".into()])
         {
-            probes.insert(rel.join(&n), lstat_errno(&dir.join(&n)));
-        }
-        for n in names(&dir) {
-            let r = rel.join(&n);
-            let p = root.join(&r);
-            let md = match std::fs::symlink_metadata(&p) {
-                Ok(md) => md,
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    listed_but_absent.push(r);
-                    continue;
-                }
-                Err(e) => panic!("{p:?} is listed but lstat fails: {e}"),
-            };
-            let k = kind(md.file_type());
-            if k == "dir" {
-                stack.push(r.clone());
-            } else {
-                by_ino.entry(md.ino()).or_default().push(r.clone());
-            }
-            let mut xattrs: Vec<(String, Vec<u8>)> = listxattr(&p)
-                .into_iter()
-                .map(|x| {
-                    let v = getxattr(&p, &x).unwrap();
-                    (x, v)
-                })
-                .collect();
-            xattrs.sort();
-            out.insert(
-                r,
-                Desc {
-                    kind: k,
-                    mode: md.mode(),
-                    uid: md.uid(),
-                    gid: md.gid(),
-                    size: (k != "dir").then_some(md.size()),
-                    nlink: md.nlink(),
-                    mtime: (md.mtime(), md.mtime_nsec()),
-                    rdev: md.rdev(),
-                    target: (k == "symlink").then(|| std::fs::read_link(&p).unwrap()),
-                    content: (k == "file").then(|| std::fs::read(&p).unwrap()),
-                    xattrs,
-                    links: vec![],
-                },
-            );
+            probes.insert(rel.join(&n), lstat_errno(&root.join(&rel).join(&n)));
         }
     }
-    for group in by_ino.values() {
-        for p in group {
-            let others: Vec<PathBuf> = group.iter().filter(|q| *q != p).cloned().collect();
-            out.get_mut(p).unwrap().links = others;
-        }
+    for (r, md) in tree {
+        let p = root.join(&r);
+        let md = match md {
+            Ok(md) => md,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                listed_but_absent.push(r);
+                continue;
+            }
+            Err(e) => panic!("{p:?} is listed but lstat fails: {e}"),
+        };
+        let k = kind(md.file_type());
+        entries.insert(
+            r.clone(),
+            Desc {
+                kind: k,
+                mode: md.mode(),
+                uid: md.uid(),
+                gid: md.gid(),
+                size: (k != "dir").then_some(md.size()),
+                nlink: md.nlink(),
+                mtime: (md.mtime(), md.mtime_nsec()),
+                rdev: md.rdev(),
+                target: (k == "symlink").then(|| std::fs::read_link(&p).unwrap()),
+                content: (k == "file").then(|| std::fs::read(&p).unwrap()),
+                xattrs: xattrs_of(&p, |_| true),
+                links: links.remove(&r).unwrap_or_default(),
+            },
+        );
     }
     View {
-        entries: out,
+        entries,
         probes,
         listed_but_absent,
     }

@@ -341,59 +341,37 @@ struct Desc {
 /// The whole view under `root`. With `strict`, a listed name that cannot be looked up fails
 /// the test (unionfuse); without, it is skipped (the kernel's whiteouts in unmerged dirs).
 fn view(root: &Path, strict: bool) -> BTreeMap<PathBuf, Desc> {
+    let tree = walk_tree(root);
+    let mut links = other_names(&tree);
     let mut out = BTreeMap::new();
-    let mut by_ino: BTreeMap<u64, Vec<PathBuf>> = BTreeMap::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        for n in names(&root.join(&rel)) {
-            let r = rel.join(&n);
-            let p = root.join(&r);
-            let Ok(md) = std::fs::symlink_metadata(&p) else {
-                assert!(!strict, "{p:?} is listed but cannot be looked up");
-                continue;
-            };
-            let k = kind(md.file_type());
-            if k == "dir" {
-                stack.push(r.clone());
-            } else {
-                by_ino.entry(md.ino()).or_default().push(r.clone());
-            }
-            let mut xattrs: Vec<(String, Vec<u8>)> = listxattr(&p)
-                .into_iter()
-                .filter(|x| x.starts_with("user."))
-                .map(|x| {
-                    let v = getxattr(&p, &x).unwrap_or_default();
-                    (x, v)
-                })
-                .collect();
-            xattrs.sort();
-            out.insert(
-                r,
-                Desc {
-                    kind: k,
-                    mode: md.mode(),
-                    uid: md.uid(),
-                    gid: md.gid(),
-                    size: (k != "dir").then_some(md.size()),
-                    nlink: md.nlink(),
-                    target: (k == "symlink").then(|| std::fs::read_link(&p).unwrap()),
-                    content: (k == "file").then(|| {
-                        use std::hash::{Hash, Hasher};
-                        let mut h = std::collections::hash_map::DefaultHasher::new();
-                        std::fs::read(&p).unwrap().hash(&mut h);
-                        h.finish()
-                    }),
-                    xattrs,
-                    links: vec![],
-                    set_mtime: (md.mtime_nsec() == 7).then_some((md.mtime(), md.mtime_nsec())),
-                },
-            );
-        }
-    }
-    for group in by_ino.values() {
-        for p in group {
-            out.get_mut(p).unwrap().links = group.iter().filter(|q| *q != p).cloned().collect();
-        }
+    for (r, md) in tree {
+        let p = root.join(&r);
+        let Ok(md) = md else {
+            assert!(!strict, "{p:?} is listed but cannot be looked up");
+            continue;
+        };
+        let k = kind(md.file_type());
+        out.insert(
+            r.clone(),
+            Desc {
+                kind: k,
+                mode: md.mode(),
+                uid: md.uid(),
+                gid: md.gid(),
+                size: (k != "dir").then_some(md.size()),
+                nlink: md.nlink(),
+                target: (k == "symlink").then(|| std::fs::read_link(&p).unwrap()),
+                content: (k == "file").then(|| {
+                    use std::hash::{Hash, Hasher};
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    std::fs::read(&p).unwrap().hash(&mut h);
+                    h.finish()
+                }),
+                xattrs: xattrs_of(&p, |x| x.starts_with("user.")),
+                links: links.remove(&r).unwrap_or_default(),
+                set_mtime: (md.mtime_nsec() == 7).then_some((md.mtime(), md.mtime_nsec())),
+            },
+        );
     }
     out
 }

@@ -393,6 +393,60 @@ pub fn names(dir: &Path) -> Vec<String> {
     v
 }
 
+/// Every name under `root`, depth first, relative to it, with its status (`Err` for a listed
+/// name that cannot be looked up: the kernel's whiteouts in directories it does not merge).
+pub fn walk_tree(root: &Path) -> Vec<(PathBuf, std::io::Result<std::fs::Metadata>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for n in names(&root.join(&rel)) {
+            let r = rel.join(&n);
+            let md = std::fs::symlink_metadata(root.join(&r));
+            if md.as_ref().is_ok_and(|m| m.is_dir()) {
+                stack.push(r.clone());
+            }
+            out.push((r, md));
+        }
+    }
+    out
+}
+
+/// For every non-directory of a walked tree, its other names (same inode).
+pub fn other_names(
+    tree: &[(PathBuf, std::io::Result<std::fs::Metadata>)],
+) -> std::collections::BTreeMap<PathBuf, Vec<PathBuf>> {
+    let mut by_ino: std::collections::BTreeMap<u64, Vec<&PathBuf>> = Default::default();
+    for (r, md) in tree {
+        if let Ok(md) = md
+            && !md.is_dir()
+        {
+            by_ino.entry(md.ino()).or_default().push(r);
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    for group in by_ino.values() {
+        for p in group {
+            let others = group.iter().filter(|q| *q != p).map(|q| (*q).clone());
+            out.insert((*p).clone(), others.collect());
+        }
+    }
+    out
+}
+
+/// The extended attributes of `p` whose names pass `keep`, sorted, with their values.
+pub fn xattrs_of(p: &Path, keep: impl Fn(&str) -> bool) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = listxattr(p)
+        .into_iter()
+        .filter(|x| keep(x))
+        .map(|x| {
+            let value = getxattr(p, &x).unwrap_or_else(|e| panic!("{p:?} {x}: errno {e}"));
+            (x, value)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 pub fn ino(p: &Path) -> u64 {
     std::fs::symlink_metadata(p).unwrap().ino()
 }
