@@ -353,8 +353,6 @@ pub fn geteuid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// Raises the soft open-file limit to the hard one: the daemon keeps one `O_PATH` fd per
-/// directory and layer that the kernel still references.
 /// Fixed allocator thresholds for a long-lived daemon whose memory follows the kernel's
 /// caches: blocks of 4 MiB and more (the index of a big directory) are mapped and unmapped
 /// on their own, and a heap whose free top passes 4 MiB shrinks. glibc would otherwise raise
@@ -373,6 +371,8 @@ pub fn trim_heap() {
     unsafe { libc::malloc_trim(0) };
 }
 
+/// Raises the soft open-file limit to the hard one: the daemon keeps one `O_PATH` fd per
+/// directory and layer that the kernel still references.
 pub fn raise_nofile_limit() {
     unsafe {
         let mut rl: libc::rlimit = std::mem::zeroed();

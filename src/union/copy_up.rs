@@ -149,7 +149,7 @@ impl Union {
         let c = sys::cstr(&name)?;
         let ptimes = ParentTimes::save(pfd.as_fd())?;
         let lower_st = sys::fstatat(top_dir.as_fd(), &c)?;
-        let obj = self.copy_up_entry(top_dir.as_fd(), &c, pfd.as_fd(), &c, truncate)?;
+        let obj = self.copy_up_entry(top_dir.as_fd(), &c, &lower_st, pfd.as_fd(), &c, truncate)?;
         ptimes.restore(pfd.as_fd())?;
         self.keep_ino(obj.as_fd(), node.ino)?;
         let obj = Arc::new(obj);
@@ -240,11 +240,11 @@ impl Union {
         &self,
         sdir: BorrowedFd<'_>,
         sname: &CStr,
+        st: &libc::stat,
         ddir: BorrowedFd<'_>,
         dname: &CStr,
         truncate: bool,
     ) -> Result<OwnedFd> {
-        let st = sys::fstatat(sdir, sname)?;
         let fmt = st.st_mode & libc::S_IFMT;
         let src = At {
             dir: sdir,
@@ -260,7 +260,7 @@ impl Union {
                 dir: tmpfd.as_fd(),
                 name: None,
             };
-            copy_meta(src, to, &st)?;
+            copy_meta(src, to, st)?;
             if !self.volatile {
                 sys::fsync(tmpfd.as_fd(), false)?;
             }
@@ -281,7 +281,7 @@ impl Union {
             dir: work.as_fd(),
             name: Some(&tmp),
         };
-        let r = copy_meta(src, to, &st)
+        let r = copy_meta(src, to, st)
             .and_then(|_| sys::renameat2(work.as_fd(), &tmp, ddir, dname, sys::RENAME_NOREPLACE));
         if let Err(e) = r {
             let _ = sys::unlinkat(work.as_fd(), &tmp, 0);

@@ -688,7 +688,7 @@ impl Union {
             Ok(_) => Ok(()),
             // No node, or the node stands for another name of the object: copy this one.
             Err(Errno(libc::ENOENT)) => self
-                .copy_up_entry(r.top_dir.as_fd(), &c, pfd.as_fd(), &c, false)
+                .copy_up_entry(r.top_dir.as_fd(), &c, &r.st, pfd.as_fd(), &c, false)
                 .map(drop),
             Err(e) => Err(e),
         }

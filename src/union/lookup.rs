@@ -8,8 +8,8 @@ use std::collections::HashSet;
 use std::hash::{BuildHasher, RandomState};
 
 use hashbrown::HashTable;
-use std::ffi::{CStr, OsStr, OsString};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
@@ -27,13 +27,6 @@ pub struct Top {
     pub ino: u64,
     /// `S_IF*` of the object.
     pub fmt: u32,
-}
-
-impl Top {
-    /// The status of the object, `name` in `dir` (the top layer's directory).
-    pub fn stat(&self, dir: BorrowedFd<'_>, name: &CStr) -> Result<libc::stat> {
-        sys::fstatat(dir, name)
-    }
 }
 
 /// What the lower layers of one directory hold under one name.

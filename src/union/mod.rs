@@ -294,7 +294,7 @@ impl Union {
                     .find(|(l, _)| *l == layer)
                     .map(|(_, fd)| fd.clone())
                     .ok_or(Errno(libc::EIO))?;
-                let st = top.stat(top_dir.as_fd(), &c)?;
+                let st = sys::fstatat(top_dir.as_fd(), &c)?;
                 // An xattr whiteout in a directory not marked for them: listed (as the
                 // kernel lists it) but not found.
                 if matches!(st.st_mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFIFO)
