@@ -751,20 +751,10 @@ fn new_objects_belong_to_their_maker_as_in_the_kernel() {
         }
         v
     };
-    let kernel = {
-        let _k = KernelOverlay::new(
-            &[lower],
-            Some((&s.root.join("kupper"), &s.root.join("kwork"))),
-            &s.root.join("kmnt"),
-        );
-        act(&s.root.join("kmnt"));
-        describe(&s.root.join("kmnt"))
-    };
-    let ours = {
-        let _m = UnionMount::new(&[lower], Some(&s.upper), &s.mp);
-        act(&s.mp);
-        describe(&s.mp)
-    };
+    let (kernel, ours) = on_both(&s, |mp| {
+        act(mp);
+        describe(mp)
+    });
     assert_eq!(ours, kernel, "view: unionfuse vs kernel overlayfs");
     assert_eq!(
         describe(&s.upper),
