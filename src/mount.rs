@@ -403,14 +403,18 @@ pub fn mount(c: Checked) -> Result<Option<i32>> {
         }
         pid => {
             drop(wr);
-            let mut msg = String::new();
-            let _ = std::fs::File::from(rd).read_to_string(&mut msg);
+            // The daemon sends one message, in one write (atomic on a pipe): "OK" once the
+            // mount is live, or why it failed. No wait for the pipe's end: the daemon goes
+            // on starting its threads while the caller carries on.
+            let mut buf = vec![0u8; 4096];
+            let n = std::fs::File::from(rd).read(&mut buf).unwrap_or(0);
+            let msg = String::from_utf8_lossy(&buf[..n]);
             if msg == "OK" {
                 Ok(Some(pid))
             } else if msg.is_empty() {
                 bail!("the daemon ended before the mount was ready")
             } else {
-                Err(UserError(msg))
+                Err(UserError(msg.into_owned()))
             }
         }
     }
