@@ -221,6 +221,7 @@ fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
         gid: req.gid(),
+        pid: req.pid(),
     }
 }
 
@@ -274,6 +275,10 @@ impl Filesystem for UnionFs {
             // get the attributes with the names: no LOOKUP round trip per entry.
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
+            // Setuid/setgid dropped by us on write, truncate and chown (below), so the
+            // kernel can mark inodes without them S_NOSEC: no security.capability round
+            // trip before every write.
+            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         ];
         for f in wanted {
             if let Err(missing) = config.add_capabilities(f) {
@@ -547,7 +552,7 @@ impl Filesystem for UnionFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -555,7 +560,7 @@ impl Filesystem for UnionFs {
         size: Option<u64>,
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
+        ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
@@ -563,6 +568,17 @@ impl Filesystem for UnionFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        // The kernel leaves dropping setuid/setgid to us (FUSE_HANDLE_KILLPRIV_V2): a
+        // truncate by a caller without CAP_FSETID (the flag that says so, FATTR_KILL_SUIDGID,
+        // does not reach us: a caller that is not root), and a write through passthrough,
+        // which reaches us only as this empty change, sent when something is to drop.
+        let nothing = mode.is_none()
+            && uid.is_none()
+            && gid.is_none()
+            && size.is_none()
+            && atime.is_none()
+            && mtime.is_none()
+            && ctime.is_none();
         let a = SetAttr {
             mode,
             uid,
@@ -571,6 +587,8 @@ impl Filesystem for UnionFs {
             atime: time_of(atime),
             mtime: time_of(mtime),
             fh: fh.map(|f| f.0),
+            drop_privileges_for: (nothing || (size.is_some() && req.uid() != 0))
+                .then(|| caller(req)),
         };
         match self.union.setattr(ino.0, &a) {
             Ok(st) => reply.attr(&TTL, &to_attr(&st)),
@@ -703,17 +721,20 @@ impl Filesystem for UnionFs {
 
     fn write(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.union.write(fh.0, offset, data) {
+        let drop_privileges = write_flags
+            .contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+            .then(|| caller(req));
+        match self.union.write(ino.0, fh.0, offset, data, drop_privileges) {
             Ok(n) => reply.written(n as u32),
             Err(e) => {
                 log_err("write", e);

@@ -349,6 +349,26 @@ pub fn fstatvfs(fd: BorrowedFd<'_>) -> Result<libc::statvfs> {
     Ok(st)
 }
 
+/// The supplementary groups of process `pid` (from `/proc/PID/status`); empty when they
+/// cannot be read (the process is gone).
+pub fn process_groups(pid: u32) -> Vec<u32> {
+    if pid == 0 {
+        return Vec::new();
+    }
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return Vec::new();
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| {
+            g.split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn geteuid() -> u32 {
     unsafe { libc::geteuid() }
 }

@@ -1104,3 +1104,141 @@ fn attributes_follow_every_change_as_in_the_kernel() {
         "{kernel:?}"
     );
 }
+
+/// Set-user-ID, set-group-ID and file capabilities after a write, a truncate, an open with
+/// O_TRUNC and a chown, by root, by a user outside the file's group and by one inside it, on
+/// files copied up by the change and on files already in the upper: the same as on the
+/// kernel's overlay, with reads and writes passed through to the upper file and without.
+#[test]
+fn privileges_drop_on_write_truncate_and_chown_as_in_the_kernel() {
+    if !require_root() {
+        return;
+    }
+    let s = setup();
+    for d in [&s.root, &s.lower] {
+        chmod(d, 0o755);
+    }
+    let cap = [
+        1u8, 0, 0, 2, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    let kinds: [(&str, u32); 5] = [
+        ("ug", 0o6777),
+        ("u", 0o4777),
+        ("gx", 0o2777),
+        ("g", 0o2767),
+        ("cap", 0o777),
+    ];
+    // (caller, setpriv arguments; none for root)
+    let callers: [(&str, &[&str]); 3] = [
+        ("root", &[]),
+        ("other", &["--reuid=1000", "--regid=1000", "--clear-groups"]),
+        ("member", &["--reuid=1000", "--regid=1000", "--groups=2000"]),
+    ];
+    let ops: [(&str, &str); 4] = [
+        ("append", "printf x >> \"$f\""),
+        ("truncate", "truncate -s 1 \"$f\""),
+        ("otrunc", ": > \"$f\""),
+        ("chown", "chown 1000:2000 \"$f\""),
+    ];
+    let files = || {
+        let mut v = Vec::new();
+        for (who, _) in callers {
+            for (op, _) in ops {
+                if op == "chown" && who != "root" {
+                    continue;
+                }
+                for (kind, mode) in kinds {
+                    v.push((format!("{who}-{op}-{kind}"), who, op, kind, mode));
+                }
+            }
+        }
+        // Left alone: the bits and the capability are there to lose.
+        v.push(("untouched".into(), "nobody", "none", "cap", 0o6777));
+        v
+    };
+    let prepare = |dir: &Path| {
+        for (name, _, _, kind, mode) in files() {
+            let f = dir.join(name);
+            write(&f, b"data");
+            lchown(&f, 0, 2000);
+            chmod(&f, mode);
+            if kind == "cap" {
+                setxattr(&f, "security.capability", &cap);
+            }
+        }
+    };
+    mkdir(&s.lower.join("low"));
+    prepare(&s.lower.join("low"));
+    let act = |mp: &Path| -> Vec<String> {
+        mkdir(&mp.join("up"));
+        prepare(&mp.join("up"));
+        for (who, args) in callers {
+            let mut script = String::from("set -e\n");
+            for (name, w, op, _, _) in files() {
+                if w == who {
+                    let cmd = ops.iter().find(|(o, _)| *o == op).unwrap().1;
+                    for d in ["low", "up"] {
+                        script += &format!("f={}/{d}/{name}; {cmd}\n", mp.display());
+                    }
+                }
+            }
+            let mut cmd = if args.is_empty() {
+                Command::new("sh")
+            } else {
+                let mut c = Command::new("setpriv");
+                c.args(args).arg("--").arg("sh");
+                c
+            };
+            let out = run(cmd.arg("-c").arg(&script));
+            assert!(
+                out.status.success(),
+                "{who} in {}: {}",
+                mp.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let mut log = Vec::new();
+        for d in ["low", "up"] {
+            for (name, ..) in files() {
+                let p = mp.join(d).join(&name);
+                let m = std::fs::metadata(&p).unwrap();
+                let has_cap = getxattr(&p, "security.capability").is_ok();
+                log.push(format!(
+                    "{d}/{name}: {:o} {}:{} cap={has_cap} size={}",
+                    m.mode() & 0o7777,
+                    m.uid(),
+                    m.gid(),
+                    m.len()
+                ));
+            }
+        }
+        log
+    };
+    let (kernel, ours) = on_both(&s, act);
+    assert_same_log(&ours, &kernel);
+    // Not vacuous: bits went, and bits stayed.
+    assert!(
+        kernel.contains(&"low/other-append-ug: 777 0:2000 cap=false size=5".into()),
+        "{kernel:?}"
+    );
+    assert!(
+        kernel.contains(&"up/member-append-g: 2767 0:2000 cap=false size=5".into()),
+        "{kernel:?}"
+    );
+    assert!(
+        kernel.contains(&"up/other-append-g: 767 0:2000 cap=false size=5".into()),
+        "{kernel:?}"
+    );
+    assert!(
+        kernel.contains(&"low/untouched: 6777 0:2000 cap=true size=4".into()),
+        "{kernel:?}"
+    );
+    // Reads and writes through the daemon (a rootless mount's path) give the same.
+    std::fs::remove_dir_all(&s.upper).unwrap();
+    mkdir(&s.upper);
+    let again = {
+        let _m = UnionMount::without_passthrough(&[&s.lower], Some(&s.upper), &s.mp);
+        act(&s.mp)
+    };
+    assert_same_log(&again, &kernel);
+}

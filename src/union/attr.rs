@@ -24,8 +24,11 @@ pub struct SetAttr {
     pub mtime: Option<Time>,
     /// The open handle the change came through, if any.
     pub fh: Option<u64>,
+    /// A write or truncate by this caller is under way: setuid and setgid go first, as the
+    /// kernel drops them (it leaves that to the filesystem, FUSE_HANDLE_KILLPRIV_V2).
+    pub drop_privileges_for: Option<Caller>,
 }
-use super::{Union, whiteout};
+use super::{Caller, Union, whiteout};
 use crate::sys::{self, Errno, Result};
 
 impl Union {
@@ -143,6 +146,9 @@ impl Union {
         self.copy_up(&node, size == Some(0))?;
         let target = self.upper_target(&node)?;
         let t = target.as_fd();
+        if let Some(c) = a.drop_privileges_for {
+            self.drop_privileges(t, c)?;
+        }
         if let Some(len) = size {
             if node.is_dir() {
                 return Err(Errno(libc::EISDIR));
@@ -181,6 +187,33 @@ impl Union {
             sys::utimensat(t, c"", &[ts(a.atime), ts(a.mtime)])?;
         }
         self.getattr(ino)
+    }
+
+    /// Drops from the regular file `fd` stands for what a write or truncate by `caller`
+    /// drops in the kernel: setuid always, setgid when the group may execute or the caller
+    /// is not in the file's group (root counts as in every group). Whether the mode changed.
+    pub(super) fn drop_privileges(
+        &self,
+        fd: std::os::fd::BorrowedFd<'_>,
+        caller: Caller,
+    ) -> Result<bool> {
+        let st = sys::fstat(fd)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Ok(false);
+        }
+        let mode = st.st_mode & 0o7777;
+        let mut new = mode & !libc::S_ISUID;
+        if mode & libc::S_ISGID != 0 {
+            let (_, gid) = self.ids.show(st.st_uid, st.st_gid);
+            if mode & libc::S_IXGRP != 0 || !caller.in_group_or_root(gid) {
+                new &= !libc::S_ISGID;
+            }
+        }
+        if new == mode {
+            return Ok(false);
+        }
+        sys::chmod_at(fd, None, new)?;
+        Ok(true)
     }
 
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {

@@ -56,8 +56,23 @@ impl Union {
             .ok_or(Errno(libc::EBADF))
     }
 
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
+    /// Writes to the open file `fh` of node `ino`. `drop_privileges_for`: the kernel asks
+    /// for setuid/setgid to go as a write by that caller drops them (it does not itself
+    /// with FUSE_HANDLE_KILLPRIV_V2); the kernel's cached attributes are told.
+    pub fn write(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        drop_privileges_for: Option<super::Caller>,
+    ) -> Result<usize> {
         let fd = self.file(fh)?;
+        if let Some(c) = drop_privileges_for
+            && self.drop_privileges(fd.as_fd(), c)?
+        {
+            self.notify_changed(ino);
+        }
         let mut done = 0;
         while done < data.len() {
             done += sys::pwrite(fd.as_fd(), &data[done..], offset + done as u64)?;

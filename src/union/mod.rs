@@ -46,6 +46,16 @@ pub struct UnionConfig {
 pub struct Caller {
     pub uid: u32,
     pub gid: u32,
+    /// The asking process (0 when unknown): its supplementary groups are read when needed.
+    pub pid: u32,
+}
+
+impl Caller {
+    /// Is the caller a member of `gid` (as its own group or a supplementary one)? Root counts
+    /// as a member of every group, as the kernel's `in_group_or_capable` has it.
+    pub fn in_group_or_root(&self, gid: u32) -> bool {
+        self.uid == 0 || self.gid == gid || sys::process_groups(self.pid).contains(&gid)
+    }
 }
 
 pub struct Union {

@@ -84,6 +84,22 @@ impl UnionMount {
         mp: &Path,
         extra: &[&str],
     ) -> UnionMount {
+        Self::spawn(lowers, upper, mp, extra, &[])
+    }
+
+    /// Reads and writes of open files through the daemon even as root (no kernel passthrough),
+    /// the path a rootless mount takes.
+    pub fn without_passthrough(lowers: &[&Path], upper: Option<&Path>, mp: &Path) -> UnionMount {
+        Self::spawn(lowers, upper, mp, &[], &[("UNIONFUSE_NO_PASSTHROUGH", "1")])
+    }
+
+    fn spawn(
+        lowers: &[&Path],
+        upper: Option<&Path>,
+        mp: &Path,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> UnionMount {
         let log = mp.with_extension("log");
         let logf = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(bin());
@@ -99,6 +115,7 @@ impl UnionMount {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or("warn".into()),
             )
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(logf);
