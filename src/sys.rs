@@ -216,9 +216,98 @@ fn proc_path(fd: RawFd, name: Option<&CStr>) -> CString {
     CString::new(p).expect("no NUL in a proc path")
 }
 
+/// This process's `/proc/self/fd`, opened once: its magic links reach the object of an
+/// `O_PATH` fd for the calls that take no such fd, one lookup instead of a walk from `/`.
+/// `None` in a forked child of the process that opened it (its fds are not these).
+fn proc_fd_dir() -> Option<RawFd> {
+    static DIR: std::sync::OnceLock<Option<(u32, OwnedFd)>> = std::sync::OnceLock::new();
+    let (pid, fd) = DIR
+        .get_or_init(|| {
+            let fd = openat(
+                unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) },
+                c"/proc/self/fd",
+                libc::O_PATH | libc::O_DIRECTORY,
+                0,
+            )
+            .ok()?;
+            Some((std::process::id(), fd))
+        })
+        .as_ref()?;
+    (*pid == std::process::id()).then(|| fd.as_raw_fd())
+}
+
+/// The `/proc/self/fd` link of `fd` as a (directory fd, path) pair for the `*at` calls.
+fn fd_link(fd: RawFd) -> (RawFd, CString) {
+    match proc_fd_dir() {
+        Some(dir) => (dir, CString::new(fd.to_string()).expect("digits")),
+        None => (libc::AT_FDCWD, proc_path(fd, None)),
+    }
+}
+
+/// Where the `*xattrat` calls find `name` in `dir` (never through a symlink), or `dir`
+/// itself (through its `/proc/self/fd` link): (directory fd, path, at-flags).
+fn xattr_at(dir: BorrowedFd<'_>, name: Option<&CStr>) -> Option<(RawFd, CString, libc::c_int)> {
+    Some(match name {
+        Some(n) => (dir.as_raw_fd(), n.to_owned(), libc::AT_SYMLINK_NOFOLLOW),
+        None => {
+            let (d, p) = fd_link(dir.as_raw_fd());
+            (d, p, 0)
+        }
+    })
+}
+
+/// The `*xattrat` calls (Linux 6.13; the same numbers on every architecture).
+const SYS_SETXATTRAT: libc::c_long = 463;
+const SYS_GETXATTRAT: libc::c_long = 464;
+const SYS_LISTXATTRAT: libc::c_long = 465;
+const SYS_REMOVEXATTRAT: libc::c_long = 466;
+static HAVE_XATTRAT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+#[repr(C)]
+struct XattrArgs {
+    value: u64,
+    size: u32,
+    flags: u32,
+}
+
+/// Runs one `*xattrat` call; `None` where the kernel lacks them (then never again).
+fn xattrat(call: impl FnOnce() -> libc::c_long) -> Option<isize> {
+    use std::sync::atomic::Ordering;
+    if !HAVE_XATTRAT.load(Ordering::Relaxed) {
+        return None;
+    }
+    let n = call();
+    if n < 0 && Errno::last().0 == libc::ENOSYS {
+        HAVE_XATTRAT.store(false, Ordering::Relaxed);
+        return None;
+    }
+    Some(n as isize)
+}
+
+/// `getxattrat` of `attr` at `at` into `buf` (size query with an empty one).
+fn getxattrat(at: &(RawFd, CString, libc::c_int), attr: &CStr, buf: &mut [u8]) -> Option<isize> {
+    let mut args = XattrArgs {
+        value: buf.as_mut_ptr() as u64,
+        size: buf.len() as u32,
+        flags: 0,
+    };
+    xattrat(|| unsafe {
+        libc::syscall(
+            SYS_GETXATTRAT,
+            at.0,
+            at.1.as_ptr(),
+            at.2,
+            attr.as_ptr(),
+            &mut args as *mut XattrArgs,
+            std::mem::size_of::<XattrArgs>(),
+        )
+    })
+}
+
 /// The xattr `attr` of `name` inside `dir` (or of `dir` itself when `name` is `None`).
 /// Returns `Ok(None)` when the attribute is absent.
 pub fn getxattr(dir: BorrowedFd<'_>, name: Option<&CStr>, attr: &CStr) -> Result<Option<Vec<u8>>> {
+    let at = xattr_at(dir, name);
     let path = proc_path(dir.as_raw_fd(), name);
     // On the fd itself the magic link must be followed (it is the kernel's, not a layer's);
     // on a name inside it, the name is never followed.
@@ -227,13 +316,18 @@ pub fn getxattr(dir: BorrowedFd<'_>, name: Option<&CStr>, attr: &CStr) -> Result
     } else {
         libc::getxattr
     };
-    let get = |buf: &mut [u8]| unsafe {
-        getx(
-            path.as_ptr(),
-            attr.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
+    let get = |buf: &mut [u8]| {
+        if let Some(n) = at.as_ref().and_then(|at| getxattrat(at, attr, buf)) {
+            return n;
+        }
+        unsafe {
+            getx(
+                path.as_ptr(),
+                attr.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        }
     };
     let mut buf = vec![0u8; 256];
     loop {
@@ -256,63 +350,32 @@ pub fn getxattr(dir: BorrowedFd<'_>, name: Option<&CStr>, attr: &CStr) -> Result
     }
 }
 
-/// `listxattrat(2)` (Linux 6.13): the same number on every architecture.
-const SYS_LISTXATTRAT: libc::c_long = 465;
-static HAVE_LISTXATTRAT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-
-/// `listxattrat(dir, name, AT_SYMLINK_NOFOLLOW)`; `None` where the kernel lacks it.
-fn listxattrat(dir: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> Option<isize> {
-    use std::sync::atomic::Ordering;
-    if !HAVE_LISTXATTRAT.load(Ordering::Relaxed) {
-        return None;
-    }
-    let n = unsafe {
-        libc::syscall(
-            SYS_LISTXATTRAT,
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-            buf.as_mut_ptr(),
-            buf.len(),
-        )
-    };
-    if n < 0 && Errno::last().0 == libc::ENOSYS {
-        HAVE_LISTXATTRAT.store(false, Ordering::Relaxed);
-        return None;
-    }
-    Some(n as isize)
-}
-
 /// The xattr names of `name` inside `dir` (or of `dir` itself).
 pub fn listxattr(dir: BorrowedFd<'_>, name: Option<&CStr>) -> Result<Vec<Vec<u8>>> {
-    // Relative to the directory where the kernel can: no walk through /proc per name.
-    if let Some(n) = name {
-        let mut buf = vec![0u8; 256];
-        while let Some(len) = listxattrat(dir, n, &mut buf) {
-            if len >= 0 {
-                buf.truncate(len as usize);
-                return Ok(split_names(&buf));
-            }
-            match Errno::last().0 {
-                libc::ENOTSUP => return Ok(Vec::new()),
-                libc::ERANGE => {
-                    let need = listxattrat(dir, n, &mut []).unwrap_or(-1);
-                    if need < 0 {
-                        return Err(Errno::last());
-                    }
-                    buf = vec![0u8; need as usize];
-                }
-                e => return Err(Errno(e)),
-            }
-        }
-    }
+    let at = xattr_at(dir, name);
     let path = proc_path(dir.as_raw_fd(), name);
     let listx = if name.is_some() {
         libc::llistxattr
     } else {
         libc::listxattr
     };
-    let list = |buf: &mut [u8]| unsafe { listx(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let list = |buf: &mut [u8]| {
+        if let Some(n) = at.as_ref().and_then(|at| {
+            xattrat(|| unsafe {
+                libc::syscall(
+                    SYS_LISTXATTRAT,
+                    at.0,
+                    at.1.as_ptr(),
+                    at.2,
+                    buf.as_mut_ptr(),
+                    buf.len(),
+                )
+            })
+        }) {
+            return n;
+        }
+        unsafe { listx(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) }
+    };
     let mut buf = vec![0u8; 1024];
     loop {
         let n = list(&mut buf);
@@ -515,10 +578,10 @@ pub fn linkat(
 
 /// Gives an `O_TMPFILE` file a name (through its `/proc/self/fd` link: no capability needed).
 pub fn link_tmpfile(fd: BorrowedFd<'_>, ndir: BorrowedFd<'_>, nname: &CStr) -> Result<()> {
-    let p = proc_path(fd.as_raw_fd(), None);
+    let (d, p) = fd_link(fd.as_raw_fd());
     check(unsafe {
         libc::linkat(
-            libc::AT_FDCWD,
+            d,
             p.as_ptr(),
             ndir.as_raw_fd(),
             nname.as_ptr(),
@@ -619,9 +682,9 @@ pub fn utimensat(dir: BorrowedFd<'_>, name: &CStr, ts: &[libc::timespec; 2]) -> 
 
 /// Opens the object an `O_PATH` fd stands for, through its `/proc/self/fd` link.
 pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> Result<OwnedFd> {
-    let p = proc_path(fd.as_raw_fd(), None);
+    let (d, p) = fd_link(fd.as_raw_fd());
     let r = retry(-1, || unsafe {
-        libc::open(p.as_ptr(), flags | libc::O_CLOEXEC)
+        libc::openat(d, p.as_ptr(), flags | libc::O_CLOEXEC)
     })?;
     Ok(unsafe { OwnedFd::from_raw_fd(r) })
 }
@@ -634,6 +697,34 @@ pub fn setxattr(
     value: Option<&[u8]>,
     flags: i32,
 ) -> Result<()> {
+    if let Some(at) = xattr_at(dir, name) {
+        let r = match value {
+            Some(v) => {
+                let args = XattrArgs {
+                    value: v.as_ptr() as u64,
+                    size: v.len() as u32,
+                    flags: flags as u32,
+                };
+                xattrat(|| unsafe {
+                    libc::syscall(
+                        SYS_SETXATTRAT,
+                        at.0,
+                        at.1.as_ptr(),
+                        at.2,
+                        attr.as_ptr(),
+                        &args as *const XattrArgs,
+                        std::mem::size_of::<XattrArgs>(),
+                    )
+                })
+            }
+            None => xattrat(|| unsafe {
+                libc::syscall(SYS_REMOVEXATTRAT, at.0, at.1.as_ptr(), at.2, attr.as_ptr())
+            }),
+        };
+        if let Some(r) = r {
+            return check(r as i32).map(drop);
+        }
+    }
     let path = proc_path(dir.as_raw_fd(), name);
     let r = unsafe {
         match (value, name.is_some()) {
