@@ -138,9 +138,15 @@ impl Drop for Podman {
                     .contains(&token)
         });
         if !std::thread::panicking() {
+            let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+                .unwrap()
+                .lines()
+                .filter(|l| l.contains(&token))
+                .map(String::from)
+                .collect();
             assert!(
                 clean,
-                "left behind: processes {:?}",
+                "left behind: processes {:?}, mounts {mounts:?}",
                 processes_mentioning(&token)
             );
         }
