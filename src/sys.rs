@@ -244,16 +244,31 @@ fn fd_link(fd: RawFd) -> (RawFd, CString) {
     }
 }
 
-/// Where the `*xattrat` calls find `name` in `dir` (never through a symlink), or `dir`
-/// itself (through its `/proc/self/fd` link): (directory fd, path, at-flags).
-fn xattr_at(dir: BorrowedFd<'_>, name: Option<&CStr>) -> Option<(RawFd, CString, libc::c_int)> {
-    Some(match name {
-        Some(n) => (dir.as_raw_fd(), n.to_owned(), libc::AT_SYMLINK_NOFOLLOW),
+/// Where the `*xattrat` calls find an object: a directory fd, a path and at-flags.
+struct XattrAt<'a> {
+    dir: RawFd,
+    path: std::borrow::Cow<'a, CStr>,
+    flags: libc::c_int,
+}
+
+/// `name` in `dir` (never through a symlink), or `dir` itself (through its
+/// `/proc/self/fd` link).
+fn xattr_at<'a>(dir: BorrowedFd<'_>, name: Option<&'a CStr>) -> XattrAt<'a> {
+    match name {
+        Some(n) => XattrAt {
+            dir: dir.as_raw_fd(),
+            path: n.into(),
+            flags: libc::AT_SYMLINK_NOFOLLOW,
+        },
         None => {
             let (d, p) = fd_link(dir.as_raw_fd());
-            (d, p, 0)
+            XattrAt {
+                dir: d,
+                path: p.into(),
+                flags: 0,
+            }
         }
-    })
+    }
 }
 
 /// The `*xattrat` calls (Linux 6.13; the same numbers on every architecture).
@@ -285,7 +300,7 @@ fn xattrat(call: impl FnOnce() -> libc::c_long) -> Option<isize> {
 }
 
 /// `getxattrat` of `attr` at `at` into `buf` (size query with an empty one).
-fn getxattrat(at: &(RawFd, CString, libc::c_int), attr: &CStr, buf: &mut [u8]) -> Option<isize> {
+fn getxattrat(at: &XattrAt<'_>, attr: &CStr, buf: &mut [u8]) -> Option<isize> {
     let mut args = XattrArgs {
         value: buf.as_mut_ptr() as u64,
         size: buf.len() as u32,
@@ -294,9 +309,9 @@ fn getxattrat(at: &(RawFd, CString, libc::c_int), attr: &CStr, buf: &mut [u8]) -
     xattrat(|| unsafe {
         libc::syscall(
             SYS_GETXATTRAT,
-            at.0,
-            at.1.as_ptr(),
-            at.2,
+            at.dir,
+            at.path.as_ptr(),
+            at.flags,
             attr.as_ptr(),
             &mut args as *mut XattrArgs,
             std::mem::size_of::<XattrArgs>(),
@@ -308,18 +323,19 @@ fn getxattrat(at: &(RawFd, CString, libc::c_int), attr: &CStr, buf: &mut [u8]) -
 /// Returns `Ok(None)` when the attribute is absent.
 pub fn getxattr(dir: BorrowedFd<'_>, name: Option<&CStr>, attr: &CStr) -> Result<Option<Vec<u8>>> {
     let at = xattr_at(dir, name);
-    let path = proc_path(dir.as_raw_fd(), name);
-    // On the fd itself the magic link must be followed (it is the kernel's, not a layer's);
-    // on a name inside it, the name is never followed.
+    // The path calls are the fallback where the kernel lacks getxattrat. On the fd itself the
+    // magic link must be followed (it is the kernel's, not a layer's); on a name inside it,
+    // the name is never followed.
     let getx = if name.is_some() {
         libc::lgetxattr
     } else {
         libc::getxattr
     };
     let get = |buf: &mut [u8]| {
-        if let Some(n) = at.as_ref().and_then(|at| getxattrat(at, attr, buf)) {
+        if let Some(n) = getxattrat(&at, attr, buf) {
             return n;
         }
+        let path = proc_path(dir.as_raw_fd(), name);
         unsafe {
             getx(
                 path.as_ptr(),
@@ -353,27 +369,25 @@ pub fn getxattr(dir: BorrowedFd<'_>, name: Option<&CStr>, attr: &CStr) -> Result
 /// The xattr names of `name` inside `dir` (or of `dir` itself).
 pub fn listxattr(dir: BorrowedFd<'_>, name: Option<&CStr>) -> Result<Vec<Vec<u8>>> {
     let at = xattr_at(dir, name);
-    let path = proc_path(dir.as_raw_fd(), name);
     let listx = if name.is_some() {
         libc::llistxattr
     } else {
         libc::listxattr
     };
     let list = |buf: &mut [u8]| {
-        if let Some(n) = at.as_ref().and_then(|at| {
-            xattrat(|| unsafe {
-                libc::syscall(
-                    SYS_LISTXATTRAT,
-                    at.0,
-                    at.1.as_ptr(),
-                    at.2,
-                    buf.as_mut_ptr(),
-                    buf.len(),
-                )
-            })
+        if let Some(n) = xattrat(|| unsafe {
+            libc::syscall(
+                SYS_LISTXATTRAT,
+                at.dir,
+                at.path.as_ptr(),
+                at.flags,
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
         }) {
             return n;
         }
+        let path = proc_path(dir.as_raw_fd(), name);
         unsafe { listx(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) }
     };
     let mut buf = vec![0u8; 1024];
@@ -697,33 +711,38 @@ pub fn setxattr(
     value: Option<&[u8]>,
     flags: i32,
 ) -> Result<()> {
-    if let Some(at) = xattr_at(dir, name) {
-        let r = match value {
-            Some(v) => {
-                let args = XattrArgs {
-                    value: v.as_ptr() as u64,
-                    size: v.len() as u32,
-                    flags: flags as u32,
-                };
-                xattrat(|| unsafe {
-                    libc::syscall(
-                        SYS_SETXATTRAT,
-                        at.0,
-                        at.1.as_ptr(),
-                        at.2,
-                        attr.as_ptr(),
-                        &args as *const XattrArgs,
-                        std::mem::size_of::<XattrArgs>(),
-                    )
-                })
-            }
-            None => xattrat(|| unsafe {
-                libc::syscall(SYS_REMOVEXATTRAT, at.0, at.1.as_ptr(), at.2, attr.as_ptr())
-            }),
-        };
-        if let Some(r) = r {
-            return check(r as i32).map(drop);
+    let at = xattr_at(dir, name);
+    let r = match value {
+        Some(v) => {
+            let args = XattrArgs {
+                value: v.as_ptr() as u64,
+                size: v.len() as u32,
+                flags: flags as u32,
+            };
+            xattrat(|| unsafe {
+                libc::syscall(
+                    SYS_SETXATTRAT,
+                    at.dir,
+                    at.path.as_ptr(),
+                    at.flags,
+                    attr.as_ptr(),
+                    &args as *const XattrArgs,
+                    std::mem::size_of::<XattrArgs>(),
+                )
+            })
         }
+        None => xattrat(|| unsafe {
+            libc::syscall(
+                SYS_REMOVEXATTRAT,
+                at.dir,
+                at.path.as_ptr(),
+                at.flags,
+                attr.as_ptr(),
+            )
+        }),
+    };
+    if let Some(r) = r {
+        return check(r as i32).map(drop);
     }
     let path = proc_path(dir.as_raw_fd(), name);
     let r = unsafe {
