@@ -218,22 +218,30 @@ fn proc_path(fd: RawFd, name: Option<&CStr>) -> CString {
 
 /// This process's `/proc/self/fd`, opened once: its magic links reach the object of an
 /// `O_PATH` fd for the calls that take no such fd, one lookup instead of a walk from `/`.
-/// `None` in a forked child of the process that opened it (its fds are not these).
+/// `None` in a forked child of the process that opened it (its fds are not these): a fork
+/// handler marks the child, so no call asks the process id each time.
 fn proc_fd_dir() -> Option<RawFd> {
-    static DIR: std::sync::OnceLock<Option<(u32, OwnedFd)>> = std::sync::OnceLock::new();
-    let (pid, fd) = DIR
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static FORKED: AtomicBool = AtomicBool::new(false);
+    static DIR: std::sync::OnceLock<Option<OwnedFd>> = std::sync::OnceLock::new();
+    extern "C" fn mark_child() {
+        FORKED.store(true, Ordering::Relaxed);
+    }
+    let fd = DIR
         .get_or_init(|| {
-            let fd = openat(
+            if unsafe { libc::pthread_atfork(None, None, Some(mark_child)) } != 0 {
+                return None;
+            }
+            openat(
                 unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) },
                 c"/proc/self/fd",
                 libc::O_PATH | libc::O_DIRECTORY,
                 0,
             )
-            .ok()?;
-            Some((std::process::id(), fd))
+            .ok()
         })
         .as_ref()?;
-    (*pid == std::process::id()).then(|| fd.as_raw_fd())
+    (!FORKED.load(Ordering::Relaxed)).then(|| fd.as_raw_fd())
 }
 
 /// The `/proc/self/fd` link of `fd` as a (directory fd, path) pair for the `*at` calls.
@@ -679,8 +687,8 @@ pub fn chmod_at(dir: BorrowedFd<'_>, name: Option<&CStr>, mode: u32) -> Result<(
 /// Sets times of `name` in `dir` (never through a symlink), or of `dir` itself for "".
 pub fn utimensat(dir: BorrowedFd<'_>, name: &CStr, ts: &[libc::timespec; 2]) -> Result<()> {
     let r = if name.is_empty() {
-        let p = proc_path(dir.as_raw_fd(), None);
-        unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), ts.as_ptr(), 0) }
+        let (d, p) = fd_link(dir.as_raw_fd());
+        unsafe { libc::utimensat(d, p.as_ptr(), ts.as_ptr(), 0) }
     } else {
         unsafe {
             libc::utimensat(
@@ -805,21 +813,26 @@ pub fn lseek(fd: BorrowedFd<'_>, off: i64, whence: i32) -> Result<i64> {
     if r < 0 { Err(Errno::last()) } else { Ok(r) }
 }
 
-/// Copies `len` bytes (or to EOF) from `src` to `dst` at the same offsets, keeping holes:
-/// only the data extents are copied, with `copy_file_range` (reflinks where the filesystem
-/// has them), falling back to read/write across filesystems that refuse it.
-pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> Result<()> {
+/// Copies `size` bytes (or to EOF) from `src` to the empty `dst` at the same offsets,
+/// keeping holes: only the data extents are copied, with `copy_file_range` (reflinks where
+/// the filesystem has them), across filesystems in the kernel with `sendfile`. `dense`: the
+/// source's blocks cover its size, so it has no hole to look for.
+pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64, dense: bool) -> Result<()> {
     let mut off: i64 = 0;
+    let mut written_to: i64 = 0;
     while (off as u64) < size {
-        let data = match lseek(src, off, libc::SEEK_DATA) {
-            Ok(d) => d,
-            Err(Errno(libc::ENXIO)) => break,
-            Err(Errno(libc::EINVAL)) => off, // no SEEK_DATA here: copy everything
-            Err(e) => return Err(e),
+        let data = match dense {
+            true => off,
+            false => match lseek(src, off, libc::SEEK_DATA) {
+                Ok(d) => d,
+                Err(Errno(libc::ENXIO)) => break,
+                Err(Errno(libc::EINVAL)) => off, // no SEEK_DATA here: copy everything
+                Err(e) => return Err(e),
+            },
         };
-        let hole = match lseek(src, data, libc::SEEK_HOLE) {
-            Ok(h) => h,
-            Err(_) => size as i64,
+        let hole = match dense {
+            true => size as i64,
+            false => lseek(src, data, libc::SEEK_HOLE).unwrap_or(size as i64),
         };
         let mut pos = data;
         while pos < hole {
@@ -838,7 +851,11 @@ pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> Result<
             if n < 0 {
                 match Errno::last().0 {
                     libc::EXDEV | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOSYS => {
-                        copy_by_read(src, dst, pos as u64, (hole - pos) as u64)?;
+                        let end = copy_by_splice(src, dst, pos as u64, (hole - pos) as u64)?;
+                        written_to = end as i64;
+                        if written_to < hole {
+                            break; // the source ended early
+                        }
                         pos = hole;
                         continue;
                     }
@@ -850,10 +867,42 @@ pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> Result<
                 break;
             }
             pos += n as i64;
+            written_to = pos;
         }
         off = hole;
     }
-    ftruncate(dst, size)
+    // A hole at the end, or a source shorter than said: the size is set, not written.
+    match written_to as u64 == size {
+        true => Ok(()),
+        false => ftruncate(dst, size),
+    }
+}
+
+/// Between filesystems (`copy_file_range` only works within one): `sendfile`, which copies
+/// in the kernel through the page cache as overlayfs's own copy-up does, with no buffer here.
+/// Where the files do not support it, through a buffer. Returns the offset it copied to.
+fn copy_by_splice(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, off: u64, len: u64) -> Result<u64> {
+    let mut in_off = off as libc::off_t;
+    let end = (off + len) as libc::off_t;
+    // sendfile writes at the destination's file offset.
+    lseek(dst, in_off, libc::SEEK_SET)?;
+    while in_off < end {
+        let want = ((end - in_off) as usize).min(1 << 30);
+        let n = unsafe { libc::sendfile(dst.as_raw_fd(), src.as_raw_fd(), &mut in_off, want) };
+        match n {
+            0 => break,
+            n if n > 0 => {}
+            _ => match Errno::last().0 {
+                libc::EINTR => {}
+                libc::EINVAL | libc::ENOSYS => {
+                    let done = in_off as u64;
+                    return copy_by_read(src, dst, done, off + len - done);
+                }
+                e => return Err(Errno(e)),
+            },
+        }
+    }
+    Ok(in_off as u64)
 }
 
 fn copy_by_read(
@@ -861,8 +910,9 @@ fn copy_by_read(
     dst: BorrowedFd<'_>,
     mut off: u64,
     mut len: u64,
-) -> Result<()> {
-    let mut buf = vec![0u8; 1 << 20];
+) -> Result<u64> {
+    // Zeroed memory costs its size again: no bigger than the copy.
+    let mut buf = vec![0u8; len.clamp(1, 1 << 20) as usize];
     while len > 0 {
         let want = len.min(buf.len() as u64) as usize;
         let n = pread(src, &mut buf[..want], off)?;
@@ -876,7 +926,7 @@ fn copy_by_read(
         off += n as u64;
         len -= n as u64;
     }
-    Ok(())
+    Ok(off)
 }
 
 pub fn set_umask_zero() {

@@ -493,6 +493,72 @@ fn full_upper_gives_enospc_and_keeps_lower_and_view_intact() {
     assert_eq!(std::fs::read(s.mp.join("small")).unwrap(), b"changed");
 }
 
+/// With the upper on another filesystem, copy-up copies in the kernel between the two (no
+/// `copy_file_range` there): every byte arrives, holes stay holes, a trailing hole keeps the
+/// size, and files of every size (empty, one block, several chunks) come out whole.
+#[test]
+fn copy_up_across_filesystems_keeps_data_and_holes() {
+    if !require_root() {
+        return;
+    }
+    let s = setup();
+    // No zero byte: a byte left out of the copy reads as 0.
+    let pattern = |n: usize, seed: u32| -> Vec<u8> {
+        (0..n as u32)
+            .map(|i| ((i ^ seed << 24).wrapping_mul(2654435761) >> 24) as u8 | 1)
+            .collect()
+    };
+    let small = pattern(3000, 1);
+    let big = pattern(5 << 20 | 123, 2);
+    write(&s.lower.join("small"), &small);
+    write(&s.lower.join("big"), &big);
+    write(&s.lower.join("empty"), b"");
+    // Data, a hole, data, and a hole to the end.
+    let (head, mid) = (pattern(4096, 3), pattern(10_000, 4));
+    {
+        let f = std::fs::File::create(s.lower.join("sparse")).unwrap();
+        f.write_all_at(&head, 0).unwrap();
+        f.write_all_at(&mid, 8 << 20).unwrap();
+        f.set_len(16 << 20).unwrap();
+    }
+    let mut sparse = vec![0u8; 16 << 20];
+    sparse[..4096].copy_from_slice(&head);
+    sparse[8 << 20..(8 << 20) + 10_000].copy_from_slice(&mid);
+    assert!(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
+            .arg(&s.upper)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let _u = UnmountOnDrop(s.upper.clone());
+    let _m = UnionMount::new(&[&s.lower], Some(&s.upper), &s.mp);
+    for (name, data) in [
+        ("small", &small),
+        ("big", &big),
+        ("empty", &Vec::new()),
+        ("sparse", &sparse),
+    ] {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(s.mp.join(name))
+            .unwrap()
+            .write_all(b"+")
+            .unwrap();
+        let mut want = data.clone();
+        want.push(b'+');
+        for p in [s.mp.join(name), s.upper.join(name)] {
+            let got = std::fs::read(&p).unwrap();
+            assert_eq!(got.len(), want.len(), "{}", p.display());
+            assert!(got == want, "{}: content differs", p.display());
+        }
+        assert_eq!(std::fs::read(s.lower.join(name)).unwrap(), *data);
+    }
+    let blocks = std::fs::metadata(s.upper.join("sparse")).unwrap().blocks() * 512;
+    assert!(blocks < 1 << 20, "holes filled: {blocks} bytes allocated");
+}
+
 #[test]
 fn oci_upper_reads_back_the_same_and_volatile_is_accepted() {
     if !require_root() {

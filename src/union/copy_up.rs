@@ -254,7 +254,8 @@ impl Union {
             let (tmpfd, tmpname) = self.new_tmp_file(ddir, 0o600)?;
             let data = sys::open_noatime(sdir, sname, libc::O_RDONLY)?;
             if !truncate {
-                sys::copy_data(data.as_fd(), tmpfd.as_fd(), st.st_size as u64)?;
+                let dense = st.st_blocks as u64 * 512 >= st.st_size as u64;
+                sys::copy_data(data.as_fd(), tmpfd.as_fd(), st.st_size as u64, dense)?;
             }
             let to = At {
                 dir: tmpfd.as_fd(),
