@@ -245,7 +245,8 @@ impl Union {
         let pdirs = parent.loc.read().dirs.clone();
         let mut upper_hit = None;
         let mut lower_allowed = true;
-        if let Some((l, ufd)) = pdirs.first().filter(|(l, _)| !self.is_lower(*l)) {
+        let upper = pdirs.first().filter(|(l, _)| !self.is_lower(*l));
+        if let Some((l, ufd)) = upper {
             match sys::fstatat(ufd.as_fd(), &c) {
                 Ok(st) => {
                     if whiteout::is_whiteout(ufd.as_fd(), &c, &st)? {
@@ -255,11 +256,9 @@ impl Union {
                         && !whiteout::has_oci_whiteout(ufd.as_fd(), name)?;
                     upper_hit = Some((*l, ufd.clone(), st));
                 }
-                Err(Errno(libc::ENOENT)) => {
-                    if whiteout::has_oci_whiteout(ufd.as_fd(), name)? {
-                        return Err(Errno(libc::ENOENT));
-                    }
-                }
+                // An OCI whiteout for the name matters only if a lower layer has it: asked
+                // below, once the index says so (a name found nowhere costs one probe).
+                Err(Errno(libc::ENOENT)) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -298,6 +297,11 @@ impl Union {
             None => {
                 let e = entry.ok_or(Errno(libc::ENOENT))?;
                 let top = e.top.as_ref().ok_or(Errno(libc::ENOENT))?;
+                if let Some((_, ufd)) = upper
+                    && whiteout::has_oci_whiteout(ufd.as_fd(), name)?
+                {
+                    return Err(Errno(libc::ENOENT));
+                }
                 let layer = top.layer;
                 let top_dir = pdirs
                     .iter()
