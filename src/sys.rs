@@ -668,18 +668,18 @@ pub fn chmod_at(dir: BorrowedFd<'_>, name: Option<&CStr>, mode: u32) -> Result<(
         })
         .or_else(|_| check(unsafe { libc::fchmod(dir.as_raw_fd(), mode) }))
         .or_else(|_| {
-            let p = proc_path(dir.as_raw_fd(), None);
-            check(unsafe { libc::chmod(p.as_ptr(), mode) })
+            let (d, p) = fd_link(dir.as_raw_fd());
+            check(unsafe { libc::fchmodat(d, p.as_ptr(), mode, 0) })
         })
         .map(drop),
+        // The object itself through an O_PATH fd on it, as for `None`.
         Some(n) => {
             let fd = openat(dir, n, libc::O_PATH, 0)?;
             let st = fstat(fd.as_fd())?;
             if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
                 return Err(Errno(libc::EOPNOTSUPP));
             }
-            let p = proc_path(fd.as_raw_fd(), None);
-            check(unsafe { libc::chmod(p.as_ptr(), mode) }).map(drop)
+            chmod_at(fd.as_fd(), None, mode)
         }
     }
 }

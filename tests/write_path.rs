@@ -504,6 +504,33 @@ fn full_upper_gives_enospc_and_keeps_lower_and_view_intact() {
     assert_eq!(std::fs::read(s.mp.join("small")).unwrap(), b"changed");
 }
 
+/// A fifo and a device node copied up by a chown keep their mode and type, as files do.
+#[test]
+fn copy_up_of_special_files_keeps_mode() {
+    if !require_root() {
+        return;
+    }
+    let s = setup();
+    mknod(&s.lower.join("fifo"), libc::S_IFIFO | 0o640, 0);
+    mknod(
+        &s.lower.join("null"),
+        libc::S_IFCHR | 0o604,
+        libc::makedev(1, 3),
+    );
+    let _m = UnionMount::new(&[&s.lower], Some(&s.upper), &s.mp);
+    for (name, fmt, mode) in [
+        ("fifo", libc::S_IFIFO, 0o640),
+        ("null", libc::S_IFCHR, 0o604),
+    ] {
+        lchown(&s.mp.join(name), 7, 8);
+        for p in [s.mp.join(name), s.upper.join(name)] {
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            assert_eq!(m.mode(), fmt | mode, "{}", p.display());
+            assert_eq!((m.uid(), m.gid()), (7, 8), "{}", p.display());
+        }
+    }
+}
+
 /// With the upper on another filesystem, copy-up copies in the kernel between the two (no
 /// `copy_file_range` there): every byte arrives, holes stay holes, a trailing hole keeps the
 /// size, and files of every size (empty, one block, several chunks) come out whole.
