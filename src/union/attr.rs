@@ -38,6 +38,10 @@ impl Union {
         if node.loc.read().unlinked && !node.is_dir() {
             st.st_nlink = 0;
         }
+        let extra = node.extra_links.load(std::sync::atomic::Ordering::Relaxed);
+        if extra != 0 && st.st_nlink > 0 && !node.is_dir() {
+            st.st_nlink = (st.st_nlink as i64 + extra).max(1) as libc::nlink_t;
+        }
         // As overlayfs: a merged directory cannot count its subdirectories.
         if node.is_dir() && node.loc.read().dirs.len() > 1 {
             st.st_nlink = 1;

@@ -3,7 +3,7 @@
 //! given its data, owner, mode, xattrs and times, and only then linked or renamed into place:
 //! after a crash the name shows the old object or the complete new one.
 
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -160,6 +160,17 @@ impl Union {
         drop(loc);
         if lower_st.st_nlink > 1 {
             self.link_up_other_names(layer, &lower_st, &obj)?;
+            // Names no layer shows still count, as in overlayfs' index.
+            let shown = sys::fstat(obj.as_fd())?.st_nlink as i64;
+            let extra = lower_st.st_nlink as i64 - shown;
+            if extra > 0 {
+                let x = self.nlink_xattr();
+                match sys::setxattr(obj.as_fd(), None, x, Some(&whiteout::nlink_value(extra)), 0) {
+                    Ok(()) | Err(Errno(libc::EOPNOTSUPP | libc::EPERM)) => {}
+                    Err(e) => return Err(e),
+                }
+                node.extra_links.store(extra, Ordering::Relaxed);
+            }
         }
         self.notify_changed(node.ino);
         self.notify_changed(parent);
@@ -168,21 +179,69 @@ impl Union {
 
     /// After copy-up of an object with several names in its lower layer: every other name of
     /// it that the view shows becomes a hard link to the copy, so the names stay one inode
-    /// (and the upper, read by kernel overlayfs, has them as plain hard links).
+    /// (and the upper, read by kernel overlayfs, has them as plain hard links). A name whose
+    /// directory was renamed is found where the redirects of the layers above now show it.
     fn link_up_other_names(&self, layer: usize, st: &libc::stat, obj: &OwnedFd) -> Result<()> {
         let links = self.layers[layer].hard_links()?;
         let Some(paths) = links.get(&(st.st_dev, st.st_ino)) else {
             return Ok(());
         };
+        let mut missed = Vec::new();
         for path in paths {
-            let mut held = Vec::new();
-            let r = self.link_up_one(layer, st, obj, path, &mut held);
-            for ino in held {
-                self.nodes.forget(ino, 1);
+            if !self.link_up_at(layer, st, obj, path)? {
+                missed.push(path);
             }
-            r?;
+        }
+        if missed.is_empty() {
+            return Ok(());
+        }
+        let maps = (0..layer)
+            .map(|k| self.redirect_map(k))
+            .collect::<Result<Vec<_>>>()?;
+        if maps.iter().all(|m| m.is_empty()) {
+            return Ok(());
+        }
+        for path in missed {
+            for cand in view_paths(&maps, path).into_iter().skip(1) {
+                self.link_up_at(layer, st, obj, &cand)?;
+            }
         }
         Ok(())
+    }
+
+    /// Links the name at `path` in the view to the copy `obj`, if that name shows the lower
+    /// object `st` of `layer`; true when the name is now the copy's.
+    fn link_up_at(
+        &self,
+        layer: usize,
+        st: &libc::stat,
+        obj: &OwnedFd,
+        path: &[std::ffi::OsString],
+    ) -> Result<bool> {
+        let mut held = Vec::new();
+        let r = self.link_up_one(layer, st, obj, path, &mut held);
+        for ino in held {
+            self.nodes.forget(ino, 1);
+        }
+        r
+    }
+
+    /// Where the directories of layer `k` that carry a redirect came from (a path in the
+    /// layers below) and where they are in `k`: for a lower layer read once and kept; for
+    /// the upper read afresh (renames change it).
+    fn redirect_map(&self, k: usize) -> Result<Arc<RedirectMap>> {
+        let l = &self.layers[k];
+        if l.writable {
+            return Ok(Arc::new(read_redirect_map(
+                l.root.as_fd(),
+                self.work_in_upper,
+            )?));
+        }
+        if let Some(m) = l.redirects.get() {
+            return Ok(m.clone());
+        }
+        let m = Arc::new(read_redirect_map(l.root.as_fd(), false)?);
+        Ok(l.redirects.get_or_init(|| m).clone())
     }
 
     fn link_up_one(
@@ -192,15 +251,15 @@ impl Union {
         obj: &OwnedFd,
         path: &[std::ffi::OsString],
         held: &mut Vec<u64>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let Some((last, dirs)) = path.split_last() else {
-            return Ok(());
+            return Ok(false);
         };
         let mut cur = self.node(super::inode::ROOT_INO)?;
         for comp in dirs {
             let r = match self.resolve(&cur, comp) {
                 Ok(r) if r.st.st_mode & libc::S_IFMT == libc::S_IFDIR => r,
-                Ok(_) | Err(Errno(libc::ENOENT | libc::ENOTDIR)) => return Ok(()),
+                Ok(_) | Err(Errno(libc::ENOENT | libc::ENOTDIR)) => return Ok(false),
                 Err(e) => return Err(e),
             };
             let parent = cur.ino;
@@ -218,12 +277,17 @@ impl Union {
         }
         let r = match self.resolve(&cur, last) {
             Ok(r) => r,
-            Err(Errno(libc::ENOENT | libc::ENOTDIR)) => return Ok(()),
+            Err(Errno(libc::ENOENT | libc::ENOTDIR)) => return Ok(false),
             Err(e) => return Err(e),
         };
-        // Shadowed, whited out, or this very name (already up): nothing to link.
+        if !self.is_lower(r.top_layer) {
+            // This very name (already up), or a link made before.
+            let up = sys::fstat(obj.as_fd())?;
+            return Ok((r.st.st_dev, r.st.st_ino) == (up.st_dev, up.st_ino));
+        }
+        // Shadowed by another object, or not this object's name.
         if r.top_layer != layer || (r.st.st_dev, r.st.st_ino) != (st.st_dev, st.st_ino) {
-            return Ok(());
+            return Ok(false);
         }
         let pfd = self.upper_dir(&cur)?;
         let times = ParentTimes::save(pfd.as_fd())?;
@@ -231,7 +295,8 @@ impl Union {
             Ok(()) | Err(Errno(libc::EEXIST)) => {}
             Err(e) => return Err(e),
         }
-        times.restore(pfd.as_fd())
+        times.restore(pfd.as_fd())?;
+        Ok(true)
     }
 
     /// Copies the non-directory `sname` in `sdir` to `dname` in the upper directory `ddir`;
@@ -392,6 +457,15 @@ impl Union {
         }
     }
 
+    /// The xattr a link count adjustment is written in: the family of the opaque marker.
+    pub(super) fn nlink_xattr(&self) -> &'static CStr {
+        if self.opaque_xattr == c"trusted.overlay.opaque" {
+            c"trusted.overlay.nlink"
+        } else {
+            c"user.overlay.nlink"
+        }
+    }
+
     /// Marks a new upper directory opaque, in the format this mount writes.
     pub(super) fn set_opaque(&self, dir: BorrowedFd<'_>) -> Result<()> {
         if self.oci_whiteouts {
@@ -488,4 +562,83 @@ pub fn remove_tree(dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
         remove_tree(sub.as_fd(), &sys::cstr(&e.name)?)?;
     }
     sys::unlinkat(dir, name, libc::AT_REMOVEDIR)
+}
+
+/// Directories of one layer that carry a redirect: (where their content is in the layers
+/// below, where they are in this layer), as name components from the root.
+pub(super) type RedirectMap = Vec<(Vec<OsString>, Vec<OsString>)>;
+
+/// Walks a layer's directories and lists their redirects, each resolved to a path from the
+/// root of the layers below (a relative one is its parent's origin and the name it gives).
+fn read_redirect_map(root: BorrowedFd<'_>, skip_work: bool) -> Result<RedirectMap> {
+    let mut out = RedirectMap::new();
+    // (dir, its path here, its origin below: None under an opaque dir without redirect)
+    let root = sys::openat(root, c".", libc::O_PATH | libc::O_DIRECTORY, 0)?;
+    let mut stack: Vec<(OwnedFd, Vec<OsString>, Option<Vec<OsString>>)> =
+        vec![(root, Vec::new(), Some(Vec::new()))];
+    while let Some((dir, path, origin)) = stack.pop() {
+        for e in sys::read_dir(dir.as_fd())? {
+            if e.dtype != libc::DT_DIR && e.dtype != libc::DT_UNKNOWN {
+                continue;
+            }
+            if skip_work && path.is_empty() && e.name == WORK_NAME {
+                continue;
+            }
+            let c = sys::cstr(&e.name)?;
+            let sub = match sys::openat(dir.as_fd(), &c, libc::O_PATH | libc::O_DIRECTORY, 0) {
+                Ok(fd) => fd,
+                Err(Errno(libc::ENOTDIR | libc::ENOENT)) => continue,
+                Err(e) => return Err(e),
+            };
+            let m = whiteout::dir_markers(sub.as_fd())?;
+            let mut here = path.clone();
+            here.push(e.name.clone());
+            let below = match &m.redirect {
+                Some(whiteout::Redirect::Absolute(p)) => Some(p.clone()),
+                Some(whiteout::Redirect::Relative(n)) => origin.clone().map(|mut o| {
+                    o.push(n.clone());
+                    o
+                }),
+                None if m.opaque => None,
+                None => origin.clone().map(|mut o| {
+                    o.push(e.name.clone());
+                    o
+                }),
+            };
+            if m.redirect.is_some()
+                && let Some(b) = &below
+            {
+                out.push((b.clone(), here.clone()));
+            }
+            stack.push((sub, here, below));
+        }
+    }
+    Ok(out)
+}
+
+/// The paths at which the name `path` of a lower layer may show in the view: itself, then
+/// each path the redirects of the layers above (`maps`, top-down, the nearest last) move it
+/// to, applying the longest matching origin of each layer from the nearest up.
+fn view_paths(maps: &[Arc<RedirectMap>], path: &[OsString]) -> Vec<Vec<OsString>> {
+    let mut cands = vec![path.to_vec()];
+    for map in maps.iter().rev() {
+        let mut more = Vec::new();
+        for c in &cands {
+            let best = map
+                .iter()
+                .filter(|(origin, _)| origin.len() < c.len() && c.starts_with(origin))
+                .max_by_key(|(origin, _)| origin.len());
+            if let Some((origin, at)) = best {
+                let mut moved = at.clone();
+                moved.extend_from_slice(&c[origin.len()..]);
+                if !cands.contains(&moved) && !more.contains(&moved) {
+                    more.push(moved);
+                }
+            }
+        }
+        cands.extend(more);
+        // Each layer at most doubles them; a few layers of renames are plenty.
+        cands.truncate(64);
+    }
+    cands
 }

@@ -398,6 +398,8 @@ impl Union {
         if r.st.st_mode & libc::S_IFMT == libc::S_IFDIR {
             return Err(Errno(libc::EISDIR));
         }
+        self.upper_root()?;
+        let r = self.up_whole_if_linked(&p, name, r)?;
         let need_wh = self.lower_visible(&p, name)?;
         let c = sys::cstr(name)?;
         if !self.is_lower(r.top_layer) {
@@ -478,6 +480,23 @@ impl Union {
             Ok(r) => Some(r),
             Err(Errno(libc::ENOENT)) => None,
             Err(e) => return Err(e),
+        };
+        // The names of a lower hard-link group come up together before one of them is
+        // replaced or moved: the others' link count follows.
+        let linked = |r: &Resolved| self.is_lower(r.top_layer) && r.st.st_nlink > 1;
+        let (src, dst) = match (&dst, noreplace) {
+            (Some(d), false)
+                if (linked(&src) || linked(d))
+                    && self.union_ino(&d.st) != self.union_ino(&src.st) =>
+            {
+                let d = self.resolve(&np, newname)?;
+                let d = self.up_whole_if_linked(&np, newname, d)?;
+                (self.up_whole_if_linked(&p, name, src)?, Some(d))
+            }
+            (_, _) if linked(&src) && dst.is_none() => {
+                (self.up_whole_if_linked(&p, name, src)?, dst)
+            }
+            _ => (src, dst),
         };
         let is_dir = |r: &Resolved| r.st.st_mode & libc::S_IFMT == libc::S_IFDIR;
         let has_lower = |r: &Resolved| r.dirs.iter().any(|(l, _)| self.is_lower(*l));
@@ -673,9 +692,46 @@ impl Union {
         Ok(path)
     }
 
+    /// A lower non-directory with several names comes up whole (every name the view shows
+    /// linked to one copy) before one of its names changes, so the others keep showing it
+    /// and its link count follows, as overlayfs' index does. Returns `name` resolved anew.
+    fn up_whole_if_linked(&self, parent: &Node, name: &OsStr, r: Resolved) -> Result<Resolved> {
+        let fmt = r.st.st_mode & libc::S_IFMT;
+        if !self.is_lower(r.top_layer) || fmt == libc::S_IFDIR || r.st.st_nlink <= 1 {
+            return Ok(r);
+        }
+        let node = self.node_for(&r.st, || {
+            Location::new(
+                parent.ino,
+                name.to_owned(),
+                r.top_layer,
+                Some(r.top_dir.clone()),
+                vec![],
+            )
+        });
+        let done = self.copy_up(&node, false).and_then(|_| {
+            let again = self.resolve(parent, name)?;
+            if !self.is_lower(again.top_layer) {
+                return Ok(again);
+            }
+            // A name the copy-up could not find: linked here.
+            let obj = node.loc.read().obj.clone().ok_or(Errno(libc::EIO))?;
+            let pfd = self.upper_dir(parent)?;
+            sys::link_tmpfile(obj.as_fd(), pfd.as_fd(), &sys::cstr(name)?)?;
+            self.resolve(parent, name)
+        });
+        self.nodes.forget(node.ino, 1);
+        done
+    }
+
     /// Copies up the object that `name` in `parent` resolved to, by that name.
     fn bring_up(&self, parent: &Node, name: &OsStr, r: &Resolved) -> Result<()> {
         if !self.is_lower(r.top_layer) {
+            return Ok(());
+        }
+        if r.st.st_nlink > 1 && r.st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            let again = self.resolve(parent, name)?;
+            self.up_whole_if_linked(parent, name, again)?;
             return Ok(());
         }
         if let Some(n) = self.nodes.get(self.union_ino(&r.st)) {

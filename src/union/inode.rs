@@ -64,6 +64,10 @@ pub struct Node {
     pub loc: RwLock<Location>,
     /// Held while the node is copied up: one copy-up at a time, concurrent writers wait.
     pub copy_lock: Mutex<()>,
+    /// Names of a lower hard-link group that no layer shows (hidden by a layer above) but
+    /// that the link count still counts, as overlayfs' index does: added to the upper
+    /// copy's `st_nlink` (kept in its `overlay.nlink` xattr, "U+N", across mounts).
+    pub extra_links: std::sync::atomic::AtomicI64,
 }
 
 impl Node {
@@ -74,6 +78,7 @@ impl Node {
             lookups: AtomicU64::new(0),
             loc: RwLock::new(loc),
             copy_lock: Mutex::new(()),
+            extra_links: std::sync::atomic::AtomicI64::new(0),
         }
     }
 

@@ -18,6 +18,9 @@ pub struct Layer {
     /// Lower layers: every name of each multiply-linked object, by `(st_dev, st_ino)`; read
     /// once, on the first copy-up of such an object (the layer never changes).
     links: OnceLock<HardLinks>,
+    /// Lower layers: the directories carrying a redirect, read once when a copy-up needs
+    /// to find where a renamed directory put a hard link's other name.
+    pub(super) redirects: OnceLock<Arc<super::copy_up::RedirectMap>>,
 }
 
 /// Paths (as name components from the layer's root) of each multiply-linked object.
@@ -40,6 +43,7 @@ impl Layer {
             root,
             writable,
             links: OnceLock::new(),
+            redirects: OnceLock::new(),
         })
     }
 

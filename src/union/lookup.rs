@@ -223,26 +223,168 @@ pub struct Resolved {
     pub dirs: Vec<(usize, Arc<OwnedFd>)>,
 }
 
-/// Opens `name` in each of the given parent directories (layer, fd) as a directory, top-down,
-/// stopping after the first opaque one.
+/// Opens `name` in the given layers' parent directories as a directory, top-down (the
+/// layers the lower index found a directory of that name in), stopping after the first
+/// opaque one. A redirect in one of them sends the layers below it to another path.
 pub fn open_dir_chain(
+    roots: &[(usize, Arc<OwnedFd>)],
     parent_dirs: &[(usize, Arc<OwnedFd>)],
     layers: impl IntoIterator<Item = usize>,
-    name: &std::ffi::CStr,
+    name: &OsStr,
 ) -> Result<Vec<(usize, Arc<OwnedFd>)>> {
+    let c = sys::cstr(name)?;
     let mut out = Vec::new();
     for layer in layers {
         let Some((_, pfd)) = parent_dirs.iter().find(|(l, _)| *l == layer) else {
             continue;
         };
-        let fd = sys::openat(pfd.as_fd(), name, libc::O_PATH | libc::O_DIRECTORY, 0)?;
-        let opaque = whiteout::is_opaque_dir(fd.as_fd())?;
-        out.push((layer, Arc::new(fd)));
-        if opaque {
+        let fd = Arc::new(sys::openat(
+            pfd.as_fd(),
+            &c,
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )?);
+        let m = whiteout::dir_markers(fd.as_fd())?;
+        out.push((layer, fd));
+        if m.opaque {
+            break;
+        }
+        if let Some(r) = m.redirect {
+            let path = BelowPath::name(name).redirected(&r);
+            out.extend(chain_below(roots, parent_dirs, layer, path)?);
             break;
         }
     }
     Ok(out)
+}
+
+/// The path by which the layers below a directory are asked for its content: its name in
+/// the parent's directories, or, after an absolute redirect, a path from the layers' roots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BelowPath {
+    pub absolute: bool,
+    pub comps: Vec<OsString>,
+}
+
+impl BelowPath {
+    pub fn name(name: &OsStr) -> BelowPath {
+        BelowPath {
+            absolute: false,
+            comps: vec![name.to_owned()],
+        }
+    }
+
+    /// The path after the last component's redirect.
+    pub fn redirected(mut self, r: &whiteout::Redirect) -> BelowPath {
+        match r {
+            whiteout::Redirect::Absolute(p) => {
+                self.absolute = true;
+                self.comps = p.clone();
+            }
+            whiteout::Redirect::Relative(n) => {
+                if let Some(last) = self.comps.last_mut() {
+                    *last = n.clone();
+                }
+            }
+        }
+        self
+    }
+}
+
+/// The directories that the lower layers below `after` (top-down) merge in under `path`, as
+/// kernel overlayfs looks them up: in each layer the path is walked one name at a time; a
+/// whiteout or non-directory on it hides every layer below; an opaque directory is the last
+/// (unless an absolute redirect further down the path starts a new one); a redirect on it
+/// sends the layers below to the path it names. `roots` are the lower layers' roots;
+/// `parent_dirs` the parent's directories, where a relative path starts.
+pub fn chain_below(
+    roots: &[(usize, Arc<OwnedFd>)],
+    parent_dirs: &[(usize, Arc<OwnedFd>)],
+    after: usize,
+    mut path: BelowPath,
+) -> Result<Vec<(usize, Arc<OwnedFd>)>> {
+    let mut out = Vec::new();
+    for (layer, root) in roots.iter().filter(|(l, _)| *l > after) {
+        let base = if path.absolute {
+            root.clone()
+        } else {
+            match parent_dirs.iter().find(|(l, _)| l == layer) {
+                Some((_, fd)) => fd.clone(),
+                None => continue,
+            }
+        };
+        let mut stop = false;
+        if let Some(fd) = walk_layer(&base, &mut path, &mut stop)? {
+            out.push((*layer, fd));
+        }
+        if stop {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Walks `path` down one layer from `base`; returns the directory at its end, if that is
+/// one. Sets `stop` when the layers below are hidden, and rewrites `path` by the redirects
+/// met on the way.
+fn walk_layer(
+    base: &Arc<OwnedFd>,
+    path: &mut BelowPath,
+    stop: &mut bool,
+) -> Result<Option<Arc<OwnedFd>>> {
+    let comps = std::mem::take(&mut path.comps);
+    let mut next: Vec<OsString> = Vec::with_capacity(comps.len());
+    let mut cur = base.clone();
+    for (i, comp) in comps.iter().enumerate() {
+        let found = (|| -> Result<Option<Arc<OwnedFd>>> {
+            if check_name(comp).is_err() {
+                return Ok(None);
+            }
+            let c = sys::cstr(comp)?;
+            match sys::fstatat(cur.as_fd(), &c) {
+                Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
+                    if whiteout::has_oci_whiteout(cur.as_fd(), comp)? {
+                        *stop = true;
+                    }
+                    let sub = sys::openat(cur.as_fd(), &c, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+                    Ok(Some(Arc::new(sub)))
+                }
+                // A whiteout or any other non-directory hides what is below.
+                Ok(_) => {
+                    *stop = true;
+                    Ok(None)
+                }
+                Err(Errno(libc::ENOENT)) => {
+                    if whiteout::has_oci_whiteout(cur.as_fd(), comp)? {
+                        *stop = true;
+                    }
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            }
+        })()?;
+        let Some(sub) = found else {
+            next.extend(comps[i..].iter().cloned());
+            path.comps = next;
+            return Ok(None);
+        };
+        let m = whiteout::dir_markers(sub.as_fd())?;
+        if m.opaque {
+            *stop = true;
+        }
+        match m.redirect {
+            Some(whiteout::Redirect::Absolute(p)) => {
+                next = p;
+                path.absolute = true;
+                *stop = false;
+            }
+            Some(whiteout::Redirect::Relative(n)) => next.push(n),
+            None => next.push(comp.clone()),
+        }
+        cur = sub;
+    }
+    path.comps = next;
+    Ok(Some(cur))
 }
 
 pub fn check_name(name: &OsStr) -> Result<()> {
@@ -253,45 +395,4 @@ pub fn check_name(name: &OsStr) -> Result<()> {
         return Err(Errno(libc::ENOENT));
     }
     Ok(())
-}
-
-/// Follows a path, one name at a time, down the given lower directories (top-down), as a
-/// merged lookup would: a layer whose path ends or is not a directory drops out; a whiteout
-/// or a non-directory hides every layer below it; an opaque directory is the last.
-pub fn walk_lower(
-    start: &[(usize, Arc<OwnedFd>)],
-    components: &[&[u8]],
-) -> Result<Vec<(usize, Arc<OwnedFd>)>> {
-    let mut dirs: Vec<(usize, Arc<OwnedFd>)> = start.to_vec();
-    for comp in components {
-        let name = OsStr::from_bytes(comp);
-        check_name(name)?;
-        let c = sys::cstr(name)?;
-        let mut next = Vec::new();
-        for (layer, fd) in &dirs {
-            match sys::fstatat(fd.as_fd(), &c) {
-                Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
-                    let sub = sys::openat(fd.as_fd(), &c, libc::O_PATH | libc::O_DIRECTORY, 0)?;
-                    let opaque = whiteout::is_opaque_dir(sub.as_fd())?;
-                    next.push((*layer, Arc::new(sub)));
-                    if opaque || whiteout::has_oci_whiteout(fd.as_fd(), name)? {
-                        break;
-                    }
-                }
-                // A whiteout or any other non-directory hides what is below.
-                Ok(_) => break,
-                Err(Errno(libc::ENOENT)) => {
-                    if whiteout::has_oci_whiteout(fd.as_fd(), name)? {
-                        break;
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        dirs = next;
-        if dirs.is_empty() {
-            break;
-        }
-    }
-    Ok(dirs)
 }

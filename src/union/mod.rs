@@ -60,6 +60,8 @@ impl Caller {
 
 pub struct Union {
     pub layers: Vec<Layer>,
+    /// The lower layers' roots, top-down, where absolute redirects start.
+    lower_roots: Vec<(usize, Arc<std::os::fd::OwnedFd>)>,
     pub has_upper: bool,
     pub nodes: NodeTable,
     inos: InoMap,
@@ -123,6 +125,11 @@ impl Union {
             ids: cfg.ids.clone(),
             opaque_xattr: c"trusted.overlay.opaque",
             changed: std::sync::OnceLock::new(),
+            lower_roots: layers
+                .iter()
+                .filter(|l| !l.writable)
+                .map(|l| (l.idx, l.root.clone()))
+                .collect(),
             layers,
         };
         if u.has_upper {
@@ -273,18 +280,20 @@ impl Union {
             Some((layer, ufd, st)) => {
                 let mut dirs = Vec::new();
                 if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-                    dirs = lookup::open_dir_chain(&pdirs, [layer], &c)?;
-                    let upper_opaque =
-                        dirs.len() == 1 && whiteout::is_opaque_dir(dirs[0].1.as_fd())?;
-                    let redirect = match upper_opaque {
-                        true => None,
-                        false => whiteout::redirect_of(dirs[0].1.as_fd())?,
-                    };
-                    if let Some(rd) = redirect {
+                    let fd = sys::openat(ufd.as_fd(), &c, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+                    let m = whiteout::dir_markers(fd.as_fd())?;
+                    dirs.push((layer, Arc::new(fd)));
+                    if let Some(rd) = m.redirect {
                         // A renamed directory: its lower content is where it came from.
-                        dirs.extend(self.redirected_chain(&pdirs, &rd)?);
-                    } else if let Some(e) = entry.filter(|e| !upper_opaque && !e.chain.is_empty()) {
-                        dirs.extend(lookup::open_dir_chain(&pdirs, e.chain.clone(), &c)?);
+                        let path = lookup::BelowPath::name(name).redirected(&rd);
+                        dirs.extend(lookup::chain_below(&self.lower_roots, &pdirs, layer, path)?);
+                    } else if let Some(e) = entry.filter(|e| !m.opaque && !e.chain.is_empty()) {
+                        dirs.extend(lookup::open_dir_chain(
+                            &self.lower_roots,
+                            &pdirs,
+                            e.chain.clone(),
+                            name,
+                        )?);
                     }
                 }
                 Ok(Resolved {
@@ -319,7 +328,7 @@ impl Union {
                 let dirs = if e.chain.is_empty() {
                     Vec::new()
                 } else {
-                    lookup::open_dir_chain(&pdirs, e.chain.clone(), &c)?
+                    lookup::open_dir_chain(&self.lower_roots, &pdirs, e.chain.clone(), name)?
                 };
                 Ok(Resolved {
                     top_layer: layer,
@@ -329,41 +338,6 @@ impl Union {
                 })
             }
         }
-    }
-
-    /// The lower directories a redirect points at: an absolute path from every lower
-    /// layer's root, or a name in the parent's lower directories.
-    fn redirected_chain(
-        &self,
-        pdirs: &[(usize, Arc<std::os::fd::OwnedFd>)],
-        redirect: &[u8],
-    ) -> Result<Vec<(usize, Arc<std::os::fd::OwnedFd>)>> {
-        let (start, path): (Vec<_>, &[u8]) = match redirect.strip_prefix(b"/") {
-            Some(abs) => (
-                self.layers
-                    .iter()
-                    .filter(|l| !l.writable)
-                    .map(|l| (l.idx, l.root.clone()))
-                    .collect(),
-                abs,
-            ),
-            None => (
-                pdirs
-                    .iter()
-                    .filter(|(l, _)| self.is_lower(*l))
-                    .cloned()
-                    .collect(),
-                redirect,
-            ),
-        };
-        let comps: Vec<&[u8]> = path
-            .split(|&b| b == b'/')
-            .filter(|c| !c.is_empty())
-            .collect();
-        if comps.is_empty() {
-            return Ok(Vec::new());
-        }
-        lookup::walk_lower(&start, &comps)
     }
 
     /// Looks `name` up in `parent` and takes one lookup reference on the result.
@@ -380,6 +354,12 @@ impl Union {
             )
         });
         self.attach_obj(&node, &r, name)?;
+        let alias = !node.is_dir() && self.is_lower(r.top_layer);
+        if let Some(obj) = node.loc.read().obj.clone().filter(|_| alias) {
+            // Another name of a lower object that was copied up: the view shows the copy
+            // (its data, size and links), as overlayfs' index does.
+            return Ok(self.present(&node, sys::fstat(obj.as_fd())?));
+        }
         Ok(self.present(&node, r.st))
     }
 
@@ -406,6 +386,10 @@ impl Union {
             return Ok(());
         }
         let fd = sys::openat(r.top_dir.as_fd(), &sys::cstr(name)?, libc::O_PATH, 0)?;
+        if node.fmt == libc::S_IFREG {
+            let extra = whiteout::nlink_adjustment(fd.as_fd())?;
+            node.extra_links.store(extra, Ordering::Relaxed);
+        }
         let mut loc = node.loc.write();
         if loc.obj.is_none() {
             loc.obj = Some(Arc::new(fd));

@@ -20,6 +20,7 @@ const OPAQUE_XATTRS: [&CStr; 3] = [
     c"user.fuseoverlayfs.opaque",
 ];
 const REDIRECT_XATTRS: [&CStr; 2] = [c"trusted.overlay.redirect", c"user.overlay.redirect"];
+const NLINK_XATTRS: [&CStr; 2] = [c"trusted.overlay.nlink", c"user.overlay.nlink"];
 const WHITEOUT_XATTRS: [&CStr; 2] = [c"trusted.overlay.whiteout", c"user.overlay.whiteout"];
 
 /// Extended attributes that belong to the overlay machinery and are never shown in the view.
@@ -88,6 +89,89 @@ pub fn is_opaque_dir(dir: BorrowedFd<'_>) -> Result<bool> {
     }
 }
 
+/// What a real directory says about the layers below it: opaque (they are cut off), and a
+/// redirect (they are asked for another path). One xattr listing covers both formats.
+#[derive(Debug, Default, Clone)]
+pub struct Markers {
+    pub opaque: bool,
+    pub redirect: Option<Redirect>,
+}
+
+/// Where the layers below a renamed directory keep its content (overlayfs' `redirect_dir`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redirect {
+    /// A path from the layers' roots.
+    Absolute(Vec<std::ffi::OsString>),
+    /// Another name in the same parent.
+    Relative(std::ffi::OsString),
+}
+
+impl Redirect {
+    /// Parses an xattr value as the kernel accepts it: `/a/b` or a single name; no empty,
+    /// `.` or `..` component (a redirect never leaves the layer). `None`: not a valid one.
+    pub fn parse(v: &[u8]) -> Option<Redirect> {
+        let ok = |c: &[u8]| !c.is_empty() && c != b"." && c != b".." && c.len() <= 255;
+        match v.strip_prefix(b"/") {
+            Some(abs) => {
+                let comps: Vec<&[u8]> = abs
+                    .split(|&b| b == b'/')
+                    .filter(|c| !c.is_empty())
+                    .collect();
+                if comps.is_empty() || !comps.iter().all(|c| ok(c)) || v.contains(&0) {
+                    return None;
+                }
+                Some(Redirect::Absolute(
+                    comps
+                        .iter()
+                        .map(|c| OsStr::from_bytes(c).to_owned())
+                        .collect(),
+                ))
+            }
+            None if ok(v) && !v.contains(&b'/') && !v.contains(&0) => {
+                Some(Redirect::Relative(OsStr::from_bytes(v).to_owned()))
+            }
+            None => None,
+        }
+    }
+}
+
+/// Reads the opaque and redirect markers of the directory `dir`. As in the kernel, an opaque
+/// directory's redirect is not followed.
+pub fn dir_markers(dir: BorrowedFd<'_>) -> Result<Markers> {
+    let names = sys::listxattr(dir, None)?;
+    let has = |x: &CStr| names.iter().any(|n| n.as_slice() == x.to_bytes());
+    for x in OPAQUE_XATTRS {
+        if has(x) && sys::getxattr(dir, None, x)?.as_deref() == Some(b"y") {
+            return Ok(Markers {
+                opaque: true,
+                redirect: None,
+            });
+        }
+    }
+    match sys::fstatat(dir, OCI_OPAQUE) {
+        Ok(_) => {
+            return Ok(Markers {
+                opaque: true,
+                redirect: None,
+            });
+        }
+        Err(sys::Errno(libc::ENOENT)) => {}
+        Err(e) => return Err(e),
+    }
+    for x in REDIRECT_XATTRS {
+        if has(x)
+            && let Some(v) = sys::getxattr(dir, None, x)?
+            && let Some(r) = Redirect::parse(&v)
+        {
+            return Ok(Markers {
+                opaque: false,
+                redirect: Some(r),
+            });
+        }
+    }
+    Ok(Markers::default())
+}
+
 /// Does `dir` hold an OCI whiteout `.wh.NAME` for `name`?
 pub fn has_oci_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
     let Ok(c) = oci_whiteout_name(name) else {
@@ -147,4 +231,30 @@ pub fn redirect_of(dir: BorrowedFd<'_>) -> Result<Option<Vec<u8>>> {
         }
     }
     Ok(None)
+}
+
+/// The link count adjustment of an upper file (overlayfs' `overlay.nlink` = "U+N" / "U-N":
+/// the view's count is the upper's plus N); 0 without one.
+pub fn nlink_adjustment(obj: BorrowedFd<'_>) -> Result<i64> {
+    for x in NLINK_XATTRS {
+        match sys::getxattr(obj, None, x) {
+            Ok(Some(v)) => {
+                let parsed = std::str::from_utf8(&v)
+                    .ok()
+                    .and_then(|s| s.strip_prefix('U'))
+                    .and_then(|n| n.parse::<i64>().ok());
+                if let Some(n) = parsed {
+                    return Ok(n);
+                }
+            }
+            Ok(None) | Err(sys::Errno(libc::EOPNOTSUPP | libc::EPERM)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(0)
+}
+
+/// The xattr value of a link count adjustment.
+pub fn nlink_value(n: i64) -> Vec<u8> {
+    format!("U{n:+}").into_bytes()
 }
