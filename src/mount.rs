@@ -257,6 +257,31 @@ pub fn validate(req: &MountRequest, lower_spec: Option<&OsStr>) -> Result<Checke
             );
         }
     }
+    // The lowers never change: no upper or work dir may lie inside one, nor one inside them.
+    let writable = upper.iter().map(|u| ("upper layer", u.clone()));
+    let work = req
+        .workdir
+        .iter()
+        .filter_map(|w| std::fs::canonicalize(w).ok())
+        .map(|w| ("workdir", w));
+    for (role, w) in writable.chain(work) {
+        for l in &lowers {
+            if w.starts_with(l) {
+                bail!(
+                    "{role} '{}' is inside lower layer '{}'",
+                    w.display(),
+                    l.display()
+                );
+            }
+            if l.starts_with(&w) {
+                bail!(
+                    "lower layer '{}' is inside {role} '{}'",
+                    l.display(),
+                    w.display()
+                );
+            }
+        }
+    }
     if mount_table().iter().any(|(m, _)| *m == mountpoint) {
         bail!("mountpoint '{}': already mounted", mountpoint.display());
     }
@@ -268,6 +293,7 @@ pub fn validate(req: &MountRequest, lower_spec: Option<&OsStr>) -> Result<Checke
             oci_whiteouts: req.oci_whiteouts,
             ids: req.ids.clone(),
             workdir: req.workdir.clone(),
+            read_only: req.read_only,
         },
         mountpoint,
         req: req.clone(),
@@ -482,6 +508,13 @@ fn serve(c: Checked, ready: Option<OwnedFd>) -> Result<()> {
     let sigset = block_term_signals();
     let union = match Union::new(&c.union) {
         Ok(u) => u,
+        Err(sys::Errno(libc::EBUSY)) if c.union.upper.is_some() => {
+            let u = c.union.upper.as_ref().expect("checked");
+            return fail(
+                ready,
+                format!("upper layer '{}' is in use by another mount", u.display()),
+            );
+        }
         Err(e) => return fail(ready, format!("cannot open the layers: {e}")),
     };
     let cfg = fuse_config(&c);

@@ -427,6 +427,15 @@ fn split_names(buf: &[u8]) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// `flock(2)` on an open file: the lock goes with the last fd of the open file description.
+pub fn flock(fd: BorrowedFd<'_>, op: i32) -> Result<()> {
+    if unsafe { libc::flock(fd.as_raw_fd(), op) } == 0 {
+        Ok(())
+    } else {
+        Err(Errno::last())
+    }
+}
+
 pub fn fstatvfs(fd: BorrowedFd<'_>) -> Result<libc::statvfs> {
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     let path = proc_path(fd.as_raw_fd(), None);

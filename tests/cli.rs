@@ -277,3 +277,142 @@ fn man_pages_are_current() {
         );
     }
 }
+
+#[test]
+fn upper_or_workdir_inside_a_lower_is_refused() {
+    if !require_root() {
+        return;
+    }
+    let d = dirs();
+    let m = OsStr::new("mount");
+    let up_in_lower = d.l1.join("var");
+    mkdir(&up_in_lower);
+    let before = std::fs::metadata(&up_in_lower).unwrap().modified().unwrap();
+    refuse(
+        &[m, &spec(&[&d.l1]), os(&up_in_lower), os(&d.mp)],
+        &d.mp,
+        "is inside lower layer",
+    );
+    // A lower inside the upper.
+    let lower_in_up = d.up.join("l");
+    mkdir(&lower_in_up);
+    refuse(
+        &[m, &spec(&[&lower_in_up]), os(&d.up), os(&d.mp)],
+        &d.mp,
+        "is inside upper layer",
+    );
+    // A work dir inside a lower, through the fuse-overlayfs command line.
+    let w = d.l2.join("w");
+    mkdir(&w);
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        d.l2.display(),
+        d.up.display(),
+        w.display()
+    );
+    refuse(
+        &[OsStr::new("-o"), OsStr::new(&opts), os(&d.mp)],
+        &d.mp,
+        "is inside lower layer",
+    );
+    // Nothing was written in the lowers.
+    assert_eq!(
+        std::fs::metadata(&up_in_lower).unwrap().modified().unwrap(),
+        before
+    );
+    assert!(names(&up_in_lower).is_empty());
+    assert_eq!(names(&w), Vec::<String>::new());
+}
+
+#[test]
+fn a_read_only_mount_writes_nothing() {
+    if !require_root() {
+        return;
+    }
+    let d = dirs();
+    write(&d.up.join("f"), b"up");
+    set_times(&d.up, (1_000_000, 0), (1_000_000, 0));
+    let before = std::fs::metadata(&d.up).unwrap();
+    {
+        let _m = UnionMount::with_args(&[&d.l1], Some(&d.up), &d.mp, &["-o", "ro"]);
+        assert_eq!(std::fs::read(d.mp.join("f")).unwrap(), b"up");
+        assert_eq!(
+            std::fs::write(d.mp.join("g"), b"x")
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::EROFS)
+        );
+        assert_eq!(names(&d.up), vec!["f".to_string()], "the work dir was made");
+    }
+    let after = std::fs::metadata(&d.up).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        (after.mtime(), after.ctime(), after.ctime_nsec()),
+        (before.mtime(), before.ctime(), before.ctime_nsec()),
+        "the upper's root changed"
+    );
+}
+
+#[test]
+fn an_upper_in_use_is_refused_and_freed_by_its_daemons_end() {
+    if !require_root() {
+        return;
+    }
+    let d = dirs();
+    write(&d.l1.join("f"), b"x");
+    let mp2 = d.root.join("m2");
+    mkdir(&mp2);
+    let mut first = UnionMount::new(&[&d.l1], Some(&d.up), &d.mp);
+    let out = unionfuse(&[OsStr::new("mount"), &spec(&[&d.l2]), os(&d.up), os(&mp2)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("is in use by another mount"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(is_mounted(&mp2), None);
+    // Two read-only mounts of one upper may share it; a writable one may not join them.
+    let out = unionfuse(&[
+        OsStr::new("mount"),
+        OsStr::new("-o"),
+        OsStr::new("ro"),
+        &spec(&[&d.l2]),
+        os(&d.up),
+        os(&mp2),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a read-only mount beside a writer"
+    );
+    // The first mount still works, and a kill -9 of its daemon frees the upper.
+    write(&d.mp.join("g"), b"y");
+    unsafe { libc::kill(first.pid() as i32, libc::SIGKILL) };
+    assert!(first.wait_exit(Duration::from_secs(10)).is_some());
+    let _ = Command::new("umount").arg("-l").arg(&d.mp).status();
+    let _again = UnionMount::new(&[&d.l1], Some(&d.up), &mp2);
+    assert_eq!(std::fs::read(mp2.join("g")).unwrap(), b"y");
+}
+
+#[test]
+fn remount_right_after_umount_always_works() {
+    if !require_root() {
+        return;
+    }
+    let d = dirs();
+    write(&d.l1.join("f"), b"x");
+    let _guard = UnmountOnDrop(d.mp.clone());
+    for i in 0..200 {
+        // Plain umount(8) does not wait for the daemon: the next mount may meet it closing.
+        let out = unionfuse(&[OsStr::new("mount"), &spec(&[&d.l1]), os(&d.up), os(&d.mp)]);
+        assert!(
+            out.status.success(),
+            "cycle {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(d.mp.join(format!("n{}", i % 3)), b"y").unwrap();
+        let st = Command::new("umount").arg(&d.mp).status().unwrap();
+        assert!(st.success(), "cycle {i}: umount failed");
+    }
+    assert_eq!(names(&d.up), vec!["n0", "n1", "n2"]);
+    // Every daemon has ended: none is left holding the upper.
+    let _last = UnionMount::new(&[&d.l1], Some(&d.up), &d.mp);
+}

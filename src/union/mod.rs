@@ -39,6 +39,8 @@ pub struct UnionConfig {
     /// A work directory on the upper's filesystem, as kernel overlayfs and fuse-overlayfs
     /// take one. Without it the work dir is a hidden directory in the upper.
     pub workdir: Option<PathBuf>,
+    /// A read-only mount: nothing is written anywhere, not even the work dir.
+    pub read_only: bool,
 }
 
 /// Who asks: new objects belong to the caller.
@@ -81,6 +83,9 @@ pub struct Union {
     /// Told the inode number of a node whose attributes copy-up changed (the adapter drops
     /// the kernel's cached attributes, which it may hold for long on lower nodes).
     changed: std::sync::OnceLock<ChangeHook>,
+    /// The upper's lock, held for the life of the union (and so of its daemon): one
+    /// writable mount of an upper at a time, any number of read-only ones.
+    _upper_lock: Option<std::fs::File>,
 }
 
 pub type ChangeHook = Box<dyn Fn(u64) + Send + Sync>;
@@ -97,9 +102,41 @@ impl Drop for Union {
     }
 }
 
+/// How long a mount waits for the upper's lock: a daemon whose mount was just unmounted
+/// may still be closing (plain `umount` does not wait for it).
+const UPPER_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Takes the upper's lock (`flock` on the directory: it goes with the process, even after
+/// a `kill -9`): exclusive for a writable mount, shared for a read-only one. EBUSY when
+/// another mount holds it.
+fn lock_upper(upper: &std::path::Path, read_only: bool) -> Result<std::fs::File> {
+    let f = std::fs::File::open(upper).map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    let op = if read_only {
+        libc::LOCK_SH
+    } else {
+        libc::LOCK_EX
+    };
+    let end = std::time::Instant::now() + UPPER_LOCK_WAIT;
+    loop {
+        match sys::flock(f.as_fd(), op | libc::LOCK_NB) {
+            Ok(()) => return Ok(f),
+            Err(Errno(libc::EWOULDBLOCK)) => {}
+            Err(e) => return Err(e),
+        }
+        if std::time::Instant::now() > end {
+            return Err(Errno(libc::EBUSY));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 impl Union {
     pub fn new(cfg: &UnionConfig) -> Result<Union> {
         let mut layers = Vec::new();
+        let upper_lock = match &cfg.upper {
+            Some(u) => Some(lock_upper(u, cfg.read_only)?),
+            None => None,
+        };
         if let Some(u) = &cfg.upper {
             layers.push(Layer::open(0, u.clone(), true)?);
         }
@@ -125,6 +162,7 @@ impl Union {
             ids: cfg.ids.clone(),
             opaque_xattr: c"trusted.overlay.opaque",
             changed: std::sync::OnceLock::new(),
+            _upper_lock: upper_lock,
             lower_roots: layers
                 .iter()
                 .filter(|l| !l.writable)
@@ -132,7 +170,7 @@ impl Union {
                 .collect(),
             layers,
         };
-        if u.has_upper {
+        if u.has_upper && !cfg.read_only {
             u.setup_work(cfg.workdir.as_deref())?;
         }
         let root_st = sys::fstat(u.layers[0].root.as_fd())?;
