@@ -236,7 +236,15 @@ fn run_in(
     let r = unshare(flags, "pid, uts, ipc and network namespaces")
         .and_then(|()| start_init(req, binds, scratch, full_ids));
     let code = match r {
-        Ok(init) => Ok(wait_forwarding(init)),
+        Ok((init, ns_ready)) => {
+            // Once the init has a mount namespace of its own, this one (the daemon's) lets
+            // go of the host's other mounts.
+            let mut b = [0u8; 1];
+            if matches!(std::fs::File::from(ns_ready).read(&mut b), Ok(1)) {
+                drop_host_mounts(&scratch.root());
+            }
+            Ok(wait_forwarding(init))
+        }
         Err(e) => Err(e),
     };
     stop_daemon(daemon);
@@ -461,16 +469,25 @@ fn next_signal(set: &libc::sigset_t) -> (i32, bool) {
     }
 }
 
-fn start_init(req: &RunRequest, binds: &[Bind], scratch: &Scratch, full_ids: bool) -> Result<i32> {
+/// Forks the init. Returns its pid, and a pipe end that gets one byte once the init is in
+/// its own mount namespace (or closes, if it never gets there).
+fn start_init(
+    req: &RunRequest,
+    binds: &[Bind],
+    scratch: &Scratch,
+    full_ids: bool,
+) -> Result<(i32, OwnedFd)> {
     let set = signal_set(true);
     unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     // The init watches the read end: it closes when the runner dies, whatever killed it.
     let (life_rd, life_wr) = mount::pipe().map_err(|e| UserError(format!("pipe: {e}")))?;
+    let (ns_rd, ns_wr) = mount::pipe().map_err(|e| UserError(format!("pipe: {e}")))?;
     match unsafe { libc::fork() } {
         -1 => bail!("fork: {}", errno()),
         0 => {
             drop(life_wr);
-            let code = match init(req, binds, scratch, full_ids, life_rd) {
+            drop(ns_rd);
+            let code = match init(req, binds, scratch, full_ids, life_rd, ns_wr) {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("unionfuse run: {e}");
@@ -481,9 +498,38 @@ fn start_init(req: &RunRequest, binds: &[Bind], scratch: &Scratch, full_ids: boo
         }
         pid => {
             drop(life_rd);
+            drop(ns_wr);
             // Kept open (leaked on purpose) until this process exits.
             std::mem::forget(life_wr);
-            Ok(pid)
+            Ok((pid, ns_rd))
+        }
+    }
+}
+
+/// The runner's mount namespace, which the daemon shares, began as a copy of the host's,
+/// and a copy holds every mount in it: another FUSE daemon could not end when its mount was
+/// unmounted on the host, an overlay's upper could not be mounted again. Once the init has
+/// its own namespace, every mount here is detached but `/`, those the union's mountpoint
+/// lies on, the union itself, `/proc` and `/dev` (the daemon works through the fds it
+/// holds). Rootless, the copies are locked to the user namespace and stay.
+fn drop_host_mounts(union_mp: &Path) {
+    for _ in 0..8 {
+        let mut victims: Vec<PathBuf> = mount::mount_table()
+            .into_iter()
+            .map(|(p, _)| p)
+            .filter(|p| {
+                !union_mp.starts_with(p) && p != Path::new("/proc") && p != Path::new("/dev")
+            })
+            .collect();
+        victims.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+        victims.dedup();
+        let mut detached = false;
+        for p in victims {
+            let Ok(c) = path_c(&p) else { continue };
+            detached |= unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0;
+        }
+        if !detached {
+            return;
         }
     }
 }
@@ -536,6 +582,7 @@ fn init(
     scratch: &Scratch,
     full_ids: bool,
     life: OwnedFd,
+    ns_ready: OwnedFd,
 ) -> Result<i32> {
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
@@ -560,6 +607,8 @@ fn init(
     }
     unshare(libc::CLONE_NEWNS, "the container's mount namespace")?;
     make_private("/")?;
+    // The runner's namespace may now let go of what this one still needs (binds, /dev).
+    let _ = std::fs::File::from(ns_ready).write_all(b"1");
     let root = sys::open_dir_path(&scratch.root())
         .map_err(|e| UserError(format!("the union's root: {e}")))?;
     setup_mounts(root.as_fd(), &scratch.root(), binds, full_ids)?;

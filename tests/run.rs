@@ -837,3 +837,41 @@ fn debian_package_install_as_root() {
 fn debian_package_install_rootless_with_subids() {
     debian_package_install(Who::SubIds)
 }
+
+/// Mounts made on the host before a container starts are not held by the run's namespaces:
+/// unmounted on the host while the container runs, another union's daemon ends, and a
+/// kernel overlay's upper can be mounted again (index=on refuses an upper still in use).
+#[test]
+fn a_running_container_holds_no_host_mount() {
+    let Some(c) = RunCtx::new(Who::Root) else {
+        return;
+    };
+    let (l, u, m) = (c.mkdir("hl"), c.mkdir("hu"), c.mkdir("hm"));
+    let (ku, kw, km) = (c.mkdir("hku"), c.mkdir("hkw"), c.mkdir("hkm"));
+    std::fs::write(l.join("f"), b"x").unwrap();
+    let mut other = common::UnionMount::new(&[&l], Some(&u), &m);
+    let kernel = common::KernelOverlay::with_opts(&[&l], Some((&ku, &kw)), &km, "index=on");
+    let t = Duration::from_secs(10);
+    let mut b = start(&c, &["/bin/sh", "-c", "echo ready; exec sleep 1000"]);
+    b.expect_line("ready", t);
+    // Give the runner time to let go of the host's mounts after the init's namespace exists.
+    std::thread::sleep(Duration::from_millis(300));
+    let st = std::process::Command::new("umount")
+        .arg(&m)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(
+        other.wait_exit(t).is_some(),
+        "the other union's daemon did not end while a container ran"
+    );
+    drop(kernel);
+    {
+        let _again = common::KernelOverlay::with_opts(&[&l], Some((&ku, &kw)), &km, "index=on");
+        assert_eq!(std::fs::read(km.join("f")).unwrap(), b"x");
+    }
+    b.signal(libc::SIGTERM);
+    assert_eq!(b.wait(t).code(), Some(128 + 15));
+    drop(b);
+    c.assert_clean();
+}
