@@ -412,7 +412,11 @@ fn remount_right_after_umount_always_works() {
         let st = Command::new("umount").arg(&d.mp).status().unwrap();
         assert!(st.success(), "cycle {i}: umount failed");
     }
+    // The last daemon may still be closing; the next mount waits for it, and its guard
+    // waits for its own daemon to end.
+    {
+        let _last = UnionMount::new(&[&d.l1], Some(&d.up), &d.mp);
+        assert_eq!(std::fs::read(d.mp.join("n1")).unwrap(), b"y");
+    }
     assert_eq!(names(&d.up), vec!["n0", "n1", "n2"]);
-    // Every daemon has ended: none is left holding the upper.
-    let _last = UnionMount::new(&[&d.l1], Some(&d.up), &d.mp);
 }
