@@ -196,6 +196,25 @@ pub(crate) fn is_writable_dir(p: &Path) -> bool {
 }
 
 /// Checks a request before anything is mounted; every refusal is one line for the user.
+/// Refuses two (canonical) paths of which one lies inside the other.
+fn refuse_nesting((a_role, a): (&str, &Path), (b_role, b): (&str, &Path)) -> Result<()> {
+    if a.starts_with(b) {
+        bail!(
+            "{a_role} '{}' is inside {b_role} '{}'",
+            a.display(),
+            b.display()
+        );
+    }
+    if b.starts_with(a) {
+        bail!(
+            "{b_role} '{}' is inside {a_role} '{}'",
+            b.display(),
+            a.display()
+        );
+    }
+    Ok(())
+}
+
 pub fn validate(req: &MountRequest, lower_spec: Option<&OsStr>) -> Result<Checked> {
     if req.lowers.is_empty() {
         bail!("no lower layer given");
@@ -242,20 +261,7 @@ pub fn validate(req: &MountRequest, lower_spec: Option<&OsStr>) -> Result<Checke
         if mountpoint == *p {
             bail!("mountpoint '{}' is also a layer", mountpoint.display());
         }
-        if mountpoint.starts_with(p) {
-            bail!(
-                "mountpoint '{}' is inside layer '{}'",
-                mountpoint.display(),
-                p.display()
-            );
-        }
-        if p.starts_with(&mountpoint) {
-            bail!(
-                "layer '{}' is inside mountpoint '{}'",
-                p.display(),
-                mountpoint.display()
-            );
-        }
+        refuse_nesting(("mountpoint", &mountpoint), ("layer", p))?;
     }
     // The lowers never change: no upper or work dir may lie inside one, nor one inside them.
     let writable = upper.iter().map(|u| ("upper layer", u.clone()));
@@ -266,20 +272,7 @@ pub fn validate(req: &MountRequest, lower_spec: Option<&OsStr>) -> Result<Checke
         .map(|w| ("workdir", w));
     for (role, w) in writable.chain(work) {
         for l in &lowers {
-            if w.starts_with(l) {
-                bail!(
-                    "{role} '{}' is inside lower layer '{}'",
-                    w.display(),
-                    l.display()
-                );
-            }
-            if l.starts_with(&w) {
-                bail!(
-                    "lower layer '{}' is inside {role} '{}'",
-                    l.display(),
-                    w.display()
-                );
-            }
+            refuse_nesting((role, &w), ("lower layer", l))?;
         }
     }
     if mount_table().iter().any(|(m, _)| *m == mountpoint) {

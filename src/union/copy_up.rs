@@ -209,23 +209,6 @@ impl Union {
         Ok(())
     }
 
-    /// Links the name at `path` in the view to the copy `obj`, if that name shows the lower
-    /// object `st` of `layer`; true when the name is now the copy's.
-    fn link_up_at(
-        &self,
-        layer: usize,
-        st: &libc::stat,
-        obj: &OwnedFd,
-        path: &[std::ffi::OsString],
-    ) -> Result<bool> {
-        let mut held = Vec::new();
-        let r = self.link_up_one(layer, st, obj, path, &mut held);
-        for ino in held {
-            self.nodes.forget(ino, 1);
-        }
-        r
-    }
-
     /// Where the directories of layer `k` that carry a redirect came from (a path in the
     /// layers below) and where they are in `k`: for a lower layer read once and kept; for
     /// the upper read afresh (renames change it).
@@ -244,7 +227,25 @@ impl Union {
         Ok(l.redirects.get_or_init(|| m).clone())
     }
 
-    fn link_up_one(
+    /// Links the name at `path` in the view to the copy `obj`, if that name shows the lower
+    /// object `st` of `layer`; true when the name is now the copy's.
+    fn link_up_at(
+        &self,
+        layer: usize,
+        st: &libc::stat,
+        obj: &OwnedFd,
+        path: &[std::ffi::OsString],
+    ) -> Result<bool> {
+        // The directory nodes the walk makes are let go of however it ends.
+        let mut held = Vec::new();
+        let r = self.link_up_walk(layer, st, obj, path, &mut held);
+        for ino in held {
+            self.nodes.forget(ino, 1);
+        }
+        r
+    }
+
+    fn link_up_walk(
         &self,
         layer: usize,
         st: &libc::stat,

@@ -398,7 +398,6 @@ impl Union {
         if r.st.st_mode & libc::S_IFMT == libc::S_IFDIR {
             return Err(Errno(libc::EISDIR));
         }
-        self.upper_root()?;
         let r = self.up_whole_if_linked(&p, name, r)?;
         let need_wh = self.lower_visible(&p, name)?;
         let c = sys::cstr(name)?;
@@ -475,28 +474,11 @@ impl Union {
         self.check_new_name(newparent, newname)?;
         let p = self.node(parent)?;
         let np = self.node(newparent)?;
-        let src = self.resolve(&p, name)?;
+        let mut src = self.resolve(&p, name)?;
         let dst = match self.resolve(&np, newname) {
             Ok(r) => Some(r),
             Err(Errno(libc::ENOENT)) => None,
             Err(e) => return Err(e),
-        };
-        // The names of a lower hard-link group come up together before one of them is
-        // replaced or moved: the others' link count follows.
-        let linked = |r: &Resolved| self.is_lower(r.top_layer) && r.st.st_nlink > 1;
-        let (src, dst) = match (&dst, noreplace) {
-            (Some(d), false)
-                if (linked(&src) || linked(d))
-                    && self.union_ino(&d.st) != self.union_ino(&src.st) =>
-            {
-                let d = self.resolve(&np, newname)?;
-                let d = self.up_whole_if_linked(&np, newname, d)?;
-                (self.up_whole_if_linked(&p, name, src)?, Some(d))
-            }
-            (_, _) if linked(&src) && dst.is_none() => {
-                (self.up_whole_if_linked(&p, name, src)?, dst)
-            }
-            _ => (src, dst),
         };
         let is_dir = |r: &Resolved| r.st.st_mode & libc::S_IFMT == libc::S_IFDIR;
         let has_lower = |r: &Resolved| r.dirs.iter().any(|(l, _)| self.is_lower(*l));
@@ -518,6 +500,21 @@ impl Union {
         } else if exchange {
             return Err(Errno(libc::ENOENT));
         }
+        // The names of a lower hard-link group come up together before one of them is
+        // replaced or moved: the others' link count follows. Bringing up the target's group
+        // may bring up the source's directory: the source is then resolved anew.
+        let dst = match dst {
+            Some(d) => {
+                let up = self.is_lower(d.top_layer) && d.st.st_nlink > 1;
+                let d = self.up_whole_if_linked(&np, newname, d)?;
+                if up {
+                    src = self.resolve(&p, name)?;
+                }
+                Some(d)
+            }
+            None => None,
+        };
+        let src = self.up_whole_if_linked(&p, name, src)?;
         // A directory with lower content moves with a redirect to where that content is, as
         // overlayfs' redirect_dir does. The OCI format has no redirects: refused there, like
         // overlayfs without redirect_dir (tools then copy).
@@ -676,15 +673,21 @@ impl Union {
             (loc.parent, loc.name.clone(), upper)
         };
         let mut own = name.as_bytes().to_vec();
-        if let Some(rd) = upper
+        match upper
             .map(|u| whiteout::redirect_of(u.as_fd()))
             .transpose()?
             .flatten()
         {
-            if rd.starts_with(b"/") {
-                return Ok(rd);
+            Some(whiteout::Redirect::Absolute(comps)) => {
+                let mut path = Vec::new();
+                for c in comps {
+                    path.push(b'/');
+                    path.extend_from_slice(c.as_bytes());
+                }
+                return Ok(path);
             }
-            own = rd;
+            Some(whiteout::Redirect::Relative(n)) => own = n.as_bytes().to_vec(),
+            None => {}
         }
         let mut path = self.lower_path(&*self.node(parent)?)?;
         path.push(b'/');

@@ -393,7 +393,7 @@ impl Union {
         });
         self.attach_obj(&node, &r, name)?;
         let alias = !node.is_dir() && self.is_lower(r.top_layer);
-        if let Some(obj) = node.loc.read().obj.clone().filter(|_| alias) {
+        if alias && let Some(obj) = node.loc.read().obj.clone() {
             // Another name of a lower object that was copied up: the view shows the copy
             // (its data, size and links), as overlayfs' index does.
             return Ok(self.present(&node, sys::fstat(obj.as_fd())?));

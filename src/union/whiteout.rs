@@ -72,23 +72,6 @@ pub fn may_hold_xattr_whiteouts(dir: BorrowedFd<'_>) -> Result<bool> {
     Ok(false)
 }
 
-/// Is the directory `dir` opaque (its own xattrs, or an OCI marker inside it)?
-pub fn is_opaque_dir(dir: BorrowedFd<'_>) -> Result<bool> {
-    let names = sys::listxattr(dir, None)?;
-    for x in OPAQUE_XATTRS {
-        if names.iter().any(|n| n.as_slice() == x.to_bytes())
-            && sys::getxattr(dir, None, x)?.as_deref() == Some(b"y")
-        {
-            return Ok(true);
-        }
-    }
-    match sys::fstatat(dir, OCI_OPAQUE) {
-        Ok(_) => Ok(true),
-        Err(sys::Errno(libc::ENOENT)) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
 /// What a real directory says about the layers below it: opaque (they are cut off), and a
 /// redirect (they are asked for another path). One xattr listing covers both formats.
 #[derive(Debug, Default, Clone)]
@@ -158,18 +141,23 @@ pub fn dir_markers(dir: BorrowedFd<'_>) -> Result<Markers> {
         Err(sys::Errno(libc::ENOENT)) => {}
         Err(e) => return Err(e),
     }
+    Ok(Markers {
+        opaque: false,
+        redirect: read_redirect(dir, &names)?,
+    })
+}
+
+/// The first valid redirect among the xattrs `names` of `dir`.
+fn read_redirect(dir: BorrowedFd<'_>, names: &[Vec<u8>]) -> Result<Option<Redirect>> {
     for x in REDIRECT_XATTRS {
-        if has(x)
+        if names.iter().any(|n| n.as_slice() == x.to_bytes())
             && let Some(v) = sys::getxattr(dir, None, x)?
             && let Some(r) = Redirect::parse(&v)
         {
-            return Ok(Markers {
-                opaque: false,
-                redirect: Some(r),
-            });
+            return Ok(Some(r));
         }
     }
-    Ok(Markers::default())
+    Ok(None)
 }
 
 /// Does `dir` hold an OCI whiteout `.wh.NAME` for `name`?
@@ -219,36 +207,27 @@ pub fn upper_slot(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Slot> {
 /// The redirect of an upper directory that was renamed (overlayfs' `redirect_dir`): where
 /// its lower content is, as an absolute path from the layers' roots (`/a/b`) or a name in
 /// the same parent's lower directories.
-pub fn redirect_of(dir: BorrowedFd<'_>) -> Result<Option<Vec<u8>>> {
-    let names = sys::listxattr(dir, None)?;
-    for x in REDIRECT_XATTRS {
-        if !names.iter().any(|n| n.as_slice() == x.to_bytes()) {
-            continue;
-        }
-        match sys::getxattr(dir, None, x)? {
-            Some(v) if !v.is_empty() => return Ok(Some(v)),
-            _ => {}
-        }
-    }
-    Ok(None)
+pub fn redirect_of(dir: BorrowedFd<'_>) -> Result<Option<Redirect>> {
+    read_redirect(dir, &sys::listxattr(dir, None)?)
 }
 
 /// The link count adjustment of an upper file (overlayfs' `overlay.nlink` = "U+N" / "U-N":
 /// the view's count is the upper's plus N); 0 without one.
 pub fn nlink_adjustment(obj: BorrowedFd<'_>) -> Result<i64> {
+    // One listing, not a probe per namespace: most files have no such xattr.
+    let names = sys::listxattr(obj, None)?;
     for x in NLINK_XATTRS {
-        match sys::getxattr(obj, None, x) {
-            Ok(Some(v)) => {
-                let parsed = std::str::from_utf8(&v)
-                    .ok()
-                    .and_then(|s| s.strip_prefix('U'))
-                    .and_then(|n| n.parse::<i64>().ok());
-                if let Some(n) = parsed {
-                    return Ok(n);
-                }
-            }
-            Ok(None) | Err(sys::Errno(libc::EOPNOTSUPP | libc::EPERM)) => {}
-            Err(e) => return Err(e),
+        if !names.iter().any(|n| n.as_slice() == x.to_bytes()) {
+            continue;
+        }
+        let parsed = sys::getxattr(obj, None, x)?.and_then(|v| {
+            std::str::from_utf8(&v)
+                .ok()
+                .and_then(|s| s.strip_prefix('U'))
+                .and_then(|n| n.parse::<i64>().ok())
+        });
+        if let Some(n) = parsed {
+            return Ok(n);
         }
     }
     Ok(0)
