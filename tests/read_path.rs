@@ -896,3 +896,93 @@ fn big_files_are_read_ahead_a_mebibyte_at_a_time() {
         "data read back"
     );
 }
+
+/// Three lower layers with redirects in the top two, in the xattr namespace `ns` (`trusted`
+/// or `user`): relative, absolute, a chain over all three, and one beside an opaque marker.
+fn redirect_layers(f: &Fixture, ns: &str) -> [PathBuf; 3] {
+    let (l0, l1, l2) = (
+        f.dir(&format!("{ns}0")),
+        f.dir(&format!("{ns}1")),
+        f.dir(&format!("{ns}2")),
+    );
+    let redirect =
+        |p: &Path, to: &str| setxattr(p, &format!("{ns}.overlay.redirect"), to.as_bytes());
+    // Relative: a/y renamed to a/x in l0.
+    mkdir(&l0.join("a/x"));
+    redirect(&l0.join("a/x"), "y");
+    whiteout_chr(&l0.join("a/y"));
+    write(&l1.join("a/y/f1"), b"relative");
+    write(&l1.join("a/z"), b"untouched");
+    // Absolute: /old renamed to /b/moved in l0.
+    mkdir(&l0.join("b/moved"));
+    redirect(&l0.join("b/moved"), "/old");
+    write(&l0.join("b/moved/own"), b"l0's own");
+    whiteout_chr(&l0.join("old"));
+    write(&l1.join("old/f2"), b"absolute");
+    write(&l1.join("b/moved/f9"), b"same name, not followed");
+    // A chain: /c in l0 comes from /p, which in l1 comes from /q.
+    mkdir(&l0.join("c"));
+    redirect(&l0.join("c"), "/p");
+    whiteout_chr(&l0.join("p"));
+    write(&l1.join("p/f3a"), b"middle");
+    redirect(&l1.join("p"), "/q");
+    whiteout_chr(&l1.join("q"));
+    write(&l2.join("q/f3"), b"deep");
+    write(&l2.join("c/f9"), b"same name, not followed");
+    // Opaque with a redirect: the redirect is not followed.
+    mkdir(&l0.join("d"));
+    setxattr(&l0.join("d"), &format!("{ns}.overlay.opaque"), b"y");
+    redirect(&l0.join("d"), "/e");
+    write(&l1.join("e/f4"), b"left where it was");
+    write(&l1.join("d/f5"), b"hidden by the opaque dir");
+    [l0, l1, l2]
+}
+
+/// Every name of a view with its kind and content.
+fn contents(root: &Path) -> BTreeMap<PathBuf, Option<Vec<u8>>> {
+    walk_tree(root)
+        .into_iter()
+        .map(|(r, md)| {
+            let md = md.unwrap_or_else(|e| panic!("{r:?}: {e}"));
+            let data = md.is_file().then(|| std::fs::read(root.join(&r)).unwrap());
+            (r, data)
+        })
+        .collect()
+}
+
+#[test]
+fn redirects_in_lower_layers_resolve_as_in_the_kernel() {
+    if !require_root() {
+        return;
+    }
+    let f = Fixture::new();
+    let trusted = redirect_layers(&f, "trusted");
+    let (kmp, omp) = (f.dir("km"), f.dir("om"));
+    let refs: Vec<&Path> = trusted.iter().map(|p| p.as_path()).collect();
+    let kernel = {
+        let _k = KernelOverlay::with_opts(&refs, None, &kmp, "redirect_dir=on");
+        contents(&kmp)
+    };
+    let c = |p: &str| kernel.get(Path::new(p)).cloned().flatten();
+    // The oracle says what each case means.
+    assert_eq!(c("a/x/f1").as_deref(), Some(&b"relative"[..]));
+    assert!(!kernel.contains_key(Path::new("a/y")));
+    assert_eq!(c("b/moved/f2").as_deref(), Some(&b"absolute"[..]));
+    assert!(!kernel.contains_key(Path::new("b/moved/f9")));
+    assert_eq!(c("c/f3a").as_deref(), Some(&b"middle"[..]));
+    assert_eq!(c("c/f3").as_deref(), Some(&b"deep"[..]));
+    assert!(!kernel.contains_key(Path::new("c/f9")));
+    assert!(!kernel.contains_key(Path::new("d/f4")));
+    assert!(!kernel.contains_key(Path::new("d/f5")));
+    assert_eq!(c("e/f4").as_deref(), Some(&b"left where it was"[..]));
+    {
+        let _o = UnionMount::new(&refs, None, &omp);
+        assert_eq!(contents(&omp), kernel, "trusted.overlay.redirect");
+    }
+    // The same layers in the user namespace, as a rootless mount writes them (the kernel
+    // follows no redirect with `userxattr`): the same view.
+    let user = redirect_layers(&f, "user");
+    let refs: Vec<&Path> = user.iter().map(|p| p.as_path()).collect();
+    let _o = UnionMount::new(&refs, None, &omp);
+    assert_eq!(contents(&omp), kernel, "user.overlay.redirect");
+}

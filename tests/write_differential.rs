@@ -122,6 +122,9 @@ enum Op {
     Rename(String, String, u32),
     Read(String),
     List(String),
+    /// Opens the first name for reading and writing and holds it open, writes through the
+    /// second (mostly another name of the same file), then reads through the held one.
+    WriteWhileHeld(String, String, u64, Vec<u8>),
 }
 
 /// Paths now in the view: every entry, and the directories among them ("" is the root).
@@ -129,6 +132,8 @@ struct Existing {
     all: Vec<String>,
     dirs: Vec<String>,
     files: Vec<String>,
+    /// Regular files by inode: the names of a hard-link group together.
+    by_ino: BTreeMap<u64, Vec<String>>,
 }
 
 fn existing(root: &Path) -> Existing {
@@ -136,6 +141,7 @@ fn existing(root: &Path) -> Existing {
         all: vec![],
         dirs: vec![String::new()],
         files: vec![],
+        by_ino: BTreeMap::new(),
     };
     let mut stack = vec![String::new()];
     while let Some(d) = stack.pop() {
@@ -150,7 +156,10 @@ fn existing(root: &Path) -> Existing {
                     e.dirs.push(p.clone());
                     stack.push(p.clone());
                 }
-                Ok(m) if m.is_file() => e.files.push(p.clone()),
+                Ok(m) if m.is_file() => {
+                    e.files.push(p.clone());
+                    e.by_ino.entry(m.ino()).or_default().push(p.clone());
+                }
                 _ => {}
             }
             e.all.push(p);
@@ -223,7 +232,20 @@ fn random_op(rng: &mut StdRng, ex: &Existing) -> Op {
             let to = pick(rng, ex, fresh);
             Op::Rename(p, to, flags)
         }
-        90..=95 => Op::Read(file),
+        90..=93 => Op::Read(file),
+        94..=95 => {
+            let groups: Vec<&Vec<String>> = ex.by_ino.values().filter(|g| g.len() > 1).collect();
+            let (held, other) = if !groups.is_empty() && rng.gen_bool(0.8) {
+                let g = groups[rng.gen_range(0..groups.len())];
+                (
+                    g[rng.gen_range(0..g.len())].clone(),
+                    g[rng.gen_range(0..g.len())].clone(),
+                )
+            } else {
+                (file.clone(), pick_in(rng, ex, &ex.files))
+            };
+            Op::WriteWhileHeld(held, other, rng.gen_range(0..4000), data(rng))
+        }
         _ => Op::List(p),
     }
 }
@@ -336,6 +358,27 @@ fn apply(root: &Path, op: &Op) -> Result<Vec<u8>, i32> {
                 let mut v = Vec::new();
                 f.read_to_end(&mut v)
                     .map_err(|e| e.raw_os_error().unwrap())?;
+                Ok(v)
+            }
+            Op::WriteWhileHeld(held, other, off, data) => {
+                use std::os::unix::fs::{FileExt, OpenOptionsExt};
+                let open = |p: &str| {
+                    std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .custom_flags(libc::O_NONBLOCK)
+                        .open(root.join(p))
+                        .map_err(|e| e.raw_os_error().unwrap())
+                };
+                let h = open(held)?;
+                open(other)?
+                    .write_all_at(data, *off)
+                    .map_err(|e| e.raw_os_error().unwrap())?;
+                let mut v = vec![0u8; data.len() + 64];
+                let n = h
+                    .read_at(&mut v, *off)
+                    .map_err(|e| e.raw_os_error().unwrap())?;
+                v.truncate(n);
                 Ok(v)
             }
             // Names that cannot be looked up are left out: kernel overlayfs lists whiteouts in
@@ -477,6 +520,8 @@ struct Stats {
     errors: usize,
     rotations: usize,
     kernel_index_skips: usize,
+    /// WriteWhileHeld through two different names of one hard-link group.
+    held_writes_across_names: usize,
 }
 
 fn trace() -> bool {
@@ -521,7 +566,14 @@ fn run_sequence(seed: u64, steps: usize, rotations: usize, stats: &mut Stats) {
             let _o = UnionMount::new(&lower_refs, Some(&ou), &omp);
             assert_same_view(&view(&omp, true), &view(&kmp, false), &ctx(0));
             for i in 0..steps {
-                let op = &random_op(&mut rng, &existing(&kmp));
+                let ex = existing(&kmp);
+                let op = &random_op(&mut rng, &ex);
+                if let Op::WriteWhileHeld(h, o, ..) = op
+                    && h != o
+                    && ex.by_ino.values().any(|g| g.contains(h) && g.contains(o))
+                {
+                    stats.held_writes_across_names += 1;
+                }
                 if trace() {
                     let short = format!("{op:?}");
                     eprintln!("phase {phase} step {i}: {}", &short[..short.len().min(80)]);
@@ -607,11 +659,13 @@ fn random_operation_sequences_match_kernel_overlayfs() {
         "write differential: {n} sequences from seed {start}, {} steps ({} of them errors, \
          each matched by errno), {} rotations of the upper into a lower, 0 divergences; the \
          kernel's upper read back by unionfuse in all but {} phases (kernel index in use); \
-         {} directory views differed only in a merged directory's link count",
+         {} directory views differed only in a merged directory's link count; {} writes \
+         through one name of a hard-link group while another was held open",
         stats.steps,
         stats.errors,
         stats.rotations,
         stats.kernel_index_skips,
-        MERGED_DIR_NLINK.load(std::sync::atomic::Ordering::Relaxed)
+        MERGED_DIR_NLINK.load(std::sync::atomic::Ordering::Relaxed),
+        stats.held_writes_across_names
     );
 }
