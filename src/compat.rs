@@ -281,9 +281,9 @@ fn enter_mount_namespace(ns: &OsStr) -> Result<()> {
     };
     let f =
         std::fs::File::open(&path).map_err(|e| UserError(format!("-N {}: {e}", path.display())))?;
-    use std::os::fd::AsRawFd;
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
-        bail!("-N {}: {}", path.display(), std::io::Error::last_os_error());
+    use std::os::fd::AsFd;
+    if let Err(e) = crate::sys::setns(f.as_fd(), libc::CLONE_NEWNS) {
+        bail!("-N {}: {e}", path.display());
     }
     Ok(())
 }

@@ -305,7 +305,7 @@ impl Filesystem for UnionFs {
             // The kernel keeps the absence as it keeps an entry (a compiler's include path
             // search, $PATH): a name made through the mount replaces it.
             Err(sys::Errno(libc::ENOENT)) => {
-                let mut attr = to_attr(&unsafe { std::mem::zeroed() });
+                let mut attr = to_attr(&sys::zeroed_stat());
                 attr.ino = INodeNo(0);
                 reply.entry(&TTL, &attr, Generation(0))
             }
@@ -484,7 +484,7 @@ impl Filesystem for UnionFs {
                     Generation(0),
                 ),
                 None => {
-                    let mut attr = to_attr(&unsafe { std::mem::zeroed() });
+                    let mut attr = to_attr(&sys::zeroed_stat());
                     attr.ino = INodeNo(e.ino);
                     attr.kind = file_type(e.fmt);
                     reply.add(

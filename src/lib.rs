@@ -4,9 +4,18 @@
 //! adapter to the kernel; `mount` parses and checks what the user asked for;
 //! `run` starts a command in namespaces of its own, on a union as its root.
 
+//!
+//! Every `unsafe` of the crate lives in `sys`, the one syscall floor; the other modules are
+//! forbidden to have any.
+
+#[forbid(unsafe_code)]
 pub mod compat;
+#[forbid(unsafe_code)]
 pub mod fuse;
+#[forbid(unsafe_code)]
 pub mod mount;
+#[forbid(unsafe_code)]
 pub mod run;
 pub mod sys;
+#[forbid(unsafe_code)]
 pub mod union;

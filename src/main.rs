@@ -1,5 +1,7 @@
 //! The `unionfuse` command line: parses, then calls the library.
 
+#![forbid(unsafe_code)]
+
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;

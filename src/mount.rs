@@ -1,8 +1,8 @@
 //! `unionfuse mount` and `unionfuse umount`: argument checks, the daemon's life cycle.
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -182,19 +182,6 @@ fn unescape_octal(s: &[u8]) -> Vec<u8> {
     out
 }
 
-pub(crate) fn is_writable_dir(p: &Path) -> bool {
-    let Ok(c) = CString::new(p.as_os_str().as_bytes()) else {
-        return false;
-    };
-    unsafe {
-        if libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) != 0 {
-            return false;
-        }
-        let mut st: libc::statvfs = std::mem::zeroed();
-        libc::statvfs(c.as_ptr(), &mut st) == 0 && st.f_flag & libc::ST_RDONLY == 0
-    }
-}
-
 /// Checks a request before anything is mounted; every refusal is one line for the user.
 /// Refuses two (canonical) paths of which one lies inside the other.
 fn refuse_nesting((a_role, a): (&str, &Path), (b_role, b): (&str, &Path)) -> Result<()> {
@@ -226,7 +213,7 @@ pub fn validate(req: &MountRequest, lower_spec: Option<&OsStr>) -> Result<Checke
     let upper = match &req.upper {
         Some(u) => {
             let c = check_dir("upper layer", u, None)?;
-            if !is_writable_dir(&c) {
+            if !sys::is_writable_dir(&c) {
                 bail!("upper layer '{}': not writable", u.display());
             }
             Some(c)
@@ -339,13 +326,6 @@ fn mount_as_root(mountpoint: &Path, cfg: &Config, req: &Checked) -> std::io::Res
     if cfg.acl != SessionACL::Owner {
         data.push_str(",allow_other");
     }
-    let c = |s: &[u8]| CString::new(s).map_err(std::io::Error::other);
-    let (src, mp, ty, data) = (
-        c(b"unionfuse")?,
-        c(mountpoint.as_os_str().as_bytes())?,
-        c(b"fuse.unionfuse")?,
-        c(data.as_bytes())?,
-    );
     let mut flags = 0;
     for (on, f) in [
         (read_only(req), libc::MS_RDONLY),
@@ -357,18 +337,13 @@ fn mount_as_root(mountpoint: &Path, cfg: &Config, req: &Checked) -> std::io::Res
             flags |= f;
         }
     }
-    let r = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            mp.as_ptr(),
-            ty.as_ptr(),
-            flags,
-            data.as_ptr().cast(),
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    sys::mount(
+        OsStr::new("unionfuse"),
+        mountpoint.as_os_str(),
+        Some("fuse.unionfuse"),
+        flags,
+        Some(&data),
+    )?;
     Ok(dev.into())
 }
 
@@ -390,29 +365,21 @@ pub fn pidfile(mountpoint: &Path) -> PathBuf {
     dir.join(format!("{h:016x}.pid"))
 }
 
-pub(crate) fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
 /// Mounts and serves. In the background (the default) it returns only once the mount is live
 /// or has failed; the daemon stays behind until the filesystem is unmounted.
 pub fn mount(c: Checked) -> Result<Option<i32>> {
     if c.req.foreground {
         return serve(c, None).map(|()| None);
     }
-    let (rd, wr) = pipe().map_err(|e| UserError(format!("pipe: {e}")))?;
-    match unsafe { libc::fork() } {
-        -1 => bail!("fork: {}", std::io::Error::last_os_error()),
-        0 => {
+    let (rd, wr) = sys::pipe().map_err(|e| UserError(format!("pipe: {e}")))?;
+    match sys::fork() {
+        Err(e) => bail!("fork: {e}"),
+        Ok(sys::Forked::Child) => {
             drop(rd);
-            unsafe { libc::setsid() };
+            sys::setsid();
             if c.req.private {
                 // Never outlive the runner, even after a kill -9: SIGTERM unmounts and cleans.
-                unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
+                sys::set_parent_death_signal(libc::SIGTERM);
             }
             let code = match serve(c, Some(wr)) {
                 Ok(()) => 0,
@@ -420,7 +387,7 @@ pub fn mount(c: Checked) -> Result<Option<i32>> {
             };
             std::process::exit(code);
         }
-        pid => {
+        Ok(sys::Forked::Parent(pid)) => {
             drop(wr);
             // The daemon sends one message, in one write (atomic on a pipe): "OK" once the
             // mount is live, or why it failed. No wait for the pipe's end: the daemon goes
@@ -446,32 +413,23 @@ fn redirect_stdio_to_null() {
         .open("/dev/null")
     {
         for fd in 0..3 {
-            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+            let _ = sys::dup_onto(null.as_fd(), fd);
         }
     }
 }
 
 /// Blocks the termination signals in this (still single-threaded) process, so that every
 /// thread inherits the mask and one thread can take them with `sigwait`.
-fn block_term_signals() -> libc::sigset_t {
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    }
+fn block_term_signals() -> sys::SigSet {
+    let set = sys::SigSet::of(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
+    set.block();
+    set
 }
 
 /// Unmounts without waiting for the daemon (the daemon itself calls this on a signal).
 pub fn detach(mountpoint: &Path) -> std::io::Result<()> {
-    if sys::geteuid() == 0 {
-        let c = CString::new(mountpoint.as_os_str().as_bytes())?;
-        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
-            return Ok(());
-        }
+    if sys::geteuid() == 0 && sys::umount(mountpoint, libc::MNT_DETACH).is_ok() {
+        return Ok(());
     }
     let st = std::process::Command::new("fusermount3")
         .args(["-u", "-z", "--"])
@@ -551,8 +509,8 @@ fn serve(c: Checked, ready: Option<OwnedFd>) -> Result<()> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            let mut sig = 0;
-            if unsafe { libc::sigwait(&sigset, &mut sig) } == 0 {
+            let (sig, _) = sigset.wait_info();
+            {
                 log::info!("signal {sig}: unmounting {}", mp.display());
                 if let Err(e) = detach(&mp) {
                     log::error!("unmount of {} failed: {e}", mp.display());
@@ -633,9 +591,8 @@ pub fn umount(mountpoint: &Path, wait: Duration) -> Result<()> {
         .ok()
         .and_then(|s| s.trim().parse().ok());
     if sys::geteuid() == 0 {
-        let c = CString::new(mp.as_os_str().as_bytes()).map_err(|e| UserError(e.to_string()))?;
-        if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
-            bail!("'{}': {}", mp.display(), std::io::Error::last_os_error());
+        if let Err(e) = sys::umount(&mp, 0) {
+            bail!("'{}': {e}", mp.display());
         }
     } else {
         let out = std::process::Command::new("fusermount3")

@@ -5,6 +5,7 @@
 
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -339,7 +340,7 @@ impl Union {
         match fmt {
             libc::S_IFLNK => {
                 let target = sys::readlinkat(sdir, sname)?;
-                let t = CString::new(target).map_err(|_| Errno(libc::EIO))?;
+                let t = sys::cstr(OsStr::from_bytes(&target))?;
                 sys::symlinkat(&t, work.as_fd(), &tmp)?;
             }
             _ => sys::mknodat(work.as_fd(), &tmp, fmt | 0o600, st.st_rdev)?,
@@ -518,7 +519,7 @@ pub fn copy_meta(from: At<'_>, to: At<'_>, st: &libc::stat) -> Result<()> {
         if whiteout::is_private_xattr(&attr) {
             continue;
         }
-        let a = CString::new(attr).map_err(|_| Errno(libc::EIO))?;
+        let a = sys::cstr(OsStr::from_bytes(&attr))?;
         if let Some(v) = sys::getxattr(from.dir, from.name, &a)? {
             match sys::setxattr(to.dir, to.name, &a, Some(&v), 0) {
                 Ok(()) | Err(Errno(libc::EOPNOTSUPP)) => {}

@@ -1,0 +1,376 @@
+//! `unionfuse run`: a command on the merged view, as root or rootless, in its own user, mount,
+//! pid, uts and ipc namespaces.
+//!
+//! Processes of a run, and the namespaces they live in:
+//! - the runner (this process) enters a new user namespace (rootless only: the caller becomes
+//!   root inside) and a new mount namespace A, where the daemon mounts the union on a scratch
+//!   directory. It then waits for the init, forwarding the signals it is sent.
+//! - the daemon, forked in A before anything else: it keeps the host's root, so the layers stay
+//!   reachable by their host paths. It dies with the runner (SIGTERM: unmount, clean up).
+//! - the init, pid 1 of a new pid namespace, in a mount namespace B of its own (`pivot_root`
+//!   would otherwise move the runner and the daemon too): it mounts /proc, /dev, /sys and /tmp
+//!   in the union, binds what was asked, pivots into the union, detaches the old root, starts
+//!   the command, reaps zombies and forwards signals. Its exit ends every process of the run.
+
+mod init;
+mod rootfs;
+mod userns;
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::mount::{self, MountRequest, Result, UserError, bail};
+use crate::sys;
+
+/// Exit status when the runner itself fails and the command never ran (as docker has it).
+pub const RUNNER_FAILED: u8 = 125;
+/// The command was found but could not be executed.
+const CANNOT_EXEC: i32 = 126;
+/// The command was not found.
+const NOT_FOUND: i32 = 127;
+
+/// The signals passed on to the command when they are sent to the runner.
+const FORWARDED: [i32; 7] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    pub src: PathBuf,
+    /// Absolute, inside the container.
+    pub dst: PathBuf,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Net {
+    /// The caller's network namespace.
+    #[default]
+    Host,
+    /// A new network namespace with only a loopback interface.
+    None,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunRequest {
+    pub lower_spec: OsString,
+    pub upper: Option<PathBuf>,
+    pub hostname: Option<String>,
+    pub setenv: Vec<(OsString, OsString)>,
+    pub chdir: Option<PathBuf>,
+    pub binds: Vec<Bind>,
+    pub net: Net,
+    pub command: Vec<OsString>,
+}
+
+/// `SRC:DST` (or `SRC` alone for the same path inside); `\:` escapes a colon.
+pub fn parse_bind(spec: &OsStr, read_only: bool) -> Result<Bind> {
+    let parts = mount::split_layers(spec)
+        .map_err(|_| UserError(format!("bind '{}': empty path", spec.to_string_lossy())))?;
+    let (src, dst) = match parts.as_slice() {
+        [s] => (s.clone(), s.clone()),
+        [s, d] => (s.clone(), d.clone()),
+        _ => bail!(
+            "bind '{}': expected SRC:DST (write '\\:' for a ':' in a path)",
+            spec.to_string_lossy()
+        ),
+    };
+    if !dst.is_absolute() {
+        bail!(
+            "bind '{}': the destination must be an absolute path",
+            spec.to_string_lossy()
+        );
+    }
+    Ok(Bind {
+        src,
+        dst,
+        read_only,
+    })
+}
+
+/// `K=V`.
+pub fn parse_env(spec: &OsStr) -> Result<(OsString, OsString)> {
+    let b = spec.as_bytes();
+    match b.iter().position(|&c| c == b'=') {
+        Some(i) if i > 0 => Ok((
+            OsStr::from_bytes(&b[..i]).to_owned(),
+            OsStr::from_bytes(&b[i + 1..]).to_owned(),
+        )),
+        _ => bail!("--setenv '{}': expected K=V", spec.to_string_lossy()),
+    }
+}
+
+/// A path or argument as the C calls take it.
+fn cstring(s: &OsStr) -> Result<CString> {
+    sys::cstr(s).map_err(|_| UserError("a path or argument contains a NUL byte".into()))
+}
+
+fn pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    sys::pipe().map_err(|e| UserError(format!("pipe: {e}")))
+}
+
+/// Runs the request; returns the command's exit status (128+N when killed by signal N).
+pub fn run(req: RunRequest) -> Result<i32> {
+    if req.command.is_empty() {
+        bail!("no command given (unionfuse run --lower L [--upper U] -- COMMAND [ARG...])");
+    }
+    let lowers = mount::split_layers(&req.lower_spec)?;
+    let mut binds = Vec::new();
+    for b in &req.binds {
+        let src = std::fs::canonicalize(&b.src)
+            .map_err(|e| UserError(format!("bind source '{}': {e}", b.src.display())))?;
+        binds.push(Bind { src, ..b.clone() });
+    }
+    if let Some(h) = &req.hostname
+        && (h.is_empty() || h.len() > 64)
+    {
+        bail!("--hostname '{h}': must be 1 to 64 bytes");
+    }
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+    {
+        bail!(
+            "cannot open /dev/fuse: {e} (FUSE is needed: load the fuse module, and make /dev/fuse 0666 for users)"
+        );
+    }
+    let rootless = sys::geteuid() != 0;
+
+    let scratch = Scratch::create(req.upper.is_none())?;
+    // The layers are checked once, here, before any namespace exists.
+    let r = mount_request(&req, lowers, &scratch)
+        .and_then(|m| run_in(&req, m, &binds, rootless, &scratch));
+    // The daemon removes the scratch directory once it has unmounted; this is for failures
+    // before the daemon started, and for a daemon that had to be killed.
+    if scratch.path.exists() {
+        let _ = std::fs::remove_dir_all(&scratch.path);
+    }
+    r
+}
+
+/// The run's own directory: the union's mountpoint, and the temporary upper if none is given.
+struct Scratch {
+    path: PathBuf,
+    temp_upper: bool,
+}
+
+impl Scratch {
+    fn create(temp_upper: bool) -> Result<Scratch> {
+        let tmpl = std::env::temp_dir().join("unionfuse-run.XXXXXX");
+        let path = sys::make_temp_dir(&tmpl).map_err(|e| {
+            UserError(format!(
+                "cannot create a directory in {}: {e}",
+                std::env::temp_dir().display()
+            ))
+        })?;
+        let s = Scratch { path, temp_upper };
+        let mk = |n: &str| {
+            std::fs::create_dir(s.path.join(n))
+                .map_err(|e| UserError(format!("{}: {e}", s.path.join(n).display())))
+        };
+        mk("root")?;
+        if temp_upper {
+            mk("upper")?;
+        }
+        Ok(s)
+    }
+    fn root(&self) -> PathBuf {
+        self.path.join("root")
+    }
+}
+
+/// The union of a run, on its scratch directory, checked.
+fn mount_request(
+    req: &RunRequest,
+    lowers: Vec<PathBuf>,
+    scratch: &Scratch,
+) -> Result<mount::Checked> {
+    let upper = match &req.upper {
+        Some(u) => Some(u.clone()),
+        None => Some(scratch.path.join("upper")),
+    };
+    let mreq = MountRequest {
+        lowers,
+        upper,
+        mountpoint: scratch.root(),
+        allow_other: Some(true),
+        // A throw-away upper needs no flush to disk.
+        volatile: scratch.temp_upper,
+        private: true,
+        remove_after: Some(scratch.path.clone()),
+        ..Default::default()
+    };
+    mount::validate(&mreq, Some(&req.lower_spec))
+}
+
+fn run_in(
+    req: &RunRequest,
+    checked: mount::Checked,
+    binds: &[Bind],
+    rootless: bool,
+    scratch: &Scratch,
+) -> Result<i32> {
+    let full_ids = if rootless {
+        userns::enter_user_namespace()?
+    } else {
+        true
+    };
+    unshare(libc::CLONE_NEWNS, "a mount namespace")?;
+    make_private()?;
+    let daemon = mount::mount(checked)?.expect("a background mount has a daemon");
+
+    let mut flags = libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+    if req.net == Net::None {
+        flags |= libc::CLONE_NEWNET;
+    }
+    let r = unshare(flags, "pid, uts, ipc and network namespaces")
+        .and_then(|()| init::start(req, binds, scratch, full_ids));
+    let code = match r {
+        Ok((init, ns_ready)) => {
+            // Once the init has a mount namespace of its own, this one (the daemon's) lets
+            // go of the host's other mounts.
+            let mut b = [0u8; 1];
+            if matches!(std::fs::File::from(ns_ready).read(&mut b), Ok(1)) {
+                drop_host_mounts(&scratch.root());
+            }
+            Ok(wait_forwarding(init))
+        }
+        Err(e) => Err(e),
+    };
+    stop_daemon(daemon);
+    code
+}
+
+fn unshare(flags: i32, what: &str) -> Result<()> {
+    if let Err(e) = sys::unshare(flags) {
+        if flags & libc::CLONE_NEWUSER != 0 {
+            let why = match e.0 {
+                libc::ENOSPC => {
+                    " (user namespaces are disabled or used up: see /proc/sys/user/max_user_namespaces)"
+                }
+                libc::EPERM => {
+                    " (unprivileged user namespaces are disabled: see the sysctl kernel.unprivileged_userns_clone, or a security module's policy)"
+                }
+                _ => "",
+            };
+            bail!("cannot create a user namespace: {e}{why}");
+        }
+        bail!("cannot create {what}: {e}");
+    }
+    Ok(())
+}
+
+/// Makes every mount of this (new) namespace private: nothing done here reaches the host.
+fn make_private() -> Result<()> {
+    sys::make_private(Path::new("/"))
+        .map_err(|e| UserError(format!("cannot make the mounts of / private: {e}")))
+}
+
+// ---- the runner's side ----
+
+/// The forwarded signals, and SIGCHLD when the waiter also wants to hear of its children.
+fn signal_set(with_chld: bool) -> sys::SigSet {
+    let mut v = FORWARDED.to_vec();
+    if with_chld {
+        v.push(libc::SIGCHLD);
+    }
+    sys::SigSet::of(&v)
+}
+
+/// The runner's mount namespace, which the daemon shares, began as a copy of the host's,
+/// and a copy holds every mount in it: another FUSE daemon could not end when its mount was
+/// unmounted on the host, an overlay's upper could not be mounted again. Once the init has
+/// its own namespace, every mount here is detached but `/`, those the union's mountpoint
+/// lies on, the union itself, `/proc` and `/dev` (the daemon works through the fds it
+/// holds). Rootless, the copies are locked to the user namespace and stay.
+fn drop_host_mounts(union_mp: &Path) {
+    for _ in 0..8 {
+        let mut victims: Vec<PathBuf> = mount::mount_table()
+            .into_iter()
+            .map(|(p, _)| p)
+            .filter(|p| {
+                !union_mp.starts_with(p) && p != Path::new("/proc") && p != Path::new("/dev")
+            })
+            .collect();
+        victims.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+        victims.dedup();
+        let mut detached = false;
+        for p in victims {
+            detached |= sys::umount(&p, libc::MNT_DETACH).is_ok();
+        }
+        if !detached {
+            return;
+        }
+    }
+}
+
+fn wait_forwarding(init: i32) -> i32 {
+    let set = signal_set(true);
+    loop {
+        match sys::waitpid(init, libc::WNOHANG) {
+            Ok(Some((_, st))) => return sys::decode_status(st),
+            Ok(None) => {}
+            Err(_) => return 255,
+        }
+        let (sig, forward) = set.wait_info();
+        if forward && sig != libc::SIGCHLD {
+            let _ = sys::kill(init, sig);
+        }
+    }
+}
+
+/// Ends the daemon (it unmounts, then removes the scratch directory) and waits for it.
+fn stop_daemon(pid: i32) {
+    let _ = sys::kill(pid, libc::SIGTERM);
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        if !matches!(sys::waitpid(pid, libc::WNOHANG), Ok(None)) {
+            return;
+        }
+        if Instant::now() > end {
+            eprintln!("unionfuse run: the daemon (pid {pid}) did not exit; killing it");
+            let _ = sys::kill(pid, libc::SIGKILL);
+            sys::wait_status(pid);
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binds_and_env_parse() {
+        assert_eq!(
+            parse_bind(OsStr::new("/a:/b"), true).unwrap(),
+            Bind {
+                src: "/a".into(),
+                dst: "/b".into(),
+                read_only: true
+            }
+        );
+        assert_eq!(
+            parse_bind(OsStr::new("/a"), false).unwrap().dst,
+            PathBuf::from("/a")
+        );
+        assert!(parse_bind(OsStr::new("/a:b"), false).is_err());
+        assert!(parse_bind(OsStr::new("/a:/b:/c"), false).is_err());
+        assert_eq!(
+            parse_env(OsStr::new("K=a=b")).unwrap(),
+            ("K".into(), "a=b".into())
+        );
+        assert!(parse_env(OsStr::new("=v")).is_err());
+    }
+}

@@ -1,0 +1,147 @@
+//! Rootless runs: the user namespace and its id maps.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use super::{pipe, unshare};
+use crate::mount::{Result, UserError, bail};
+use crate::sys;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct IdRange {
+    start: u32,
+    count: u32,
+}
+
+/// The first range `/etc/subuid` (or subgid) grants a user, by name or by number.
+fn subid_range(text: &str, name: Option<&str>, id: u32) -> Option<IdRange> {
+    let id = id.to_string();
+    text.lines().find_map(|l| {
+        let mut f = l.trim().split(':');
+        let (who, start, count) = (f.next()?, f.next()?, f.next()?);
+        if who != id && Some(who) != name {
+            return None;
+        }
+        let r = IdRange {
+            start: start.parse().ok()?,
+            count: count.parse().ok()?,
+        };
+        (r.count > 0).then_some(r)
+    })
+}
+
+fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/bin".into(), "/usr/sbin".into(), "/bin".into()])
+        .map(|d| d.join(name))
+        .find(|p| sys::is_executable(p))
+}
+
+/// Enters a new user namespace where the caller is root. With a subordinate id range and the
+/// setuid helpers, the whole range is mapped (ids 1.. inside); otherwise only the caller's own
+/// id, which is said once on stderr. Returns whether the full range is mapped.
+pub(super) fn enter_user_namespace() -> Result<bool> {
+    let (uid, gid) = sys::real_ids();
+    let name = sys::user_name(uid);
+    let read = |f: &str| std::fs::read_to_string(f).unwrap_or_default();
+    let ranges = (
+        subid_range(&read("/etc/subuid"), name.as_deref(), uid),
+        subid_range(&read("/etc/subgid"), name.as_deref(), gid),
+    );
+    let tools = (find_program("newuidmap"), find_program("newgidmap"));
+    let helper = match (ranges, &tools) {
+        ((Some(ur), Some(gr)), (Some(nu), Some(ng))) => {
+            let me = std::process::id();
+            let (rd, wr) = pipe()?;
+            match sys::fork() {
+                Err(e) => bail!("fork: {e}"),
+                Ok(sys::Forked::Child) => {
+                    drop(wr);
+                    let mut go = [0u8; 1];
+                    let ok = std::fs::File::from(rd).read(&mut go).ok() == Some(1)
+                        && map_ids(nu, me, uid, ur)
+                        && map_ids(ng, me, gid, gr);
+                    sys::exit_now(if ok { 0 } else { 1 });
+                }
+                Ok(sys::Forked::Parent(pid)) => {
+                    drop(rd);
+                    Some((pid, wr))
+                }
+            }
+        }
+        _ => None,
+    };
+    let entered = unshare(libc::CLONE_NEWUSER, "a user namespace");
+    let mut full = false;
+    if let Some((pid, wr)) = helper {
+        if entered.is_ok() {
+            let _ = std::fs::File::from(wr.try_clone().expect("dup")).write_all(b"1");
+        }
+        drop(wr);
+        full = sys::wait_status(pid) == 0 && entered.is_ok();
+    }
+    entered?;
+    let map_empty = |f: &str| read(f).trim().is_empty();
+    if map_empty("/proc/self/uid_map") {
+        std::fs::write("/proc/self/uid_map", format!("0 {uid} 1\n"))
+            .map_err(|e| UserError(format!("cannot write the uid map: {e}")))?;
+    }
+    if map_empty("/proc/self/gid_map") {
+        let _ = std::fs::write("/proc/self/setgroups", "deny");
+        std::fs::write("/proc/self/gid_map", format!("0 {gid} 1\n"))
+            .map_err(|e| UserError(format!("cannot write the gid map: {e}")))?;
+    }
+    if full {
+        // Supplementary groups from outside are unmapped inside: drop them.
+        let _ = sys::clear_groups();
+    } else {
+        let who = name.unwrap_or_else(|| uid.to_string());
+        let why = match (ranges, &tools) {
+            ((None, _), _) | ((_, None), _) => {
+                format!("'{who}' has no range in /etc/subuid and /etc/subgid")
+            }
+            (_, (None, _)) | (_, (_, None)) => {
+                "newuidmap/newgidmap are missing (Debian: apt-get install uidmap)".to_string()
+            }
+            _ => "newuidmap/newgidmap failed".to_string(),
+        };
+        eprintln!(
+            "unionfuse run: {why}; only your own ids are mapped (to root inside), so files cannot be given to other users"
+        );
+    }
+    Ok(full)
+}
+
+fn map_ids(tool: &Path, pid: u32, own: u32, r: IdRange) -> bool {
+    std::process::Command::new(tool)
+        .args([pid, 0, own, 1, 1, r.start, r.count].map(|n| n.to_string()))
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subid_ranges_match_by_name_or_id() {
+        let t = "alice:100000:65536\n1001:200000:1000\nbob:300000:0\n";
+        assert_eq!(
+            subid_range(t, Some("alice"), 1000),
+            Some(IdRange {
+                start: 100000,
+                count: 65536
+            })
+        );
+        assert_eq!(
+            subid_range(t, Some("carol"), 1001),
+            Some(IdRange {
+                start: 200000,
+                count: 1000
+            })
+        );
+        assert_eq!(subid_range(t, Some("bob"), 1002), None);
+    }
+}
