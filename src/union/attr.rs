@@ -51,16 +51,7 @@ impl Union {
     }
 
     fn real_stat(&self, node: &Node) -> Result<libc::stat> {
-        let loc = node.loc.read();
-        if node.is_dir() {
-            let (_, fd) = loc.dirs.first().ok_or(Errno(libc::EIO))?;
-            sys::fstat(fd.as_fd())
-        } else if let Some(obj) = &loc.obj {
-            sys::fstat(obj.as_fd())
-        } else {
-            let dir = loc.top_dir.as_ref().ok_or(Errno(libc::EIO))?;
-            sys::fstatat(dir.as_fd(), &sys::cstr(&loc.name)?)
-        }
+        node.loc.read().top()?.stat()
     }
 
     pub fn getattr(&self, ino: u64) -> Result<libc::stat> {
@@ -75,11 +66,8 @@ impl Union {
             return Err(Errno(libc::EINVAL));
         }
         let loc = node.loc.read().clone();
-        if let Some(obj) = &loc.obj {
-            return sys::readlinkat(obj.as_fd(), c"");
-        }
-        let dir = loc.top_dir.as_ref().ok_or(Errno(libc::EIO))?;
-        sys::readlinkat(dir.as_fd(), &sys::cstr(&loc.name)?)
+        loc.top()?
+            .with_at(|d, n| sys::readlinkat(d, n.unwrap_or(c"")))
     }
 
     /// Runs `f` with the (dir fd, name) pair that reaches the node's top object through the
@@ -91,16 +79,7 @@ impl Union {
     ) -> Result<T> {
         let node = self.node(ino)?;
         let loc = node.loc.read().clone();
-        if node.is_dir() {
-            let (_, fd) = loc.dirs.first().ok_or(Errno(libc::EIO))?;
-            f(fd.as_fd(), None)
-        } else if let Some(obj) = &loc.obj {
-            f(obj.as_fd(), None)
-        } else {
-            let dir = loc.top_dir.as_ref().ok_or(Errno(libc::EIO))?;
-            let name = sys::cstr(&loc.name)?;
-            f(dir.as_fd(), Some(&name))
-        }
+        loc.top()?.with_at(f)
     }
 
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
@@ -127,11 +106,7 @@ impl Union {
     fn upper_target(&self, node: &Node) -> Result<std::sync::Arc<std::os::fd::OwnedFd>> {
         let loc = node.loc.read();
         if node.is_dir() {
-            return loc
-                .dirs
-                .first()
-                .map(|(_, fd)| fd.clone())
-                .ok_or(Errno(libc::EIO));
+            return loc.dirs.top().map(|d| d.fd.clone()).ok_or(Errno(libc::EIO));
         }
         loc.obj.clone().ok_or(Errno(libc::EIO))
     }

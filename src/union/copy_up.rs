@@ -13,9 +13,6 @@ use super::inode::Node;
 use super::{Union, whiteout};
 use crate::sys::{self, Errno, Result};
 
-/// The work directory, inside the upper's root: hidden from the view, emptied at mount.
-pub const WORK_NAME: &str = ".unionfuse-work";
-
 /// Where and how a real object is reached: a directory fd and a name in it, or the object's
 /// own fd (`name` None).
 #[derive(Clone, Copy)]
@@ -24,9 +21,6 @@ pub struct At<'a> {
     pub name: Option<&'a CStr>,
 }
 
-/// The whiteout inode every kernel-format whiteout of this mount links to (in the work dir).
-pub(super) const SHARED_WHITEOUT: &CStr = c"whiteout";
-
 impl Union {
     pub(super) fn upper_root(&self) -> Result<&Arc<OwnedFd>> {
         if self.has_upper {
@@ -34,16 +28,6 @@ impl Union {
         } else {
             Err(Errno(libc::EROFS))
         }
-    }
-
-    pub(super) fn work(&self) -> Result<&OwnedFd> {
-        self.work.as_ref().ok_or(Errno(libc::EROFS))
-    }
-
-    /// A fresh name in the work dir.
-    pub(super) fn tmp_name(&self) -> CString {
-        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
-        CString::new(format!("t{}-{n}", std::process::id())).expect("no NUL")
     }
 
     /// The upper directory of a directory node, copying it (and its ancestors) up first.
@@ -58,15 +42,15 @@ impl Union {
         }
         let (parent, name, src) = {
             let loc = node.loc.read();
-            let (_, src) = loc.dirs.first().ok_or(Errno(libc::EIO))?;
-            (loc.parent, loc.name.clone(), src.clone())
+            let src = loc.dirs.top().ok_or(Errno(libc::EIO))?;
+            (loc.parent, loc.name.clone(), src.fd.clone())
         };
         let pfd = self.upper_dir(&*self.node(parent)?)?;
         let c = sys::cstr(&name)?;
         let st = sys::fstat(src.as_fd())?;
         let ptimes = ParentTimes::save(pfd.as_fd())?;
         let work = self.work()?;
-        let tmp = self.tmp_name();
+        let tmp = self.work()?.tmp_name();
         sys::mkdirat(work.as_fd(), &tmp, 0o700)?;
         let done = (|| {
             let tfd = sys::openat(work.as_fd(), &tmp, libc::O_PATH | libc::O_DIRECTORY, 0)?;
@@ -82,7 +66,7 @@ impl Union {
             sys::renameat2(work.as_fd(), &tmp, pfd.as_fd(), &c, sys::RENAME_NOREPLACE)
         })();
         if let Err(e) = done {
-            let _ = remove_tree(work.as_fd(), &tmp);
+            let _ = super::work::remove_tree(work.as_fd(), &tmp);
             if e != Errno(libc::EEXIST) {
                 return Err(e);
             }
@@ -96,7 +80,7 @@ impl Union {
         self.keep_ino(ufd.as_fd(), node.ino)?;
         ptimes.restore(pfd.as_fd())?;
         let mut loc = node.loc.write();
-        loc.dirs.insert(0, (0, ufd.clone()));
+        loc.dirs.put_upper(ufd.clone());
         loc.top_layer = 0;
         loc.top_dir = Some(pfd);
         drop(loc);
@@ -116,10 +100,7 @@ impl Union {
 
     fn upper_dir_if_any(&self, node: &Node) -> Option<Arc<OwnedFd>> {
         let loc = node.loc.read();
-        loc.dirs
-            .first()
-            .filter(|(l, _)| !self.is_lower(*l))
-            .map(|(_, fd)| fd.clone())
+        loc.dirs.upper().map(|d| d.fd.clone())
     }
 
     /// Copies a non-directory node up, unless it is there already. With `truncate`, the data
@@ -165,7 +146,7 @@ impl Union {
             let shown = sys::fstat(obj.as_fd())?.st_nlink as i64;
             let extra = lower_st.st_nlink as i64 - shown;
             if extra > 0 {
-                let x = self.nlink_xattr();
+                let x = self.formats.nlink_xattr();
                 match sys::setxattr(obj.as_fd(), None, x, Some(&whiteout::nlink_value(extra)), 0) {
                     Ok(()) | Err(Errno(libc::EOPNOTSUPP | libc::EPERM)) => {}
                     Err(e) => return Err(e),
@@ -218,7 +199,7 @@ impl Union {
         if l.writable {
             return Ok(Arc::new(read_redirect_map(
                 l.root.as_fd(),
-                self.work_in_upper,
+                self.hides_work,
             )?));
         }
         if let Some(m) = l.redirects.get() {
@@ -332,11 +313,12 @@ impl Union {
             if !self.volatile {
                 sys::fsync(tmpfd.as_fd(), false)?;
             }
-            self.publish_file(&tmpfd, tmpname.as_deref(), ddir, dname, false)?;
+            self.work()?
+                .publish(&tmpfd, tmpname.as_deref(), ddir, dname, false)?;
             return sys::openat(ddir, dname, libc::O_PATH, 0);
         }
         let work = self.work()?;
-        let tmp = self.tmp_name();
+        let tmp = self.work()?.tmp_name();
         match fmt {
             libc::S_IFLNK => {
                 let target = sys::readlinkat(sdir, sname)?;
@@ -368,7 +350,7 @@ impl Union {
         match sys::openat(dir, c".", libc::O_TMPFILE | libc::O_RDWR, mode) {
             Ok(fd) => Ok((fd, None)),
             Err(Errno(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)) => {
-                let tmp = self.tmp_name();
+                let tmp = self.work()?.tmp_name();
                 let fd = sys::openat(
                     self.work()?.as_fd(),
                     &tmp,
@@ -379,108 +361,6 @@ impl Union {
             }
             Err(e) => Err(e),
         }
-    }
-
-    /// Gives a file made by `new_tmp_file` the name `name` in `dir`; with `over_whiteout`,
-    /// replacing the whiteout there in one step.
-    pub(super) fn publish_file(
-        &self,
-        fd: &OwnedFd,
-        tmpname: Option<&CStr>,
-        dir: BorrowedFd<'_>,
-        name: &CStr,
-        over_whiteout: bool,
-    ) -> Result<()> {
-        let work = self.work()?;
-        let flags = if over_whiteout {
-            0
-        } else {
-            sys::RENAME_NOREPLACE
-        };
-        match tmpname {
-            Some(t) => sys::renameat2(work.as_fd(), t, dir, name, flags),
-            None if !over_whiteout => sys::link_tmpfile(fd.as_fd(), dir, name),
-            None => {
-                let t = self.tmp_name();
-                sys::link_tmpfile(fd.as_fd(), work.as_fd(), &t)?;
-                sys::renameat2(work.as_fd(), &t, dir, name, flags).inspect_err(|_| {
-                    let _ = sys::unlinkat(work.as_fd(), &t, 0);
-                })
-            }
-        }
-    }
-
-    /// Makes a whiteout in the work dir and returns its name.
-    pub(super) fn tmp_whiteout(&self) -> Result<CString> {
-        let work = self.work()?;
-        let t = self.tmp_name();
-        self.new_whiteout(work.as_fd(), &t)?;
-        Ok(t)
-    }
-
-    /// Makes a whiteout `name` in `dir`, where nothing is. Like overlayfs, a new link to one
-    /// whiteout inode kept in the work dir: deleting a name allocates no inode. A new one
-    /// takes the shared one's place when it is missing or has all the links it can have.
-    fn new_whiteout(&self, dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
-        let work = self.work()?.as_fd();
-        for _ in 0..2 {
-            match sys::linkat(work, SHARED_WHITEOUT, dir, name) {
-                Err(Errno(libc::ENOENT | libc::EMLINK)) => {
-                    let t = self.tmp_name();
-                    sys::mknodat(work, &t, libc::S_IFCHR, 0)?;
-                    sys::renameat2(work, &t, work, SHARED_WHITEOUT, 0).inspect_err(|_| {
-                        let _ = sys::unlinkat(work, &t, 0);
-                    })?;
-                }
-                r => return r,
-            }
-        }
-        sys::mknodat(dir, name, libc::S_IFCHR, 0)
-    }
-
-    /// Hides `name` in the upper directory `dir`, where nothing is yet.
-    pub(super) fn write_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
-        let c = sys::cstr(name)?;
-        if self.oci_whiteouts {
-            let w = whiteout::oci_whiteout_name(name)?;
-            let fd = sys::openat(dir, &w, libc::O_CREAT | libc::O_WRONLY, 0o600)?;
-            drop(fd);
-            return Ok(());
-        }
-        self.new_whiteout(dir, &c)
-    }
-
-    /// The xattr a redirect is written in: the same family as the opaque marker.
-    pub(super) fn redirect_xattr(&self) -> &'static CStr {
-        if self.opaque_xattr == c"trusted.overlay.opaque" {
-            c"trusted.overlay.redirect"
-        } else {
-            c"user.overlay.redirect"
-        }
-    }
-
-    /// The xattr a link count adjustment is written in: the family of the opaque marker.
-    pub(super) fn nlink_xattr(&self) -> &'static CStr {
-        if self.opaque_xattr == c"trusted.overlay.opaque" {
-            c"trusted.overlay.nlink"
-        } else {
-            c"user.overlay.nlink"
-        }
-    }
-
-    /// Marks a new upper directory opaque, in the format this mount writes.
-    pub(super) fn set_opaque(&self, dir: BorrowedFd<'_>) -> Result<()> {
-        if self.oci_whiteouts {
-            let fd = sys::openat(
-                dir,
-                whiteout::OCI_OPAQUE,
-                libc::O_CREAT | libc::O_WRONLY,
-                0o600,
-            )?;
-            drop(fd);
-            return Ok(());
-        }
-        sys::setxattr(dir, None, self.opaque_xattr, Some(b"y"), 0)
     }
 }
 
@@ -552,20 +432,6 @@ pub fn chown_at(at: At<'_>, uid: u32, gid: u32) -> Result<()> {
     }
 }
 
-/// Removes `name` in `dir` and everything below it.
-pub fn remove_tree(dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
-    match sys::unlinkat(dir, name, 0) {
-        Ok(()) => return Ok(()),
-        Err(Errno(libc::EISDIR | libc::EPERM)) => {}
-        Err(e) => return Err(e),
-    }
-    let sub = sys::openat(dir, name, libc::O_PATH | libc::O_DIRECTORY, 0)?;
-    for e in sys::read_dir(sub.as_fd())? {
-        remove_tree(sub.as_fd(), &sys::cstr(&e.name)?)?;
-    }
-    sys::unlinkat(dir, name, libc::AT_REMOVEDIR)
-}
-
 /// Directories of one layer that carry a redirect: (where their content is in the layers
 /// below, where they are in this layer), as name components from the root.
 pub(super) type RedirectMap = Vec<(Vec<OsString>, Vec<OsString>)>;
@@ -583,7 +449,7 @@ fn read_redirect_map(root: BorrowedFd<'_>, skip_work: bool) -> Result<RedirectMa
             if e.dtype != libc::DT_DIR && e.dtype != libc::DT_UNKNOWN {
                 continue;
             }
-            if skip_work && path.is_empty() && e.name == WORK_NAME {
+            if skip_work && path.is_empty() && e.name == super::work::WORK_NAME {
                 continue;
             }
             let c = sys::cstr(&e.name)?;

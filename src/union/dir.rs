@@ -7,10 +7,13 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
-use super::copy_up::{At, chown_at, remove_tree};
+use super::copy_up::{At, chown_at};
+use super::index::{LowerIndex, read_layer_dir};
 use super::inode::{Location, Node};
-use super::lookup::{LowerIndex, Resolved, read_layer_dir};
+use super::layer::{DirStack, LayerDir};
+use super::lookup::Resolved;
 use super::whiteout::{self, Slot};
+use super::work::remove_tree;
 use super::{Caller, Union};
 use crate::sys::{self, Errno, Result};
 
@@ -28,13 +31,7 @@ impl Union {
 
     /// Does a lower layer of `parent` show something under `name`?
     fn lower_visible(&self, parent: &Node, name: &OsStr) -> Result<bool> {
-        if !parent
-            .loc
-            .read()
-            .dirs
-            .iter()
-            .any(|(l, _)| self.is_lower(*l))
-        {
+        if !parent.loc.read().dirs.has_lower() {
             return Ok(false);
         }
         Ok(self
@@ -133,9 +130,15 @@ impl Union {
         let fd = Arc::new(sys::openat(pfd.as_fd(), &c, flags, 0)?);
         let st = sys::fstat(fd.as_fd())?;
         let node = self.node_for(&st, || {
-            let mut loc = Location::new(parent, name.to_owned(), 0, Some(pfd.clone()), vec![]);
+            let mut loc = Location::new(
+                parent,
+                name.to_owned(),
+                0,
+                Some(pfd.clone()),
+                DirStack::default(),
+            );
             if dir {
-                loc.dirs.push((0, fd.clone()));
+                loc.dirs.push(LayerDir::upper(fd.clone()));
             } else {
                 loc.obj = Some(fd.clone());
             }
@@ -156,7 +159,7 @@ impl Union {
             sys::fchownat(pfd.as_fd(), &c, uid, gid)?;
         } else {
             let work = self.work()?;
-            let tmp = self.tmp_name();
+            let tmp = self.work()?.tmp_name();
             sys::mkdirat(work.as_fd(), &tmp, mode)?;
             let made = (|| {
                 let tfd = sys::openat(work.as_fd(), &tmp, libc::O_PATH | libc::O_DIRECTORY, 0)?;
@@ -202,7 +205,7 @@ impl Union {
             })?;
         } else {
             let work = self.work()?;
-            let tmp = self.tmp_name();
+            let tmp = self.work()?.tmp_name();
             make(work.as_fd(), &tmp)?;
             if let Err(e) = fix(At {
                 dir: work.as_fd(),
@@ -267,7 +270,7 @@ impl Union {
         if mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
             sys::chmod_at(fd.as_fd(), None, mode)?;
         }
-        self.publish_file(
+        self.work()?.publish(
             &fd,
             tmpname.as_deref(),
             pfd.as_fd(),
@@ -335,7 +338,7 @@ impl Union {
             sys::link_tmpfile(obj.as_fd(), pfd.as_fd(), &c)?;
         } else {
             let work = self.work()?;
-            let tmp = self.tmp_name();
+            let tmp = self.work()?.tmp_name();
             sys::link_tmpfile(obj.as_fd(), work.as_fd(), &tmp)?;
             self.publish(&tmp, pfd.as_fd(), newname, slot, false)?;
         }
@@ -349,20 +352,14 @@ impl Union {
     /// Is the merged directory `r` empty (whiteouts and markers aside)?
     fn dir_is_empty(&self, r: &Resolved) -> Result<bool> {
         let mut hidden = std::collections::HashSet::new();
-        if let Some((_, ufd)) = r.dirs.first().filter(|(l, _)| !self.is_lower(*l)) {
-            let (real, wh) = read_layer_dir(ufd.as_fd())?;
+        if let Some(u) = r.dirs.upper() {
+            let (real, wh) = read_layer_dir(u.fd.as_fd())?;
             if !real.is_empty() {
                 return Ok(false);
             }
             hidden.extend(wh);
         }
-        let lower: Vec<_> = r
-            .dirs
-            .iter()
-            .filter(|(l, _)| self.is_lower(*l))
-            .cloned()
-            .collect();
-        if lower.is_empty() {
+        if !r.dirs.has_lower() {
             return Ok(true);
         }
         let cached = self
@@ -372,7 +369,7 @@ impl Union {
             .and_then(|n| n.loc.read().index.clone());
         let index = match cached {
             Some(i) => i,
-            None => Arc::new(LowerIndex::build(&lower)?),
+            None => Arc::new(LowerIndex::build(r.dirs.lowers())?),
         };
         Ok(!index
             .entries
@@ -400,19 +397,8 @@ impl Union {
         }
         let r = self.up_whole_if_linked(&p, name, r)?;
         let need_wh = self.lower_visible(&p, name)?;
-        let c = sys::cstr(name)?;
         if !self.is_lower(r.top_layer) {
-            let pfd = r.top_dir.as_fd();
-            if need_wh && !self.oci_whiteouts {
-                // One step: the whiteout takes the entry's place.
-                let t = self.tmp_whiteout()?;
-                sys::renameat2(self.work()?.as_fd(), &t, pfd, &c, 0)?;
-            } else {
-                if need_wh {
-                    self.write_whiteout(pfd, name)?;
-                }
-                sys::unlinkat(pfd, &c, 0)?;
-            }
+            self.remove_upper(r.top_dir.as_fd(), name, false, need_wh)?;
         } else {
             let pfd = self.upper_dir(&p)?;
             self.write_whiteout(pfd.as_fd(), name)?;
@@ -431,25 +417,13 @@ impl Union {
             return Err(Errno(libc::ENOTEMPTY));
         }
         let need_wh = self.lower_visible(&p, name)?;
-        let c = sys::cstr(name)?;
         if !self.is_lower(r.top_layer) {
-            let pfd = r.top_dir.as_fd();
-            let ufd = &r.dirs[0].1;
+            let ufd = r.dir_fd()?;
             // Only whiteouts and markers are left in it.
-            for e in sys::read_dir(ufd.as_fd())? {
-                remove_tree(ufd.as_fd(), &sys::cstr(&e.name)?)?;
+            for e in sys::read_dir(ufd)? {
+                remove_tree(ufd, &sys::cstr(&e.name)?)?;
             }
-            if need_wh && !self.oci_whiteouts {
-                let work = self.work()?;
-                let t = self.tmp_whiteout()?;
-                sys::renameat2(work.as_fd(), &t, pfd, &c, sys::RENAME_EXCHANGE)?;
-                sys::unlinkat(work.as_fd(), &t, libc::AT_REMOVEDIR)?;
-            } else {
-                if need_wh {
-                    self.write_whiteout(pfd, name)?;
-                }
-                sys::unlinkat(pfd, &c, libc::AT_REMOVEDIR)?;
-            }
+            self.remove_upper(r.top_dir.as_fd(), name, true, need_wh)?;
         } else {
             let pfd = self.upper_dir(&p)?;
             self.write_whiteout(pfd.as_fd(), name)?;
@@ -481,7 +455,7 @@ impl Union {
             Err(e) => return Err(e),
         };
         let is_dir = |r: &Resolved| r.st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-        let has_lower = |r: &Resolved| r.dirs.iter().any(|(l, _)| self.is_lower(*l));
+        let has_lower = |r: &Resolved| r.dirs.has_lower();
         if let Some(d) = &dst {
             if self.union_ino(&d.st) == self.union_ino(&src.st) {
                 return Ok(());
@@ -520,7 +494,7 @@ impl Union {
         // overlayfs without redirect_dir (tools then copy).
         let redirected = |r: &Resolved| is_dir(r) && has_lower(r);
         let dst_redirected = exchange && dst.as_ref().is_some_and(redirected);
-        if (redirected(&src) || dst_redirected) && self.oci_whiteouts {
+        if (redirected(&src) || dst_redirected) && self.formats.oci {
             // No redirects in this format: the directories come up whole instead, cut off from
             // the lowers, and then move like any upper directory.
             for r in std::iter::once(&src).chain(dst.as_ref().filter(|_| dst_redirected)) {
@@ -564,10 +538,10 @@ impl Union {
             sys::renameat2(spfd.as_fd(), &c, dpfd.as_fd(), &nc, sys::RENAME_EXCHANGE)?;
             // A directory landing where a lower one is must not merge with it.
             if is_dir(&src) && !redirected(&src) && dst_lower {
-                self.set_opaque(src.dirs[0].1.as_fd())?;
+                self.set_opaque(src.dir_fd()?)?;
             }
             if is_dir(d) && !redirected(d) && src_wh {
-                self.set_opaque(d.dirs[0].1.as_fd())?;
+                self.set_opaque(d.dir_fd()?)?;
             }
             self.moved(&src, newparent, newname, &dpfd);
             self.moved(d, parent, name, &spfd);
@@ -577,31 +551,18 @@ impl Union {
         match slot {
             Slot::Taken if merged_target.is_some() => {
                 // Its upper part, which the view shows empty, holds only whiteouts.
-                let ufd = &dst.as_ref().expect("checked").dirs[0].1;
-                for e in sys::read_dir(ufd.as_fd())? {
-                    remove_tree(ufd.as_fd(), &sys::cstr(&e.name)?)?;
+                let ufd = dst.as_ref().expect("checked").dir_fd()?;
+                for e in sys::read_dir(ufd)? {
+                    remove_tree(ufd, &sys::cstr(&e.name)?)?;
                 }
             }
             Slot::Whiteout if is_dir(&src) => sys::unlinkat(dpfd.as_fd(), &nc, 0)?,
             _ => {}
         }
         if is_dir(&src) && !redirected(&src) && (dst_lower || slot != Slot::Empty) {
-            self.set_opaque(src.dirs[0].1.as_fd())?;
+            self.set_opaque(src.dir_fd()?)?;
         }
-        let mut done = false;
-        if src_wh && !self.oci_whiteouts {
-            match sys::renameat2(spfd.as_fd(), &c, dpfd.as_fd(), &nc, sys::RENAME_WHITEOUT) {
-                Ok(()) => done = true,
-                Err(Errno(libc::EINVAL | libc::EPERM)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if !done {
-            sys::renameat2(spfd.as_fd(), &c, dpfd.as_fd(), &nc, 0)?;
-            if src_wh {
-                self.write_whiteout(spfd.as_fd(), name)?;
-            }
-        }
+        self.move_leaving_whiteout(spfd.as_fd(), name, dpfd.as_fd(), newname, src_wh)?;
         self.drop_oci_whiteout(dpfd.as_fd(), newname, slot)?;
         if let Some(d) = &dst {
             self.mark_gone(&d.st);
@@ -635,7 +596,7 @@ impl Union {
         }
         self.set_opaque(ufd.as_fd())?;
         let mut loc = node.loc.write();
-        loc.dirs.truncate(1);
+        loc.dirs.keep_top();
         loc.index = None;
         drop(loc);
         self.notify_changed(node.ino);
@@ -652,7 +613,13 @@ impl Union {
         let path = self.lower_path(&node)?;
         let ufd = self.upper_dir(&node)?;
         if whiteout::redirect_of(ufd.as_fd())?.is_none() {
-            sys::setxattr(ufd.as_fd(), None, self.redirect_xattr(), Some(&path), 0)?;
+            sys::setxattr(
+                ufd.as_fd(),
+                None,
+                self.formats.redirect_xattr(),
+                Some(&path),
+                0,
+            )?;
         }
         Ok(())
     }
@@ -665,11 +632,7 @@ impl Union {
         }
         let (parent, name, upper) = {
             let loc = node.loc.read();
-            let upper = loc
-                .dirs
-                .first()
-                .filter(|(l, _)| !self.is_lower(*l))
-                .map(|(_, fd)| fd.clone());
+            let upper = loc.dirs.upper().map(|d| d.fd.clone());
             (loc.parent, loc.name.clone(), upper)
         };
         let mut own = name.as_bytes().to_vec();
@@ -709,7 +672,7 @@ impl Union {
                 name.to_owned(),
                 r.top_layer,
                 Some(r.top_dir.clone()),
-                vec![],
+                DirStack::default(),
             )
         });
         let done = self.copy_up(&node, false).and_then(|_| {

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 
-use super::lookup::LowerIndex;
+use super::index::LowerIndex;
+use super::layer::DirStack;
 
 pub const ROOT_INO: u64 = 1;
 
@@ -24,7 +25,7 @@ pub struct Location {
     pub top_dir: Option<Arc<OwnedFd>>,
     /// Directories only: the real directory in each layer that contributes, top-down, ending
     /// at the first opaque one.
-    pub dirs: Vec<(usize, Arc<OwnedFd>)>,
+    pub dirs: DirStack,
     /// Directories: merged listing of the lower layers, built on first use.
     pub index: Option<Arc<LowerIndex>>,
     /// The name was removed; the node lives on while the kernel (an open file) holds it.
@@ -40,7 +41,7 @@ impl Location {
         name: OsString,
         top_layer: usize,
         top_dir: Option<Arc<OwnedFd>>,
-        dirs: Vec<(usize, Arc<OwnedFd>)>,
+        dirs: DirStack,
     ) -> Location {
         Location {
             parent,
@@ -52,6 +53,52 @@ impl Location {
             unlinked: false,
             obj: None,
         }
+    }
+}
+
+/// How a node's top object is reached.
+pub enum Object<'a> {
+    /// Through an fd on the object itself: a directory's, or an upper object's own.
+    Fd(&'a Arc<OwnedFd>),
+    /// By name in its directory (a lower non-directory).
+    Named(&'a Arc<OwnedFd>, &'a std::ffi::OsStr),
+}
+
+impl Object<'_> {
+    pub fn stat(&self) -> crate::sys::Result<libc::stat> {
+        use std::os::fd::AsFd;
+        match self {
+            Object::Fd(fd) => crate::sys::fstat(fd.as_fd()),
+            Object::Named(dir, name) => crate::sys::fstatat(dir.as_fd(), &crate::sys::cstr(name)?),
+        }
+    }
+
+    /// Runs `f` with the (fd, name) pair the `*at` calls take to reach the object: an fd
+    /// with no name, or a directory and a name.
+    pub fn with_at<T>(
+        &self,
+        f: impl FnOnce(std::os::fd::BorrowedFd<'_>, Option<&std::ffi::CStr>) -> crate::sys::Result<T>,
+    ) -> crate::sys::Result<T> {
+        use std::os::fd::AsFd;
+        match self {
+            Object::Fd(fd) => f(fd.as_fd(), None),
+            Object::Named(dir, name) => f(dir.as_fd(), Some(&crate::sys::cstr(name)?)),
+        }
+    }
+}
+
+impl Location {
+    /// The node's top object: a directory's top directory, an upper object's own fd, or the
+    /// name in its top directory.
+    pub fn top(&self) -> crate::sys::Result<Object<'_>> {
+        if let Some(d) = self.dirs.top() {
+            return Ok(Object::Fd(&d.fd));
+        }
+        if let Some(obj) = &self.obj {
+            return Ok(Object::Fd(obj));
+        }
+        let dir = self.top_dir.as_ref().ok_or(crate::sys::Errno(libc::EIO))?;
+        Ok(Object::Named(dir, &self.name))
     }
 }
 
@@ -237,7 +284,13 @@ mod tests {
     #[test]
     fn forget_drops_node_at_zero_and_keeps_root() {
         let t = NodeTable::default();
-        let loc = Location::new(1, "x".into(), 0, None, vec![]);
+        let loc = Location::new(
+            1,
+            "x".into(),
+            0,
+            None,
+            super::super::layer::DirStack::default(),
+        );
         t.insert_root(Node::new(ROOT_INO, libc::S_IFDIR, loc.clone()));
         t.acquire(7, || Node::new(7, libc::S_IFREG, loc.clone()));
         t.acquire(7, || unreachable!("exists"));

@@ -72,3 +72,102 @@ impl Layer {
         Ok(self.links.get_or_init(|| map))
     }
 }
+
+/// A real directory in one layer.
+#[derive(Debug, Clone)]
+pub struct LayerDir {
+    pub layer: usize,
+    pub fd: Arc<OwnedFd>,
+    /// In the upper (the one writable layer).
+    pub upper: bool,
+}
+
+impl LayerDir {
+    pub fn of(layer: &Layer) -> LayerDir {
+        LayerDir {
+            layer: layer.idx,
+            fd: layer.root.clone(),
+            upper: layer.writable,
+        }
+    }
+
+    pub fn upper(fd: Arc<OwnedFd>) -> LayerDir {
+        LayerDir {
+            layer: 0,
+            fd,
+            upper: true,
+        }
+    }
+}
+
+/// The real directories a merged directory is made of, top-down: the upper's first when it
+/// has one, then the lowers' down to the first opaque one.
+#[derive(Debug, Clone, Default)]
+pub struct DirStack(Vec<LayerDir>);
+
+impl DirStack {
+    pub fn new(dirs: Vec<LayerDir>) -> DirStack {
+        DirStack(dirs)
+    }
+
+    /// The upper's directory, if the upper has one.
+    pub fn upper(&self) -> Option<&LayerDir> {
+        self.0.first().filter(|d| d.upper)
+    }
+
+    pub fn lowers(&self) -> impl Iterator<Item = &LayerDir> {
+        self.0.iter().filter(|d| !d.upper)
+    }
+
+    pub fn has_lower(&self) -> bool {
+        self.lowers().next().is_some()
+    }
+
+    /// The directory of layer `layer`, if it contributes.
+    pub fn in_layer(&self, layer: usize) -> Option<&LayerDir> {
+        self.0.iter().find(|d| d.layer == layer)
+    }
+
+    /// The top directory (the one a merged directory's own attributes come from).
+    pub fn top(&self) -> Option<&LayerDir> {
+        self.0.first()
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, LayerDir> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn push(&mut self, d: LayerDir) {
+        self.0.push(d)
+    }
+
+    /// Puts a new upper directory on top (a directory just copied up).
+    pub fn put_upper(&mut self, fd: Arc<OwnedFd>) {
+        self.0.insert(0, LayerDir::upper(fd))
+    }
+
+    /// Keeps only the top directory (a directory made opaque).
+    pub fn keep_top(&mut self) {
+        self.0.truncate(1)
+    }
+}
+
+impl Extend<LayerDir> for DirStack {
+    fn extend<I: IntoIterator<Item = LayerDir>>(&mut self, iter: I) {
+        self.0.extend(iter)
+    }
+}
+
+impl FromIterator<LayerDir> for DirStack {
+    fn from_iter<I: IntoIterator<Item = LayerDir>>(iter: I) -> DirStack {
+        DirStack(iter.into_iter().collect())
+    }
+}

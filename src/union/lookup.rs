@@ -1,217 +1,17 @@
-//! Top-down name resolution.
-//!
-//! Lower layers never change while mounted, so each merged directory reads its lower layers
-//! once into a `LowerIndex`: one hash probe answers for every lower layer, whatever their
-//! number. The upper, which changes, is probed afresh each time.
+//! Top-down name resolution: the upper probed afresh, the lowers through their index;
+//! opaque directories and redirects (of every layer) followed as kernel overlayfs does.
 
-use std::collections::HashSet;
-use std::hash::{BuildHasher, RandomState};
-
-use hashbrown::HashTable;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
+use super::Union;
+use super::index::LowerIndex;
+use super::inode::{Location, Node};
+use super::layer::{DirStack, LayerDir};
 use super::whiteout;
 use crate::sys::{self, Errno, Result};
-
-/// The topmost lower object under a name, as its directory entry says. Its status is read
-/// when a lookup needs it, and not kept here: a listing does not need it (a cold listing of
-/// a big directory would spend most of its time reading inodes), and the node of a looked-up
-/// object is what the kernel asks again.
-#[derive(Debug)]
-pub struct Top {
-    pub layer: usize,
-    pub dev: u64,
-    pub ino: u64,
-    /// `S_IF*` of the object.
-    pub fmt: u32,
-}
-
-/// What the lower layers of one directory hold under one name.
-#[derive(Debug)]
-pub struct IndexEntry {
-    pub name: Box<OsStr>,
-    /// The topmost lower object; `None` when a whiteout hides the name.
-    pub top: Option<Top>,
-    /// Directories: the layers whose directory of this name merge in, top-down (the first is
-    /// the top). Opaque directories are cut later, when the directory node is made.
-    pub chain: Vec<usize>,
-}
-
-/// The merged listing of a directory's lower layers, in first-seen order. The hash table
-/// holds positions in `entries`, not a second copy of every name.
-#[derive(Default)]
-pub struct LowerIndex {
-    pub entries: Vec<IndexEntry>,
-    map: HashTable<u32>,
-    hasher: RandomState,
-}
-
-impl std::fmt::Debug for LowerIndex {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LowerIndex")
-            .field("entries", &self.entries)
-            .finish()
-    }
-}
-
-impl LowerIndex {
-    pub fn get(&self, name: &OsStr) -> Option<&IndexEntry> {
-        self.position(name).map(|i| &self.entries[i])
-    }
-
-    fn position(&self, name: &OsStr) -> Option<usize> {
-        let h = self.hasher.hash_one(name.as_bytes());
-        self.map
-            .find(h, |&i| *self.entries[i as usize].name == *name)
-            .map(|&i| i as usize)
-    }
-
-    fn push(&mut self, e: IndexEntry) {
-        let LowerIndex {
-            entries,
-            map,
-            hasher,
-        } = self;
-        let h = hasher.hash_one(e.name.as_bytes());
-        let i = u32::try_from(entries.len()).expect("fewer than 2^32 names in a directory");
-        entries.push(e);
-        map.insert_unique(h, i, |&j| {
-            hasher.hash_one(entries[j as usize].name.as_bytes())
-        });
-    }
-
-    /// Reads the given lower directories, top-down.
-    pub fn build(dirs: &[(usize, Arc<OwnedFd>)]) -> Result<LowerIndex> {
-        let mut idx = LowerIndex::default();
-        let mut open: Vec<bool> = Vec::new();
-        for (layer, fd) in dirs {
-            let (real, whiteouts) = read_layer_dir(fd.as_fd())?;
-            let hidden_here: HashSet<&OsStr> = whiteouts.iter().map(|w| w.as_os_str()).collect();
-            for e in real {
-                let is_dir = e.fmt == libc::S_IFDIR;
-                match idx.position(&e.name) {
-                    None => {
-                        open.push(is_dir && !hidden_here.contains(e.name.as_os_str()));
-                        idx.push(IndexEntry {
-                            top: Some(Top {
-                                layer: *layer,
-                                dev: e.dev,
-                                ino: e.ino,
-                                fmt: e.fmt,
-                            }),
-                            name: e.name.into_boxed_os_str(),
-                            chain: if is_dir { vec![*layer] } else { vec![] },
-                        });
-                    }
-                    Some(i) if open[i] => {
-                        if is_dir {
-                            idx.entries[i].chain.push(*layer);
-                        }
-                        // A non-directory below a directory is hidden and ends the merge.
-                        open[i] = is_dir && !hidden_here.contains(e.name.as_os_str());
-                    }
-                    Some(_) => {}
-                }
-            }
-            for w in whiteouts {
-                match idx.position(&w) {
-                    Some(i) => open[i] = false,
-                    None => {
-                        open.push(false);
-                        idx.push(IndexEntry {
-                            name: w.into_boxed_os_str(),
-                            top: None,
-                            chain: vec![],
-                        });
-                    }
-                }
-            }
-        }
-        Ok(idx)
-    }
-}
-
-/// One visible entry of a real directory.
-#[derive(Debug)]
-pub struct LayerEntry {
-    pub name: OsString,
-    pub dev: u64,
-    pub ino: u64,
-    pub fmt: u32,
-}
-
-/// Visible entries, and the names hidden by whiteouts.
-pub type LayerListing = (Vec<LayerEntry>, Vec<OsString>);
-
-fn fmt_of_dtype(t: u8) -> Option<u32> {
-    Some(match t {
-        libc::DT_REG => libc::S_IFREG,
-        libc::DT_DIR => libc::S_IFDIR,
-        libc::DT_LNK => libc::S_IFLNK,
-        libc::DT_CHR => libc::S_IFCHR,
-        libc::DT_BLK => libc::S_IFBLK,
-        libc::DT_FIFO => libc::S_IFIFO,
-        libc::DT_SOCK => libc::S_IFSOCK,
-        _ => return None,
-    })
-}
-
-/// Lists one real directory: its visible entries, and the names its whiteouts (of any
-/// format) hide. Only entries that may be whiteouts are stat'ed: character devices (0/0), and
-/// in a directory marked for them, regular files and fifos carrying the whiteout xattr.
-pub fn read_layer_dir(fd: std::os::fd::BorrowedFd<'_>) -> Result<LayerListing> {
-    let mut real = Vec::new();
-    let mut whiteouts = Vec::new();
-    let dev = sys::fstat(fd)?.st_dev;
-    let mut xwhiteouts = None;
-    for e in sys::read_dir(fd)? {
-        if let Some(t) = whiteout::oci_target(&e.name) {
-            whiteouts.push(t.to_owned());
-            continue;
-        }
-        if whiteout::is_oci_name(&e.name) {
-            continue;
-        }
-        let fmt = fmt_of_dtype(e.dtype);
-        let check = match fmt {
-            None | Some(libc::S_IFCHR) => true,
-            Some(libc::S_IFREG | libc::S_IFIFO) => match xwhiteouts {
-                Some(x) => x,
-                None => *xwhiteouts.insert(whiteout::may_hold_xattr_whiteouts(fd)?),
-            },
-            Some(_) => false,
-        };
-        if !check {
-            real.push(LayerEntry {
-                name: e.name,
-                dev,
-                ino: e.ino,
-                fmt: fmt.unwrap_or(0),
-            });
-            continue;
-        }
-        let c = sys::cstr(&e.name)?;
-        let st = match sys::fstatat(fd, &c) {
-            Ok(st) => st,
-            Err(Errno(libc::ENOENT)) => continue,
-            Err(e) => return Err(e),
-        };
-        if whiteout::is_whiteout(fd, &c, &st)? {
-            whiteouts.push(e.name);
-        } else {
-            real.push(LayerEntry {
-                name: e.name,
-                dev: st.st_dev,
-                ino: st.st_ino,
-                fmt: st.st_mode & libc::S_IFMT,
-            });
-        }
-    }
-    Ok((real, whiteouts))
-}
 
 /// The outcome of resolving one name in one merged directory.
 #[derive(Debug)]
@@ -220,32 +20,43 @@ pub struct Resolved {
     pub top_dir: Arc<OwnedFd>,
     pub st: libc::stat,
     /// Directories: the contributing real directories, top-down, cut at the first opaque one.
-    pub dirs: Vec<(usize, Arc<OwnedFd>)>,
+    pub dirs: DirStack,
+}
+
+impl Resolved {
+    /// A directory's top real directory.
+    pub fn dir_fd(&self) -> Result<std::os::fd::BorrowedFd<'_>> {
+        Ok(self.dirs.top().ok_or(Errno(libc::EIO))?.fd.as_fd())
+    }
 }
 
 /// Opens `name` in the given layers' parent directories as a directory, top-down (the
 /// layers the lower index found a directory of that name in), stopping after the first
 /// opaque one. A redirect in one of them sends the layers below it to another path.
 pub fn open_dir_chain(
-    roots: &[(usize, Arc<OwnedFd>)],
-    parent_dirs: &[(usize, Arc<OwnedFd>)],
+    roots: &[LayerDir],
+    parent_dirs: &DirStack,
     layers: impl IntoIterator<Item = usize>,
     name: &OsStr,
-) -> Result<Vec<(usize, Arc<OwnedFd>)>> {
+) -> Result<Vec<LayerDir>> {
     let c = sys::cstr(name)?;
     let mut out = Vec::new();
     for layer in layers {
-        let Some((_, pfd)) = parent_dirs.iter().find(|(l, _)| *l == layer) else {
+        let Some(pdir) = parent_dirs.in_layer(layer) else {
             continue;
         };
         let fd = Arc::new(sys::openat(
-            pfd.as_fd(),
+            pdir.fd.as_fd(),
             &c,
             libc::O_PATH | libc::O_DIRECTORY,
             0,
         )?);
         let m = whiteout::dir_markers(fd.as_fd())?;
-        out.push((layer, fd));
+        out.push(LayerDir {
+            layer,
+            fd,
+            upper: false,
+        });
         if m.opaque {
             break;
         }
@@ -298,24 +109,28 @@ impl BelowPath {
 /// sends the layers below to the path it names. `roots` are the lower layers' roots;
 /// `parent_dirs` the parent's directories, where a relative path starts.
 pub fn chain_below(
-    roots: &[(usize, Arc<OwnedFd>)],
-    parent_dirs: &[(usize, Arc<OwnedFd>)],
+    roots: &[LayerDir],
+    parent_dirs: &DirStack,
     after: usize,
     mut path: BelowPath,
-) -> Result<Vec<(usize, Arc<OwnedFd>)>> {
+) -> Result<Vec<LayerDir>> {
     let mut out = Vec::new();
-    for (layer, root) in roots.iter().filter(|(l, _)| *l > after) {
+    for root in roots.iter().filter(|r| r.layer > after) {
         let base = if path.absolute {
-            root.clone()
+            root.fd.clone()
         } else {
-            match parent_dirs.iter().find(|(l, _)| l == layer) {
-                Some((_, fd)) => fd.clone(),
+            match parent_dirs.in_layer(root.layer) {
+                Some(d) => d.fd.clone(),
                 None => continue,
             }
         };
         let mut stop = false;
         if let Some(fd) = walk_layer(&base, &mut path, &mut stop)? {
-            out.push((*layer, fd));
+            out.push(LayerDir {
+                layer: root.layer,
+                fd,
+                upper: false,
+            });
         }
         if stop {
             break;
@@ -395,4 +210,178 @@ pub fn check_name(name: &OsStr) -> Result<()> {
         return Err(Errno(libc::ENOENT));
     }
     Ok(())
+}
+
+impl Union {
+    /// The merged index of a directory node's lower layers, built on first use.
+    pub fn lower_index(&self, node: &Node) -> Result<Arc<LowerIndex>> {
+        let dirs = {
+            let loc = node.loc.read();
+            if let Some(i) = &loc.index {
+                return Ok(i.clone());
+            }
+            loc.dirs.clone()
+        };
+        let built = Arc::new(LowerIndex::build(dirs.lowers())?);
+        let mut loc = node.loc.write();
+        Ok(loc.index.get_or_insert(built).clone())
+    }
+
+    /// Resolves `name` in the directory `parent`, top-down.
+    pub(super) fn resolve(&self, parent: &Node, name: &OsStr) -> Result<Resolved> {
+        if !parent.is_dir() {
+            return Err(Errno(libc::ENOTDIR));
+        }
+        check_name(name)?;
+        if self.is_reserved(parent.ino, name) {
+            return Err(Errno(libc::ENOENT));
+        }
+        let c = sys::cstr(name)?;
+        let pdirs = parent.loc.read().dirs.clone();
+        let mut upper_hit = None;
+        let mut lower_allowed = true;
+        let upper = pdirs.upper();
+        if let Some(LayerDir {
+            layer: l, fd: ufd, ..
+        }) = upper
+        {
+            match sys::fstatat(ufd.as_fd(), &c) {
+                Ok(st) => {
+                    if whiteout::is_whiteout(ufd.as_fd(), &c, &st)? {
+                        return Err(Errno(libc::ENOENT));
+                    }
+                    lower_allowed = st.st_mode & libc::S_IFMT == libc::S_IFDIR
+                        && !whiteout::has_oci_whiteout(ufd.as_fd(), name)?;
+                    upper_hit = Some((*l, ufd.clone(), st));
+                }
+                // An OCI whiteout for the name matters only if a lower layer has it: asked
+                // below, once the index says so (a name found nowhere costs one probe).
+                Err(Errno(libc::ENOENT)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let has_lower = pdirs.has_lower();
+        let index = if lower_allowed && has_lower {
+            Some(self.lower_index(parent)?)
+        } else {
+            None
+        };
+        let entry = index.as_ref().and_then(|i| i.get(name));
+        match upper_hit {
+            Some((layer, ufd, st)) => {
+                let mut dirs = DirStack::default();
+                if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                    let fd = sys::openat(ufd.as_fd(), &c, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+                    let m = whiteout::dir_markers(fd.as_fd())?;
+                    dirs.push(LayerDir::upper(Arc::new(fd)));
+                    if let Some(rd) = m.redirect {
+                        // A renamed directory: its lower content is where it came from.
+                        let path = BelowPath::name(name).redirected(&rd);
+                        dirs.extend(chain_below(&self.lower_roots, &pdirs, layer, path)?);
+                    } else if let Some(e) = entry.filter(|e| !m.opaque && !e.chain.is_empty()) {
+                        dirs.extend(open_dir_chain(
+                            &self.lower_roots,
+                            &pdirs,
+                            e.chain.clone(),
+                            name,
+                        )?);
+                    }
+                }
+                Ok(Resolved {
+                    top_layer: layer,
+                    top_dir: ufd,
+                    st,
+                    dirs,
+                })
+            }
+            None => {
+                let e = entry.ok_or(Errno(libc::ENOENT))?;
+                let top = e.top.as_ref().ok_or(Errno(libc::ENOENT))?;
+                if let Some(u) = upper
+                    && whiteout::has_oci_whiteout(u.fd.as_fd(), name)?
+                {
+                    return Err(Errno(libc::ENOENT));
+                }
+                let layer = top.layer;
+                let top_dir = pdirs.in_layer(layer).ok_or(Errno(libc::EIO))?.fd.clone();
+                let st = sys::fstatat(top_dir.as_fd(), &c)?;
+                // An xattr whiteout in a directory not marked for them: listed (as the
+                // kernel lists it) but not found.
+                if matches!(st.st_mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFIFO)
+                    && whiteout::is_whiteout(top_dir.as_fd(), &c, &st)?
+                {
+                    return Err(Errno(libc::ENOENT));
+                }
+                let dirs = if e.chain.is_empty() {
+                    DirStack::default()
+                } else {
+                    let chain = open_dir_chain(&self.lower_roots, &pdirs, e.chain.clone(), name)?;
+                    DirStack::new(chain)
+                };
+                Ok(Resolved {
+                    top_layer: layer,
+                    top_dir,
+                    st,
+                    dirs,
+                })
+            }
+        }
+    }
+
+    /// Looks `name` up in `parent` and takes one lookup reference on the result.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<libc::stat> {
+        let pnode = self.node(parent)?;
+        let r = self.resolve(&pnode, name)?;
+        let node = self.node_for(&r.st, || {
+            Location::new(
+                parent,
+                name.to_owned(),
+                r.top_layer,
+                Some(r.top_dir.clone()),
+                r.dirs.clone(),
+            )
+        });
+        self.attach_obj(&node, &r, name)?;
+        let alias = !node.is_dir() && self.is_lower(r.top_layer);
+        if alias && let Some(obj) = node.loc.read().obj.clone() {
+            // Another name of a lower object that was copied up: the view shows the copy
+            // (its data, size and links), as overlayfs' index does.
+            return Ok(self.present(&node, sys::fstat(obj.as_fd())?));
+        }
+        Ok(self.present(&node, r.st))
+    }
+
+    /// Takes a lookup reference on the node of the real object `st`, making it from `loc`
+    /// when absent. A node still held for a deleted object whose inode number the filesystem
+    /// has reused is left alone: the new object gets a number of its own.
+    pub(super) fn node_for(&self, st: &libc::stat, loc: impl Fn() -> Location) -> Arc<Node> {
+        let fmt = st.st_mode & libc::S_IFMT;
+        let mut ino = self.inos.map(st.st_dev, st.st_ino);
+        loop {
+            let node = self.nodes.acquire(ino, || Node::new(ino, fmt, loc()));
+            let stale = node.fmt != fmt || node.loc.read().unlinked;
+            if !stale {
+                return node;
+            }
+            self.nodes.forget(ino, 1);
+            ino = self.inos.remap(st.st_dev, st.st_ino);
+        }
+    }
+
+    /// Gives an upper non-directory node its own `O_PATH` fd, once.
+    pub(super) fn attach_obj(&self, node: &Node, r: &Resolved, name: &OsStr) -> Result<()> {
+        if node.is_dir() || self.is_lower(r.top_layer) || node.loc.read().obj.is_some() {
+            return Ok(());
+        }
+        let fd = sys::openat(r.top_dir.as_fd(), &sys::cstr(name)?, libc::O_PATH, 0)?;
+        if node.fmt == libc::S_IFREG {
+            let extra = whiteout::nlink_adjustment(fd.as_fd())?;
+            node.extra_links.store(extra, Ordering::Relaxed);
+        }
+        let mut loc = node.loc.write();
+        if loc.obj.is_none() {
+            loc.obj = Some(Arc::new(fd));
+        }
+        Ok(())
+    }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::Union;
-use super::lookup::read_layer_dir;
+use super::index::read_layer_dir;
 use crate::sys::{Errno, Result};
 
 #[derive(Debug, Clone)]
@@ -72,8 +72,8 @@ impl Union {
             },
         ];
         let mut seen: HashSet<OsString> = HashSet::new();
-        if let Some((_, ufd)) = dirs.first().filter(|(l, _)| !self.is_lower(*l)) {
-            let (real, whiteouts) = read_layer_dir(ufd.as_fd())?;
+        if let Some(u) = dirs.upper() {
+            let (real, whiteouts) = read_layer_dir(u.fd.as_fd())?;
             seen.extend(whiteouts);
             for e in real {
                 if self.is_reserved(ino, &e.name) {
@@ -87,7 +87,7 @@ impl Union {
                 seen.insert(e.name);
             }
         }
-        if dirs.iter().any(|(l, _)| self.is_lower(*l)) {
+        if dirs.has_lower() {
             let index = self.lower_index(node)?;
             for e in &index.entries {
                 let Some(top) = &e.top else { continue };

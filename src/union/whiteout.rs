@@ -1,4 +1,5 @@
-//! Every whiteout and opaque-directory format found in the wild, read in one place.
+//! Every whiteout and opaque-directory format found in the wild, read in one place; and
+//! the writing of whiteouts, opaque markers and the xattrs of redirects and link counts.
 //!
 //! - kernel overlayfs: a character device 0/0; a zero-size regular file (or fifo) carrying a
 //!   `*.overlay.whiteout` xattr; a directory with `*.overlay.opaque` = `y`;
@@ -6,10 +7,12 @@
 //! - fuse-overlayfs: `user.fuseoverlayfs.opaque` = `y`.
 
 use std::ffi::{CStr, OsStr};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 
-use crate::sys::{self, Result};
+use super::Union;
+use super::work::SHARED_WHITEOUT;
+use crate::sys::{self, Errno, Result};
 
 pub const OCI_PREFIX: &[u8] = b".wh.";
 pub const OCI_OPAQUE: &CStr = c".wh..wh..opq";
@@ -236,4 +239,166 @@ pub fn nlink_adjustment(obj: BorrowedFd<'_>) -> Result<i64> {
 /// The xattr value of a link count adjustment.
 pub fn nlink_value(n: i64) -> Vec<u8> {
     format!("U{n:+}").into_bytes()
+}
+
+// ---- writing ----
+
+/// The formats a mount writes its whiteouts, opaque markers, redirects and link counts in:
+/// the kernel's where this process may (a 0/0 device, `trusted.overlay.*`, or
+/// `user.overlay.*` where trusted xattrs are refused), else OCI files (`.wh.NAME`,
+/// `.wh..wh..opq`), as asked with `whiteout=oci` or forced by the filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Formats {
+    pub oci: bool,
+    /// `trusted.overlay.*` rather than `user.overlay.*`.
+    pub trusted: bool,
+}
+
+impl Formats {
+    /// What a mount that writes nothing reads as its own (nothing is probed).
+    pub fn unprobed(oci: bool) -> Formats {
+        Formats { oci, trusted: true }
+    }
+
+    /// Tries each format in the (empty) work dir `work`.
+    pub fn probe(work: BorrowedFd<'_>, oci: bool) -> Result<Formats> {
+        let mut f = Formats::unprobed(oci);
+        let probe = c"probe";
+        if sys::mknodat(work, probe, libc::S_IFCHR, 0).is_ok() {
+            sys::unlinkat(work, probe, 0)?;
+        } else {
+            f.oci = true;
+        }
+        sys::mkdirat(work, probe, 0o700)?;
+        let pfd = sys::openat(work, probe, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        let set = |x: &CStr| sys::setxattr(pfd.as_fd(), None, x, Some(b"y"), 0).is_ok();
+        if !set(OPAQUE_XATTRS[0]) {
+            f.trusted = false;
+            if !set(OPAQUE_XATTRS[1]) {
+                f.oci = true;
+            }
+        }
+        drop(pfd);
+        sys::unlinkat(work, probe, libc::AT_REMOVEDIR)?;
+        Ok(f)
+    }
+
+    fn family(&self, xattrs: [&'static CStr; 2]) -> &'static CStr {
+        if self.trusted { xattrs[0] } else { xattrs[1] }
+    }
+
+    pub fn opaque_xattr(&self) -> &'static CStr {
+        self.family([OPAQUE_XATTRS[0], OPAQUE_XATTRS[1]])
+    }
+
+    /// The xattr a redirect is written in: the same family as the opaque marker.
+    pub fn redirect_xattr(&self) -> &'static CStr {
+        self.family(REDIRECT_XATTRS)
+    }
+
+    /// The xattr a link count adjustment is written in.
+    pub fn nlink_xattr(&self) -> &'static CStr {
+        self.family(NLINK_XATTRS)
+    }
+}
+
+impl Union {
+    /// Makes a whiteout `name` in `dir`, where nothing is. Like overlayfs, a new link to one
+    /// whiteout inode kept in the work dir: deleting a name allocates no inode. A new one
+    /// takes the shared one's place when it is missing or has all the links it can have.
+    fn new_whiteout(&self, dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
+        let w = self.work()?;
+        let work = w.fd();
+        for _ in 0..2 {
+            match sys::linkat(work, SHARED_WHITEOUT, dir, name) {
+                Err(Errno(libc::ENOENT | libc::EMLINK)) => {
+                    let t = w.tmp_name();
+                    sys::mknodat(work, &t, libc::S_IFCHR, 0)?;
+                    sys::renameat2(work, &t, work, SHARED_WHITEOUT, 0).inspect_err(|_| {
+                        let _ = sys::unlinkat(work, &t, 0);
+                    })?;
+                }
+                r => return r,
+            }
+        }
+        sys::mknodat(dir, name, libc::S_IFCHR, 0)
+    }
+
+    /// Hides `name` in the upper directory `dir`, where nothing is yet.
+    pub(super) fn write_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+        if self.formats.oci {
+            let w = oci_whiteout_name(name)?;
+            drop(sys::openat(dir, &w, libc::O_CREAT | libc::O_WRONLY, 0o600)?);
+            return Ok(());
+        }
+        self.new_whiteout(dir, &sys::cstr(name)?)
+    }
+
+    /// Removes `name` (a directory with `is_dir`, emptied already) from the upper directory
+    /// `dir`, leaving a whiteout in its place when `need_whiteout`: in the kernel's format in
+    /// one step (the whiteout is renamed over the name, or exchanged with the directory), so
+    /// no moment shows the lower object.
+    pub(super) fn remove_upper(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        is_dir: bool,
+        need_whiteout: bool,
+    ) -> Result<()> {
+        let c = sys::cstr(name)?;
+        let rm_flags = if is_dir { libc::AT_REMOVEDIR } else { 0 };
+        if need_whiteout && !self.formats.oci {
+            let w = self.work()?;
+            let t = w.tmp_name();
+            self.new_whiteout(w.fd(), &t)?;
+            if is_dir {
+                sys::renameat2(w.fd(), &t, dir, &c, sys::RENAME_EXCHANGE)?;
+                return sys::unlinkat(w.fd(), &t, libc::AT_REMOVEDIR);
+            }
+            return sys::renameat2(w.fd(), &t, dir, &c, 0);
+        }
+        if need_whiteout {
+            self.write_whiteout(dir, name)?;
+        }
+        sys::unlinkat(dir, &c, rm_flags)
+    }
+
+    /// Renames `name` in `dir` to `newname` in `newdir`, leaving a whiteout where it was
+    /// when `need_whiteout` (in one step where the filesystem has `RENAME_WHITEOUT`).
+    pub(super) fn move_leaving_whiteout(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        newdir: BorrowedFd<'_>,
+        newname: &OsStr,
+        need_whiteout: bool,
+    ) -> Result<()> {
+        let (c, nc) = (sys::cstr(name)?, sys::cstr(newname)?);
+        if need_whiteout && !self.formats.oci {
+            match sys::renameat2(dir, &c, newdir, &nc, sys::RENAME_WHITEOUT) {
+                Ok(()) => return Ok(()),
+                Err(Errno(libc::EINVAL | libc::EPERM)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        sys::renameat2(dir, &c, newdir, &nc, 0)?;
+        if need_whiteout {
+            self.write_whiteout(dir, name)?;
+        }
+        Ok(())
+    }
+
+    /// Marks a new upper directory opaque, in the format this mount writes.
+    pub(super) fn set_opaque(&self, dir: BorrowedFd<'_>) -> Result<()> {
+        if self.formats.oci {
+            drop(sys::openat(
+                dir,
+                OCI_OPAQUE,
+                libc::O_CREAT | libc::O_WRONLY,
+                0o600,
+            )?);
+            return Ok(());
+        }
+        sys::setxattr(dir, None, self.formats.opaque_xattr(), Some(b"y"), 0)
+    }
 }
