@@ -14,6 +14,8 @@ pub mod readdir;
 pub mod whiteout;
 pub mod work;
 
+pub use attr::{SetAttr, Time};
+
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
 use std::path::PathBuf;

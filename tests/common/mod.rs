@@ -2,6 +2,8 @@
 //! overlayfs as an oracle, and tree builders.
 #![allow(dead_code)]
 
+pub mod model;
+pub mod ops;
 pub mod runenv;
 
 use std::ffi::{CString, OsStr};
@@ -15,14 +17,21 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_unionfuse"))
 }
 
-/// True when the test can run. Without root it skips locally, and fails under `CI=true`.
+/// True when the test can run. Without root it skips locally, saying so where it is seen
+/// (straight to stderr: the harness captures what `eprintln!` prints of a passing test),
+/// and fails under `CI=true`.
 pub fn require_root() -> bool {
+    use std::io::Write;
     let root = unsafe { libc::geteuid() } == 0;
     if !root {
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!("this test needs root and /dev/fuse, and CI must provide them");
         }
-        eprintln!("skipping: needs root");
+        let name = std::thread::current().name().unwrap_or("?").to_string();
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {name}: needs root and /dev/fuse (run the suite as root, as CI does)"
+        );
     }
     root
 }
