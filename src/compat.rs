@@ -10,160 +10,30 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
-use crate::mount::{self, MountRequest, Result, UserError, bail};
-
-/// Options accepted and ignored: mount(8)'s own (fstab), generic mount flags the union has no
-/// use for, and fuse-overlayfs or kernel overlayfs tuning knobs that have no meaning here.
-const IGNORED: &[&str] = &[
-    "defaults",
-    "auto",
-    "noauto",
-    "user",
-    "nouser",
-    "users",
-    "owner",
-    "group",
-    "_netdev",
-    "nofail",
-    "async",
-    "sync",
-    "dirsync",
-    "atime",
-    "noatime",
-    "diratime",
-    "nodiratime",
-    "relatime",
-    "norelatime",
-    "strictatime",
-    "lazytime",
-    "nolazytime",
-    "loud",
-    "silent",
-    "dev",
-    "suid",
-    "exec",
-    "default_permissions",
-    "noacl",
-    "acl",
-    "static_nlink",
-    "debug",
-    "userxattr",
-];
-const IGNORED_PREFIXES: &[&str] = &[
-    "x-",
-    "comment=",
-    "timeout=",
-    "threaded=",
-    "fast_ino=",
-    "context=",
-    "fscontext=",
-    "defcontext=",
-    "rootcontext=",
-    "redirect_dir=",
-    "index=",
-    "xino=",
-    "metacopy=",
-    "max_read=",
-    "noxattrs=",
-    "plugins=",
-];
-
-/// What the options said besides the union itself.
-#[derive(Debug, Default)]
-pub struct Parsed {
-    pub req: MountRequest,
-    pub lower_spec: Option<OsString>,
-    pub workdir: Option<PathBuf>,
-}
-
-fn num(o: &str, v: &str) -> Result<u32> {
-    v.parse()
-        .map_err(|_| UserError(format!("option '{o}': '{v}' is not a number")))
-}
-
-/// Applies one comma-separated option list. Empty fields (`,,`, a trailing `,`) are skipped;
-/// with `sloppy` an unknown option is ignored rather than refused.
-pub fn apply(p: &mut Parsed, opts: &OsStr, sloppy: bool) -> Result<()> {
-    for raw in opts.as_bytes().split(|&b| b == b',') {
-        if raw.is_empty() {
-            continue;
-        }
-        let o = OsStr::from_bytes(raw);
-        let s = o.to_string_lossy();
-        let (key, val) = match raw.iter().position(|&b| b == b'=') {
-            Some(i) => (
-                String::from_utf8_lossy(&raw[..i]).into_owned(),
-                Some(OsStr::from_bytes(&raw[i + 1..])),
-            ),
-            None => (s.to_string(), None),
-        };
-        let text = |v: &OsStr| v.to_string_lossy().into_owned();
-        match (key.as_str(), val) {
-            ("lowerdir", Some(v)) => p.lower_spec = Some(v.to_owned()),
-            ("upperdir", Some(v)) => p.req.upper = Some(PathBuf::from(v)),
-            ("workdir", Some(v)) => p.workdir = Some(PathBuf::from(v)),
-            ("ro", None) => p.req.read_only = true,
-            ("rw", None) => p.req.read_only = false,
-            ("volatile", None) => p.req.volatile = true,
-            ("fsync", Some(v)) => p.req.volatile = text(v) == "0",
-            ("allow_other" | "allow_root", None) => p.req.allow_other = Some(true),
-            ("noallow_other", None) => p.req.allow_other = Some(false),
-            ("nosuid", None) => p.req.nosuid = true,
-            ("nodev", None) => p.req.nodev = true,
-            ("noexec", None) => p.req.noexec = true,
-            ("uidmapping", Some(v)) => p
-                .req
-                .ids
-                .set_uid_mapping(&text(v))
-                .map_err(|e| UserError(format!("uidmapping {e}")))?,
-            ("gidmapping", Some(v)) => p
-                .req
-                .ids
-                .set_gid_mapping(&text(v))
-                .map_err(|e| UserError(format!("gidmapping {e}")))?,
-            ("squash_to_root", None) => {
-                // squash_to_uid/gid win over it, whatever the order.
-                let (u, g) = (p.req.squash_uid.or(Some(0)), p.req.squash_gid.or(Some(0)));
-                p.req.squash_uid = u;
-                p.req.squash_gid = g;
-            }
-            ("squash_to_uid", Some(v)) => p.req.squash_uid = Some(num(&s, &text(v))?),
-            ("squash_to_gid", Some(v)) => p.req.squash_gid = Some(num(&s, &text(v))?),
-            ("threads", Some(v)) => match text(v).parse::<usize>() {
-                Ok(n) if n > 0 => p.req.threads = Some(n),
-                _ => bail!("option '{s}': expected a positive number"),
-            },
-            ("whiteout", Some(v)) if text(v) == "oci" => p.req.oci_whiteouts = true,
-            ("whiteout", Some(v)) if text(v) == "kernel" => p.req.oci_whiteouts = false,
-            (k, None) if IGNORED.contains(&k) => {}
-            _ if IGNORED_PREFIXES.iter().any(|x| s.starts_with(x)) => {}
-            _ if sloppy => log::info!("ignoring unknown option '{s}'"),
-            _ => bail!("unknown option '{s}'"),
-        }
-    }
-    Ok(())
-}
+use crate::daemon;
+use crate::error::{Result, UserError, bail};
+use crate::request::{self, Checked, Options};
 
 /// Checks what the options gave and turns it into a mount.
-fn finish(mut p: Parsed, mountpoint: PathBuf, foreground: bool) -> Result<mount::Checked> {
+fn finish(mut p: Options, mountpoint: PathBuf, foreground: bool) -> Result<Checked> {
     let Some(spec) = p.lower_spec.take() else {
         bail!("no lowerdir= given (-o lowerdir=LOWER1:LOWER2,upperdir=UPPER,workdir=WORK)");
     };
-    p.req.lowers = mount::split_layers(&spec)?;
+    p.req.union.lowers = request::split_layers(&spec)?;
     if let Some(w) = &p.workdir {
         // Used as the kernel uses it (our work goes in a `unionfuse` directory inside);
         // without one, the work dir is hidden in the upper.
-        let w = mount::check_dir("workdir", w, None)?;
-        if p.req.upper.is_none() {
+        let w = request::check_dir("workdir", w, None)?;
+        if p.req.union.upper.is_none() {
             bail!("workdir= given without upperdir=");
         }
-        p.req.workdir = Some(w);
+        p.req.union.workdir = Some(w);
     }
     let (u, g) = (p.req.squash_uid, p.req.squash_gid);
-    p.req.ids.squash(u, g);
+    p.req.union.ids.squash(u, g);
     p.req.mountpoint = mountpoint;
     p.req.foreground = foreground;
-    mount::validate(&p.req, Some(&spec))
+    request::validate(&p.req, Some(&spec))
 }
 
 fn version() {
@@ -173,7 +43,7 @@ fn version() {
 
 /// `unionfuse [-f] [-d] [-o OPTS]... MOUNTPOINT`, as fuse-overlayfs.
 fn fuse_overlayfs_cli(args: &[OsString]) -> Result<()> {
-    let mut p = Parsed::default();
+    let mut p = Options::default();
     let mut foreground = false;
     let mut mountpoint = None;
     let mut it = args.iter();
@@ -186,13 +56,15 @@ fn fuse_overlayfs_cli(args: &[OsString]) -> Result<()> {
                 let Some(v) = it.next() else {
                     bail!("-o needs a value")
                 };
-                apply(&mut p, v, false)?;
+                request::apply_options(&mut p, v, false)?;
             }
             b"--version" | b"-V" => {
                 version();
                 return Ok(());
             }
-            _ if b.starts_with(b"-o") => apply(&mut p, OsStr::from_bytes(&b[2..]), false)?,
+            _ if b.starts_with(b"-o") => {
+                request::apply_options(&mut p, OsStr::from_bytes(&b[2..]), false)?
+            }
             _ if b.starts_with(b"-") => bail!("unknown argument '{}'", a.to_string_lossy()),
             _ if mountpoint.is_none() => mountpoint = Some(PathBuf::from(a)),
             _ => bail!(
@@ -207,13 +79,13 @@ fn fuse_overlayfs_cli(args: &[OsString]) -> Result<()> {
         )
     };
     let checked = finish(p, mp, foreground)?;
-    mount::mount(checked).map(drop)
+    daemon::mount(checked)
 }
 
 /// `mount.unionfuse SOURCE MOUNTPOINT [-sfnv] [-N NS] [-o OPTS] [-t TYPE]`, as mount(8) calls
 /// a helper.
 fn mount_helper(args: &[OsString]) -> Result<()> {
-    let mut p = Parsed::default();
+    let mut p = Options::default();
     let (mut sloppy, mut fake, mut verbose) = (false, false, false);
     let mut positional = Vec::new();
     let mut opts = Vec::new();
@@ -252,7 +124,7 @@ fn mount_helper(args: &[OsString]) -> Result<()> {
         bail!("usage: mount.unionfuse SOURCE MOUNTPOINT [-sfnv] [-o OPTIONS]");
     };
     for o in &opts {
-        apply(&mut p, o, sloppy)?;
+        request::apply_options(&mut p, o, sloppy)?;
     }
     let checked = finish(p, PathBuf::from(mp), false)?;
     if verbose {
@@ -270,7 +142,7 @@ fn mount_helper(args: &[OsString]) -> Result<()> {
     if fake {
         return Ok(());
     }
-    mount::mount(checked).map(drop)
+    daemon::mount(checked)
 }
 
 fn enter_mount_namespace(ns: &OsStr) -> Result<()> {
@@ -314,9 +186,9 @@ pub fn dispatch(argv: &[OsString]) -> Option<Result<()>> {
 mod tests {
     use super::*;
 
-    fn parse(s: &str) -> Result<Parsed> {
-        let mut p = Parsed::default();
-        apply(&mut p, OsStr::new(s), false)?;
+    fn parse(s: &str) -> Result<Options> {
+        let mut p = Options::default();
+        request::apply_options(&mut p, OsStr::new(s), false)?;
         Ok(p)
     }
 
@@ -324,14 +196,14 @@ mod tests {
     fn podman_style_options_parse() {
         let p = parse(",lowerdir=/a:/b,upperdir=/u,,workdir=/w,volatile,noacl,uidmapping=0:100000:65536,gidmapping=:0:100000:65536,x-systemd.automount,nofail,_netdev,").unwrap();
         assert_eq!(p.lower_spec.as_deref(), Some(OsStr::new("/a:/b")));
-        assert_eq!(p.req.upper, Some(PathBuf::from("/u")));
+        assert_eq!(p.req.union.upper, Some(PathBuf::from("/u")));
         assert_eq!(p.workdir, Some(PathBuf::from("/w")));
-        assert!(p.req.volatile);
-        assert_eq!(p.req.ids.show(0, 1), (100000, 100001));
+        assert!(p.req.union.volatile);
+        assert_eq!(p.req.union.ids.show(0, 1), (100000, 100001));
         assert!(parse("bogus").is_err());
         assert!(parse("uidmapping=0:1").is_err());
-        let mut q = Parsed::default();
-        apply(&mut q, OsStr::new("bogus,lowerdir=/x"), true).unwrap();
+        let mut q = Options::default();
+        request::apply_options(&mut q, OsStr::new("bogus,lowerdir=/x"), true).unwrap();
         assert!(q.lower_spec.is_some());
     }
 

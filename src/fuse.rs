@@ -52,12 +52,34 @@ pub fn trim_heap_when_forgotten(fs: &UnionFs) -> std::io::Result<()> {
 }
 
 impl UnionFs {
-    pub fn new(union: Union) -> UnionFs {
-        UnionFs {
+    /// The adapter over `union`, and the handle through which its kernel invalidations
+    /// (attributes a copy-up changed) reach the session once there is one.
+    pub fn new(union: Union) -> (UnionFs, Invalidator) {
+        let inval = Invalidator::default();
+        let n = inval.0.clone();
+        union.on_change(Box::new(move |ino| {
+            if let Some(n) = n.get() {
+                // Attributes only (negative offset): no page-cache work inside a request.
+                let _ = n.inval_inode(INodeNo(ino), -1, 0);
+            }
+        }));
+        let fs = UnionFs {
             union,
             passthrough: Passthrough::default(),
             forgotten: Default::default(),
-        }
+        };
+        (fs, inval)
+    }
+}
+
+/// Tells the kernel to drop cached attributes the core reports changed; inert until the
+/// session's notifier is connected.
+#[derive(Default, Clone)]
+pub struct Invalidator(Arc<std::sync::OnceLock<fuser::Notifier>>);
+
+impl Invalidator {
+    pub fn connect(&self, n: fuser::Notifier) {
+        let _ = self.0.set(n);
     }
 }
 

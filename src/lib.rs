@@ -1,7 +1,8 @@
 //! unionfuse: a userspace union filesystem.
 //!
 //! `union` is the filesystem core (plain Rust, testable without FUSE); `fuse` is the thin
-//! adapter to the kernel; `mount` parses and checks what the user asked for;
+//! adapter to the kernel; `request` parses and checks what the user asked for, `daemon`
+//! mounts and serves it; `error` holds the one-line errors of every front end;
 //! `run` starts a command in namespaces of its own, on a union as its root.
 
 //!
@@ -11,9 +12,13 @@
 #[forbid(unsafe_code)]
 pub mod compat;
 #[forbid(unsafe_code)]
+pub mod daemon;
+#[forbid(unsafe_code)]
+pub mod error;
+#[forbid(unsafe_code)]
 pub mod fuse;
 #[forbid(unsafe_code)]
-pub mod mount;
+pub mod request;
 #[forbid(unsafe_code)]
 pub mod run;
 pub mod sys;

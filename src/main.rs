@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use unionfuse::mount::{self, MountRequest, UserError};
+use unionfuse::daemon;
+use unionfuse::error::UserError;
+use unionfuse::request::{self, MountRequest};
 use unionfuse::run;
 
 #[derive(Parser)]
@@ -127,27 +129,23 @@ fn run_request(
     })
 }
 
-fn apply_options(req: &mut MountRequest, options: &[String]) -> Result<(), UserError> {
-    for o in options
-        .iter()
-        .flat_map(|s| s.split(','))
-        .filter(|s| !s.is_empty())
-    {
-        match o {
-            "ro" => req.read_only = true,
-            "rw" => req.read_only = false,
-            "allow_other" => req.allow_other = Some(true),
-            "noallow_other" => req.allow_other = Some(false),
-            "volatile" => req.volatile = true,
-            "whiteout=oci" => req.oci_whiteouts = true,
-            "whiteout=kernel" => req.oci_whiteouts = false,
-            _ => match o.strip_prefix("threads=").map(str::parse::<usize>) {
-                Some(Ok(n)) if n > 0 => req.threads = Some(n),
-                _ => return Err(UserError(format!("unknown mount option '{o}'"))),
-            },
-        }
+/// `-o` options, through the parser every front end shares. The layers are the command's
+/// arguments here, not options.
+fn apply_options(options: &[String]) -> Result<MountRequest, UserError> {
+    let mut o = request::Options::default();
+    for list in options {
+        request::apply_options(&mut o, std::ffi::OsStr::new(list), false)?;
     }
-    Ok(())
+    if o.lower_spec.is_some() || o.req.union.upper.is_some() {
+        return Err(UserError(
+            "lowerdir= and upperdir= are the LOWERS and UPPER arguments of unionfuse mount".into(),
+        ));
+    }
+    let mut req = o.req;
+    if let Some(w) = o.workdir {
+        req.union.workdir = Some(request::check_dir("workdir", &w, None)?);
+    }
+    Ok(req)
 }
 
 fn run(cli: Cli) -> Result<(), UserError> {
@@ -157,21 +155,18 @@ fn run(cli: Cli) -> Result<(), UserError> {
             options,
             paths,
         } => {
-            let mut req = MountRequest {
-                foreground,
-                ..Default::default()
-            };
-            apply_options(&mut req, &options)?;
+            let mut req = apply_options(&options)?;
+            req.foreground = foreground;
             let lower_spec = paths[0].clone();
-            req.lowers = mount::split_layers(&lower_spec)?;
+            req.union.lowers = request::split_layers(&lower_spec)?;
             if paths.len() == 3 {
-                req.upper = Some(PathBuf::from(&paths[1]));
+                req.union.upper = Some(PathBuf::from(&paths[1]));
             }
             req.mountpoint = PathBuf::from(paths.last().unwrap());
-            let checked = mount::validate(&req, Some(&lower_spec))?;
-            mount::mount(checked).map(drop)
+            let checked = request::validate(&req, Some(&lower_spec))?;
+            daemon::mount(checked)
         }
-        Cmd::Umount { mountpoint } => mount::umount(&mountpoint, Duration::from_secs(30)),
+        Cmd::Umount { mountpoint } => daemon::umount(&mountpoint, Duration::from_secs(30)),
         Cmd::Run { .. } => unreachable!("handled in main"),
         Cmd::Man { dir } => {
             write_man_pages(&dir).map_err(|e| UserError(format!("{}: {e}", dir.display())))

@@ -556,7 +556,7 @@ fn run_case(layers: Vec<LayerSpec>, steps: Vec<Step>) -> Result<(), TestCaseErro
                 prop_assert_eq!(&got, &want, "{}: result (left: the union)", ctx);
                 STEPS.fetch_add(1, Ordering::Relaxed);
                 ERRORS.fetch_add(want.is_err() as usize, Ordering::Relaxed);
-                if std::env::var_os("CORE_TRACE").is_some() {
+                if std::env::var_os("UNIONFUSE_CORE_TRACE").is_some() {
                     let k = format!("{op:?}");
                     eprintln!(
                         "TRACE {} {:?}",

@@ -56,7 +56,7 @@ fn background_mount_serves_until_umount_and_daemon_exits() {
     let _c = UnmountOnDrop(mp.clone());
     assert_eq!(std::fs::read(mp.join("a")).unwrap(), b"top");
     assert_eq!(std::fs::read(mp.join("b")).unwrap(), b"only-below");
-    let pid: i32 = std::fs::read_to_string(unionfuse::mount::pidfile(&mp))
+    let pid: i32 = std::fs::read_to_string(unionfuse::daemon::pidfile(&mp))
         .unwrap()
         .trim()
         .parse()

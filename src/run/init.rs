@@ -11,7 +11,7 @@ use super::{
     Bind, CANNOT_EXEC, NOT_FOUND, Net, RUNNER_FAILED, RunRequest, Scratch, cstring, make_private,
     pipe, signal_set, unshare,
 };
-use crate::mount::{Result, UserError, bail};
+use crate::error::{Result, UserError, bail};
 use crate::sys;
 
 /// Forks the init. Returns its pid, and a pipe end that gets one byte once the init is in

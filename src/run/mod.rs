@@ -20,10 +20,12 @@ use std::ffi::{CString, OsStr, OsString};
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
-use crate::mount::{self, MountRequest, Result, UserError, bail};
+use crate::daemon;
+use crate::error::{Result, UserError, bail};
+use crate::request::{self, Checked, MountRequest};
 use crate::sys;
+use crate::union::UnionConfig;
 
 /// Exit status when the runner itself fails and the command never ran (as docker has it).
 pub const RUNNER_FAILED: u8 = 125;
@@ -74,7 +76,7 @@ pub struct RunRequest {
 
 /// `SRC:DST` (or `SRC` alone for the same path inside); `\:` escapes a colon.
 pub fn parse_bind(spec: &OsStr, read_only: bool) -> Result<Bind> {
-    let parts = mount::split_layers(spec)
+    let parts = request::split_layers(spec)
         .map_err(|_| UserError(format!("bind '{}': empty path", spec.to_string_lossy())))?;
     let (src, dst) = match parts.as_slice() {
         [s] => (s.clone(), s.clone()),
@@ -123,7 +125,7 @@ pub fn run(req: RunRequest) -> Result<i32> {
     if req.command.is_empty() {
         bail!("no command given (unionfuse run --lower L [--upper U] -- COMMAND [ARG...])");
     }
-    let lowers = mount::split_layers(&req.lower_spec)?;
+    let lowers = request::split_layers(&req.lower_spec)?;
     let mut binds = Vec::new();
     for b in &req.binds {
         let src = std::fs::canonicalize(&b.src)
@@ -190,32 +192,31 @@ impl Scratch {
 }
 
 /// The union of a run, on its scratch directory, checked.
-fn mount_request(
-    req: &RunRequest,
-    lowers: Vec<PathBuf>,
-    scratch: &Scratch,
-) -> Result<mount::Checked> {
+fn mount_request(req: &RunRequest, lowers: Vec<PathBuf>, scratch: &Scratch) -> Result<Checked> {
     let upper = match &req.upper {
         Some(u) => Some(u.clone()),
         None => Some(scratch.path.join("upper")),
     };
     let mreq = MountRequest {
-        lowers,
-        upper,
+        union: UnionConfig {
+            lowers,
+            upper,
+            // A throw-away upper needs no flush to disk.
+            volatile: scratch.temp_upper,
+            ..Default::default()
+        },
         mountpoint: scratch.root(),
         allow_other: Some(true),
-        // A throw-away upper needs no flush to disk.
-        volatile: scratch.temp_upper,
         private: true,
         remove_after: Some(scratch.path.clone()),
         ..Default::default()
     };
-    mount::validate(&mreq, Some(&req.lower_spec))
+    request::validate(&mreq, Some(&req.lower_spec))
 }
 
 fn run_in(
     req: &RunRequest,
-    checked: mount::Checked,
+    checked: Checked,
     binds: &[Bind],
     rootless: bool,
     scratch: &Scratch,
@@ -227,7 +228,7 @@ fn run_in(
     };
     unshare(libc::CLONE_NEWNS, "a mount namespace")?;
     make_private()?;
-    let daemon = mount::mount(checked)?.expect("a background mount has a daemon");
+    let daemon = daemon::start(checked)?;
 
     let mut flags = libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
     if req.net == Net::None {
@@ -247,7 +248,7 @@ fn run_in(
         }
         Err(e) => Err(e),
     };
-    stop_daemon(daemon);
+    daemon.stop();
     code
 }
 
@@ -295,7 +296,7 @@ fn signal_set(with_chld: bool) -> sys::SigSet {
 /// holds). Rootless, the copies are locked to the user namespace and stay.
 fn drop_host_mounts(union_mp: &Path) {
     for _ in 0..8 {
-        let mut victims: Vec<PathBuf> = mount::mount_table()
+        let mut victims: Vec<PathBuf> = request::mount_table()
             .into_iter()
             .map(|(p, _)| p)
             .filter(|p| {
@@ -328,25 +329,6 @@ fn wait_forwarding(init: i32) -> i32 {
         }
     }
 }
-
-/// Ends the daemon (it unmounts, then removes the scratch directory) and waits for it.
-fn stop_daemon(pid: i32) {
-    let _ = sys::kill(pid, libc::SIGTERM);
-    let end = Instant::now() + Duration::from_secs(20);
-    loop {
-        if !matches!(sys::waitpid(pid, libc::WNOHANG), Ok(None)) {
-            return;
-        }
-        if Instant::now() > end {
-            eprintln!("unionfuse run: the daemon (pid {pid}) did not exit; killing it");
-            let _ = sys::kill(pid, libc::SIGKILL);
-            sys::wait_status(pid);
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
 use super::{Bind, cstring};
-use crate::mount::{Result, UserError, bail};
+use crate::error::{Result, UserError, bail};
 use crate::sys::{self, Errno};
 
 /// The calls that set up a container's root. Paths are inside the container (`/dev/null`);

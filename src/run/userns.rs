@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::{pipe, unshare};
-use crate::mount::{Result, UserError, bail};
+use crate::error::{Result, UserError, bail};
 use crate::sys;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

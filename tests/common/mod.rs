@@ -38,7 +38,7 @@ pub fn require_root() -> bool {
 
 pub fn is_mounted(mp: &Path) -> Option<String> {
     let mp = std::fs::canonicalize(mp).unwrap_or_else(|_| mp.to_path_buf());
-    for (m, t) in unionfuse::mount::mount_table() {
+    for (m, t) in unionfuse::request::mount_table() {
         if m == mp {
             return Some(t);
         }

@@ -1,284 +1,21 @@
-//! `unionfuse mount` and `unionfuse umount`: argument checks, the daemon's life cycle.
+//! The daemon's life cycle: mount (as root with mount(2), otherwise through fusermount3),
+//! serve until unmounted or signalled, then clean up; and `umount`, which waits for it.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use fuser::{Config, MountOption, Session, SessionACL};
 
+use crate::error::{Result, UserError, bail};
 use crate::fuse::UnionFs;
+use crate::request::{Checked, mount_table, mount_table_with_devices};
 use crate::sys;
-use crate::union::{Union, UnionConfig};
-
-/// A user-facing error: one line, printed as `unionfuse: <msg>`, exit status 1.
-#[derive(Debug, PartialEq, Eq)]
-pub struct UserError(pub String);
-
-impl std::fmt::Display for UserError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-macro_rules! bail {
-    ($($t:tt)*) => { return Err($crate::mount::UserError(format!($($t)*))) };
-}
-pub(crate) use bail;
-
-pub type Result<T> = std::result::Result<T, UserError>;
-
-/// Splits a layer list at unescaped `:`; `\:` stands for a colon and `\\` for a backslash.
-pub fn split_layers(spec: &OsStr) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut cur = Vec::new();
-    let mut bytes = spec.as_bytes().iter().copied();
-    while let Some(b) = bytes.next() {
-        match b {
-            b'\\' => match bytes.next() {
-                Some(n @ (b':' | b'\\')) => cur.push(n),
-                Some(n) => {
-                    cur.push(b'\\');
-                    cur.push(n);
-                }
-                None => cur.push(b'\\'),
-            },
-            b':' => out.push(std::mem::take(&mut cur)),
-            _ => cur.push(b),
-        }
-    }
-    out.push(cur);
-    if out.iter().any(|p| p.is_empty()) {
-        bail!(
-            "empty layer in '{}': layers are separated by ':' (write '\\:' for a ':' in a path)",
-            spec.to_string_lossy()
-        );
-    }
-    Ok(out
-        .into_iter()
-        .map(|b| PathBuf::from(OsString::from_vec(b)))
-        .collect())
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct MountRequest {
-    pub lowers: Vec<PathBuf>,
-    pub upper: Option<PathBuf>,
-    pub mountpoint: PathBuf,
-    pub foreground: bool,
-    pub read_only: bool,
-    /// `None`: allow other users when mounted by root, as a system mount is.
-    pub allow_other: Option<bool>,
-    pub threads: Option<usize>,
-    pub volatile: bool,
-    pub oci_whiteouts: bool,
-    /// Part of a `unionfuse run`: no pidfile, the daemon ends with the process that started
-    /// it, and removes `remove_after` (the run's scratch directory) once unmounted.
-    pub private: bool,
-    pub remove_after: Option<PathBuf>,
-    pub ids: crate::union::ids::IdMap,
-    /// A work directory given with `workdir=` (on the upper's filesystem).
-    pub workdir: Option<PathBuf>,
-    /// fuse-overlayfs's squash_to_uid/squash_to_gid (squash_to_root sets both to 0).
-    pub squash_uid: Option<u32>,
-    pub squash_gid: Option<u32>,
-    pub nosuid: bool,
-    pub nodev: bool,
-    pub noexec: bool,
-}
-
-/// What `validate` made of a request: canonical paths, checked.
-#[derive(Debug, Clone)]
-pub struct Checked {
-    pub union: UnionConfig,
-    pub mountpoint: PathBuf,
-    pub req: MountRequest,
-}
-
-fn describe(e: &std::io::Error) -> String {
-    match e.raw_os_error() {
-        Some(code) => sys::Errno(code).to_string(),
-        None => e.to_string(),
-    }
-}
-
-pub(crate) fn check_dir(role: &str, p: &Path, spec: Option<&OsStr>) -> Result<PathBuf> {
-    let md = match std::fs::metadata(p) {
-        Ok(m) => m,
-        Err(e) => {
-            if let Some(spec) =
-                spec.filter(|s| Path::new(s).is_dir() && s.as_bytes().contains(&b':'))
-            {
-                bail!(
-                    "{role} '{}': {} ('{}' exists: write '\\:' for a ':' in a path)",
-                    p.display(),
-                    describe(&e),
-                    spec.to_string_lossy()
-                );
-            }
-            bail!("{role} '{}': {}", p.display(), describe(&e))
-        }
-    };
-    if !md.is_dir() {
-        bail!("{role} '{}': not a directory", p.display());
-    }
-    std::fs::canonicalize(p)
-        .map_err(|e| UserError(format!("{role} '{}': {}", p.display(), describe(&e))))
-}
-
-/// Mount points currently in the mount table, from `/proc/self/mountinfo`, with their types.
-pub fn mount_table() -> Vec<(PathBuf, String)> {
-    mount_table_with_devices()
-        .into_iter()
-        .map(|(p, t, _)| (p, t))
-        .collect()
-}
-
-/// The mount table with each mount's device (`major:minor`).
-fn mount_table_with_devices() -> Vec<(PathBuf, String, String)> {
-    let Ok(s) = std::fs::read("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for line in s.split(|&b| b == b'\n') {
-        let f: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
-        if f.len() < 5 {
-            continue;
-        }
-        let fstype = f
-            .iter()
-            .position(|x| *x == b"-")
-            .and_then(|i| f.get(i + 1))
-            .map(|t| String::from_utf8_lossy(t).into_owned())
-            .unwrap_or_default();
-        out.push((
-            PathBuf::from(OsString::from_vec(unescape_octal(f[4]))),
-            fstype,
-            String::from_utf8_lossy(f[2]).into_owned(),
-        ));
-    }
-    out
-}
-
-fn unescape_octal(s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        if s[i] == b'\\'
-            && i + 3 < s.len()
-            && s[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (s[i + 1] - b'0') * 64 + (s[i + 2] - b'0') * 8 + (s[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(s[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
-/// Checks a request before anything is mounted; every refusal is one line for the user.
-/// Refuses two (canonical) paths of which one lies inside the other.
-fn refuse_nesting((a_role, a): (&str, &Path), (b_role, b): (&str, &Path)) -> Result<()> {
-    if a.starts_with(b) {
-        bail!(
-            "{a_role} '{}' is inside {b_role} '{}'",
-            a.display(),
-            b.display()
-        );
-    }
-    if b.starts_with(a) {
-        bail!(
-            "{b_role} '{}' is inside {a_role} '{}'",
-            b.display(),
-            a.display()
-        );
-    }
-    Ok(())
-}
-
-pub fn validate(req: &MountRequest, lower_spec: Option<&OsStr>) -> Result<Checked> {
-    if req.lowers.is_empty() {
-        bail!("no lower layer given");
-    }
-    let mut lowers = Vec::new();
-    for l in &req.lowers {
-        lowers.push(check_dir("lower layer", l, lower_spec)?);
-    }
-    let upper = match &req.upper {
-        Some(u) => {
-            let c = check_dir("upper layer", u, None)?;
-            if !sys::is_writable_dir(&c) {
-                bail!("upper layer '{}': not writable", u.display());
-            }
-            Some(c)
-        }
-        None => None,
-    };
-    let mountpoint = check_dir("mountpoint", &req.mountpoint, None)?;
-    if let (Some(w), Some(u)) = (&req.workdir, &upper) {
-        let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
-        if dev(w) != dev(u) {
-            bail!(
-                "workdir '{}' is not on the filesystem of upperdir '{}'",
-                w.display(),
-                u.display()
-            );
-        }
-    }
-
-    let mut seen: Vec<((u64, u64), &Path)> = Vec::new();
-    for p in upper.iter().chain(lowers.iter()) {
-        let md = std::fs::metadata(p)
-            .map_err(|e| UserError(format!("'{}': {}", p.display(), describe(&e))))?;
-        let id = (md.dev(), md.ino());
-        if let Some((_, first)) = seen.iter().find(|(i, _)| *i == id) {
-            bail!(
-                "layer '{}' is given twice (also as '{}')",
-                p.display(),
-                first.display()
-            );
-        }
-        seen.push((id, p));
-        if mountpoint == *p {
-            bail!("mountpoint '{}' is also a layer", mountpoint.display());
-        }
-        refuse_nesting(("mountpoint", &mountpoint), ("layer", p))?;
-    }
-    // The lowers never change: no upper or work dir may lie inside one, nor one inside them.
-    let writable = upper.iter().map(|u| ("upper layer", u.clone()));
-    let work = req
-        .workdir
-        .iter()
-        .filter_map(|w| std::fs::canonicalize(w).ok())
-        .map(|w| ("workdir", w));
-    for (role, w) in writable.chain(work) {
-        for l in &lowers {
-            refuse_nesting((role, &w), ("lower layer", l))?;
-        }
-    }
-    if mount_table().iter().any(|(m, _)| *m == mountpoint) {
-        bail!("mountpoint '{}': already mounted", mountpoint.display());
-    }
-    Ok(Checked {
-        union: UnionConfig {
-            lowers,
-            upper,
-            volatile: req.volatile,
-            oci_whiteouts: req.oci_whiteouts,
-            ids: req.ids.clone(),
-            workdir: req.workdir.clone(),
-            read_only: req.read_only,
-        },
-        mountpoint,
-        req: req.clone(),
-    })
-}
+use crate::union::Union;
 
 fn fuse_config(c: &Checked) -> Config {
     let root = sys::geteuid() == 0;
@@ -307,7 +44,7 @@ fn fuse_config(c: &Checked) -> Config {
 
 /// Without an upper there is nowhere to write.
 fn read_only(c: &Checked) -> bool {
-    c.req.read_only || c.union.upper.is_none()
+    c.req.union.read_only || c.union.upper.is_none()
 }
 
 /// As root: mount(2) with the type `fuse.unionfuse` (fuser's own mount says plain `fuse`),
@@ -365,12 +102,45 @@ pub fn pidfile(mountpoint: &Path) -> PathBuf {
     dir.join(format!("{h:016x}.pid"))
 }
 
-/// Mounts and serves. In the background (the default) it returns only once the mount is live
-/// or has failed; the daemon stays behind until the filesystem is unmounted.
-pub fn mount(c: Checked) -> Result<Option<i32>> {
-    if c.req.foreground {
-        return serve(c, None).map(|()| None);
+/// A daemon serving a mount in the background.
+#[derive(Debug)]
+pub struct Daemon {
+    pub pid: i32,
+}
+
+impl Daemon {
+    /// Ends the daemon (it unmounts, then cleans up) and waits for it; kills it if it has
+    /// not ended within 20 s.
+    pub fn stop(self) {
+        let pid = self.pid;
+        let _ = sys::kill(pid, libc::SIGTERM);
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            if !matches!(sys::waitpid(pid, libc::WNOHANG), Ok(None)) {
+                return;
+            }
+            if Instant::now() > end {
+                eprintln!("unionfuse: the daemon (pid {pid}) did not exit; killing it");
+                let _ = sys::kill(pid, libc::SIGKILL);
+                sys::wait_status(pid);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
+}
+
+/// Mounts and serves: in the foreground until unmounted, or (the default) in a daemon left
+/// behind once the mount is live.
+pub fn mount(c: Checked) -> Result<()> {
+    if c.req.foreground {
+        return serve(c, None);
+    }
+    start(c).map(drop)
+}
+
+/// Starts a daemon for the mount; returns once the mount is live or has failed.
+pub fn start(c: Checked) -> Result<Daemon> {
     let (rd, wr) = sys::pipe().map_err(|e| UserError(format!("pipe: {e}")))?;
     match sys::fork() {
         Err(e) => bail!("fork: {e}"),
@@ -396,7 +166,7 @@ pub fn mount(c: Checked) -> Result<Option<i32>> {
             let n = std::fs::File::from(rd).read(&mut buf).unwrap_or(0);
             let msg = String::from_utf8_lossy(&buf[..n]);
             if msg == "OK" {
-                Ok(Some(pid))
+                Ok(Daemon { pid })
             } else if msg.is_empty() {
                 bail!("the daemon ended before the mount was ready")
             } else {
@@ -469,15 +239,7 @@ fn serve(c: Checked, ready: Option<OwnedFd>) -> Result<()> {
         Err(e) => return fail(ready, format!("cannot open the layers: {e}")),
     };
     let cfg = fuse_config(&c);
-    let notifier: std::sync::Arc<std::sync::OnceLock<fuser::Notifier>> = Default::default();
-    let n = notifier.clone();
-    union.on_change(Box::new(move |ino| {
-        if let Some(n) = n.get() {
-            // Attributes only (negative offset): no page-cache work inside a request.
-            let _ = n.inval_inode(fuser::INodeNo(ino), -1, 0);
-        }
-    }));
-    let fs = UnionFs::new(union);
+    let (fs, invalidator) = UnionFs::new(union);
     if let Err(e) = crate::fuse::trim_heap_when_forgotten(&fs) {
         return fail(ready, format!("thread: {e}"));
     }
@@ -496,7 +258,7 @@ fn serve(c: Checked, ready: Option<OwnedFd>) -> Result<()> {
             );
         }
     };
-    let _ = notifier.set(session.notifier());
+    invalidator.connect(session.notifier());
     widen_readahead(&c.mountpoint);
     let pid_path = (!c.req.private).then(|| pidfile(&c.mountpoint));
     if let Some(p) = &pid_path {
@@ -622,30 +384,4 @@ pub fn umount(mountpoint: &Path, wait: Duration) -> Result<()> {
     }
     let _ = std::fs::remove_file(&pid_path);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn layers_split_on_unescaped_colons() {
-        let v = split_layers(OsStr::new("/a:/b\\:c:/d\\\\")).unwrap();
-        assert_eq!(
-            v,
-            vec![
-                PathBuf::from("/a"),
-                PathBuf::from("/b:c"),
-                PathBuf::from("/d\\")
-            ]
-        );
-        assert!(split_layers(OsStr::new("/a::/b")).is_err());
-        assert!(split_layers(OsStr::new(":/b")).is_err());
-    }
-
-    #[test]
-    fn mountinfo_octal_escapes_decode() {
-        assert_eq!(unescape_octal(b"/mnt/a\\040b"), b"/mnt/a b");
-        assert_eq!(unescape_octal(b"/x\\134y"), b"/x\\y");
-    }
 }
