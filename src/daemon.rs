@@ -229,7 +229,7 @@ fn serve(c: Checked, ready: Option<OwnedFd>) -> Result<()> {
     let sigset = block_term_signals();
     let union = match Union::new(&c.union) {
         Ok(u) => u,
-        Err(sys::Errno(libc::EBUSY)) if c.union.upper.is_some() => {
+        Err(e) if e.code() == libc::EBUSY && c.union.upper.is_some() => {
             let u = c.union.upper.as_ref().expect("checked");
             return fail(
                 ready,

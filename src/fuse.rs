@@ -17,7 +17,7 @@ use log::{debug, warn};
 
 use crate::sys;
 use crate::union::attr::{SetAttr, Time};
-use crate::union::{Caller, Union};
+use crate::union::{self, Caller, Union};
 
 /// How long the kernel may keep entries and attributes. Lower layers are immutable; the upper
 /// changes only through this mount (as with kernel overlayfs, a change made under a mounted
@@ -186,17 +186,11 @@ impl Passthrough {
     }
 }
 
-fn errno(e: sys::Errno) -> Errno {
-    Errno::from_i32(e.0)
-}
-
-fn log_err(op: &str, e: sys::Errno) {
-    match e.0 {
-        libc::ENOENT | libc::ENODATA | libc::EROFS | libc::ENAMETOOLONG => {
-            debug!("{op}: {e}")
-        }
-        _ => warn!("{op}: {e}"),
-    }
+/// The one way an operation fails: logged at the level the core's error asks for, with the
+/// operation's name and what failed, and answered with its errno.
+fn failed(op: &str, e: union::Error) -> Errno {
+    log::log!(e.level(), "{op}: {e}");
+    Errno::from_i32(e.code())
 }
 
 fn time(sec: i64, nsec: i64) -> SystemTime {
@@ -266,23 +260,17 @@ fn time_of(t: Option<TimeOrNow>) -> Option<Time> {
 }
 
 impl UnionFs {
-    fn reply_entry(&self, reply: ReplyEntry, op: &str, r: sys::Result<libc::stat>) {
+    fn reply_entry(&self, reply: ReplyEntry, op: &str, r: union::Result<libc::stat>) {
         match r {
             Ok(st) => reply.entry(&TTL, &to_attr(&st), Generation(0)),
-            Err(e) => {
-                log_err(op, e);
-                reply.error(errno(e))
-            }
+            Err(e) => reply.error(failed(op, e)),
         }
     }
 
-    fn reply_empty(reply: ReplyEmpty, op: &str, r: sys::Result<()>) {
+    fn reply_empty(reply: ReplyEmpty, op: &str, r: union::Result<()>) {
         match r {
             Ok(()) => reply.ok(),
-            Err(e) => {
-                log_err(op, e);
-                reply.error(errno(e))
-            }
+            Err(e) => reply.error(failed(op, e)),
         }
     }
 }
@@ -326,15 +314,12 @@ impl Filesystem for UnionFs {
             Ok(st) => reply.entry(&TTL, &to_attr(&st), Generation(0)),
             // The kernel keeps the absence as it keeps an entry (a compiler's include path
             // search, $PATH): a name made through the mount replaces it.
-            Err(sys::Errno(libc::ENOENT)) => {
+            Err(e) if e.code() == libc::ENOENT => {
                 let mut attr = to_attr(&sys::zeroed_stat());
                 attr.ino = INodeNo(0);
                 reply.entry(&TTL, &attr, Generation(0))
             }
-            Err(e) => {
-                log_err("lookup", e);
-                reply.error(errno(e))
-            }
+            Err(e) => reply.error(failed("lookup", e)),
         }
     }
 
@@ -345,26 +330,16 @@ impl Filesystem for UnionFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        let r = self.union.getattr(ino.0).or_else(|e| {
-            // A file that lost its last name is still reachable through its handle.
-            let mut st = fh.and_then(|fh| self.union.fstat_handle(fh.0)).ok_or(e)?;
-            st.st_ino = ino.0;
-            st.st_nlink = 0;
-            Ok(st)
-        });
-        match r {
+        match self.union.getattr(ino.0, fh.map(|f| f.0)) {
             Ok(st) => reply.attr(&TTL, &to_attr(&st)),
-            Err(e) => {
-                log_err("getattr", e);
-                reply.error(errno(e))
-            }
+            Err(e) => reply.error(failed("getattr", e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         match self.union.readlink(ino.0) {
             Ok(t) => reply.data(&t),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(failed("readlink", e)),
         }
     }
 
@@ -384,10 +359,7 @@ impl Filesystem for UnionFs {
                     None => reply.opened(FileHandle(fh), f),
                 }
             }
-            Err(e) => {
-                log_err("open", e);
-                reply.error(errno(e))
-            }
+            Err(e) => reply.error(failed("open", e)),
         }
     }
 
@@ -404,10 +376,7 @@ impl Filesystem for UnionFs {
     ) {
         match self.union.read(fh.0, offset, size) {
             Ok(d) => reply.data(&d),
-            Err(e) => {
-                log_err("read", e);
-                reply.error(errno(e))
-            }
+            Err(e) => reply.error(failed("read", e)),
         }
     }
 
@@ -447,10 +416,7 @@ impl Filesystem for UnionFs {
                 FileHandle(fh),
                 FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
             ),
-            Err(e) => {
-                log_err("opendir", e);
-                reply.error(errno(e))
-            }
+            Err(e) => reply.error(failed("opendir", e)),
         }
     }
 
@@ -464,7 +430,7 @@ impl Filesystem for UnionFs {
     ) {
         let listing = match self.union.dir_listing(fh.0, offset) {
             Ok(s) => s,
-            Err(e) => return reply.error(errno(e)),
+            Err(e) => return reply.error(failed("readdir", e)),
         };
         for (i, e) in listing.iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(e.ino), i as u64 + 1, file_type(e.fmt), &e.name) {
@@ -482,21 +448,9 @@ impl Filesystem for UnionFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let listing = match self.union.dir_listing(fh.0, offset) {
-            Ok(s) => s,
-            Err(e) => return reply.error(errno(e)),
-        };
-        for (i, e) in listing.iter().enumerate().skip(offset as usize) {
-            let next = i as u64 + 1;
-            let dot = e.name == "." || e.name == "..";
-            // Each entry with attributes is a lookup the kernel will forget later; "." and
-            // "..", and a name that no longer resolves, go without (node id 0).
-            let found = if dot {
-                None
-            } else {
-                self.union.lookup(ino.0, &e.name).ok()
-            };
-            let full = match &found {
+        let r = self
+            .union
+            .listing_plus(ino.0, fh.0, offset, |next, e, st| match st {
                 Some(st) => reply.add(
                     INodeNo(st.st_ino),
                     next,
@@ -505,6 +459,7 @@ impl Filesystem for UnionFs {
                     &to_attr(st),
                     Generation(0),
                 ),
+                // "." and "..", and a name that no longer resolves: no node (id 0).
                 None => {
                     let mut attr = to_attr(&sys::zeroed_stat());
                     attr.ino = INodeNo(e.ino);
@@ -518,16 +473,11 @@ impl Filesystem for UnionFs {
                         Generation(0),
                     )
                 }
-            };
-            if full {
-                // Not sent: the lookup it counted is taken back.
-                if let Some(st) = found {
-                    self.union.forget(st.st_ino, 1);
-                }
-                break;
-            }
+            });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(failed("readdirplus", e)),
         }
-        reply.ok();
     }
 
     fn releasedir(
@@ -554,21 +504,21 @@ impl Filesystem for UnionFs {
                 s.f_namemax as u32,
                 s.f_frsize as u32,
             ),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(failed("statfs", e)),
         }
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         match self.union.getxattr(ino.0, name) {
             Ok(v) => xattr_reply(reply, &v, size),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(failed("getxattr", e)),
         }
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         match self.union.listxattr(ino.0) {
             Ok(v) => xattr_reply(reply, &v, size),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(failed("listxattr", e)),
         }
     }
 
@@ -590,17 +540,6 @@ impl Filesystem for UnionFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        // The kernel leaves dropping setuid/setgid to us (FUSE_HANDLE_KILLPRIV_V2): a
-        // truncate by a caller without CAP_FSETID (the flag that says so, FATTR_KILL_SUIDGID,
-        // does not reach us: a caller that is not root), and a write through passthrough,
-        // which reaches us only as this empty change, sent when something is to drop.
-        let nothing = mode.is_none()
-            && uid.is_none()
-            && gid.is_none()
-            && size.is_none()
-            && atime.is_none()
-            && mtime.is_none()
-            && ctime.is_none();
         let a = SetAttr {
             mode,
             uid,
@@ -608,16 +547,13 @@ impl Filesystem for UnionFs {
             size,
             atime: time_of(atime),
             mtime: time_of(mtime),
+            ctime: ctime.is_some(),
             fh: fh.map(|f| f.0),
-            drop_privileges_for: (nothing || (size.is_some() && req.uid() != 0))
-                .then(|| caller(req)),
+            by: Some(caller(req)),
         };
         match self.union.setattr(ino.0, &a) {
             Ok(st) => reply.attr(&TTL, &to_attr(&st)),
-            Err(e) => {
-                log_err("setattr", e);
-                reply.error(errno(e))
-            }
+            Err(e) => reply.error(failed("setattr", e)),
         }
     }
 
@@ -734,10 +670,7 @@ impl Filesystem for UnionFs {
                     ),
                 }
             }
-            Err(e) => {
-                log_err("create", e);
-                reply.error(errno(e))
-            }
+            Err(e) => reply.error(failed("create", e)),
         }
     }
 
@@ -758,10 +691,7 @@ impl Filesystem for UnionFs {
             .then(|| caller(req));
         match self.union.write(ino.0, fh.0, offset, data, drop_privileges) {
             Ok(n) => reply.written(n as u32),
-            Err(e) => {
-                log_err("write", e);
-                reply.error(errno(e))
-            }
+            Err(e) => reply.error(failed("write", e)),
         }
     }
 
@@ -812,7 +742,7 @@ impl Filesystem for UnionFs {
     ) {
         match self.union.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(failed("lseek", e)),
         }
     }
 

@@ -385,7 +385,7 @@ pub fn apply_options(p: &mut Options, opts: &OsStr, sloppy: bool) -> Result<()> 
             (k, None) if IGNORED.contains(&k) => {}
             _ if IGNORED_PREFIXES.iter().any(|x| s.starts_with(x)) => {}
             _ if sloppy => log::info!("ignoring unknown option '{s}'"),
-            _ => bail!("unknown option '{s}'"),
+            _ => bail!("unknown mount option '{s}'"),
         }
     }
     Ok(())

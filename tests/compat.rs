@@ -217,7 +217,7 @@ fn helper_refuses_bad_options_and_mounts_nothing() {
         (format!("upperdir={}", l.upper.display()), "no lowerdir"),
         (
             format!("{lower_only},frobnicate"),
-            "unknown option 'frobnicate'",
+            "unknown mount option 'frobnicate'",
         ),
         ("lowerdir=/no/such/layer".to_string(), "/no/such/layer"),
         (format!("{},uidmapping=0:1", l.opts()), "uidmapping"),

@@ -64,14 +64,17 @@ impl Driver {
     }
 
     fn lookup(&mut self, parent: u64, name: &str) -> Result<libc::stat, i32> {
-        let st = self.u.lookup(parent, OsStr::new(name)).map_err(|e| e.0)?;
+        let st = self
+            .u
+            .lookup(parent, OsStr::new(name))
+            .map_err(|e| e.code())?;
         self.refs.push(st.st_ino);
         Ok(st)
     }
 
     /// The object at `p`, resolved one name at a time ("" is the root).
     fn resolve(&mut self, p: &str) -> Result<(u64, libc::stat), i32> {
-        let mut st = self.u.getattr(ROOT).map_err(|e| e.0)?;
+        let mut st = self.u.getattr(ROOT, None).map_err(|e| e.code())?;
         let mut ino = ROOT;
         if p.is_empty() {
             return Ok((ino, st));
@@ -107,24 +110,24 @@ impl Driver {
     }
 
     fn write_at(&mut self, ino: u64, flags: i32, off: Option<u64>, data: &[u8]) -> R {
-        let fh = self.u.open(ino, flags).map_err(|e| e.0)?;
+        let fh = self.u.open(ino, flags).map_err(|e| e.code())?;
         let off = match off {
             Some(o) => o,
-            None => self.u.getattr(ino).map_err(|e| e.0)?.st_size as u64,
+            None => self.u.getattr(ino, None).map_err(|e| e.code())?.st_size as u64,
         };
-        let r = self.u.write(ino, fh, off, data, None).map_err(|e| e.0);
+        let r = self.u.write(ino, fh, off, data, None).map_err(|e| e.code());
         self.u.release(fh);
         r.map(|_| vec![])
     }
 
     fn read_all(&mut self, ino: u64) -> R {
-        let fh = self.u.open(ino, libc::O_RDONLY).map_err(|e| e.0)?;
+        let fh = self.u.open(ino, libc::O_RDONLY).map_err(|e| e.code())?;
         let mut out = Vec::new();
         let r = loop {
             match self.u.read(fh, out.len() as u64, 4096) {
                 Ok(b) if b.is_empty() => break Ok(out),
                 Ok(b) => out.extend_from_slice(&b),
-                Err(e) => break Err(e.0),
+                Err(e) => break Err(e.code()),
             }
         };
         self.u.release(fh);
@@ -132,8 +135,8 @@ impl Driver {
     }
 
     fn listing(&mut self, ino: u64) -> Result<Vec<(String, u64)>, i32> {
-        let fh = self.u.opendir(ino).map_err(|e| e.0)?;
-        let l = self.u.dir_listing(fh, 0).map_err(|e| e.0);
+        let fh = self.u.opendir(ino).map_err(|e| e.code())?;
+        let l = self.u.dir_listing(fh, 0).map_err(|e| e.code());
         self.u.releasedir(fh);
         Ok(l?
             .iter()
@@ -153,18 +156,18 @@ impl Driver {
     }
 
     fn apply(&mut self, op: &Op) -> R {
-        let u = |r: Result<libc::stat, unionfuse::sys::Errno>| r.map(|_| vec![]).map_err(|e| e.0);
+        let u = |r: unionfuse::union::Result<libc::stat>| r.map(|_| vec![]).map_err(|e| e.code());
         match op {
             Op::Create(p, mode, data) => {
                 let (pino, name) = self.parent(p)?;
                 let (st, fh) = self
                     .u
                     .create(pino, OsStr::new(name), *mode, self.who)
-                    .map_err(|e| e.0)?;
+                    .map_err(|e| e.code())?;
                 self.refs.push(st.st_ino);
                 let r = self.u.write(st.st_ino, fh, 0, data, None);
                 self.u.release(fh);
-                r.map(|_| vec![]).map_err(|e| e.0)
+                r.map(|_| vec![]).map_err(|e| e.code())
             }
             Op::Write(p, off, data) => {
                 let ino = self.file(p)?;
@@ -187,7 +190,7 @@ impl Driver {
                 let fh = self
                     .u
                     .open(ino, libc::O_WRONLY | libc::O_TRUNC)
-                    .map_err(|e| e.0)?;
+                    .map_err(|e| e.code())?;
                 self.u.release(fh);
                 Ok(vec![])
             }
@@ -207,14 +210,14 @@ impl Driver {
                 self.u
                     .setxattr(ino, OsStr::new("user.x"), v, 0)
                     .map(|()| vec![])
-                    .map_err(|e| e.0)
+                    .map_err(|e| e.code())
             }
             Op::RemoveXattr(p) => {
                 let ino = self.user_xattr_target(p)?;
                 self.u
                     .removexattr(ino, OsStr::new("user.x"))
                     .map(|()| vec![])
-                    .map_err(|e| e.0)
+                    .map_err(|e| e.code())
             }
             Op::Link(src, dst) => {
                 let (sino, sst) = self.resolve(src)?;
@@ -225,7 +228,10 @@ impl Driver {
                 if fmt(&sst) == libc::S_IFDIR {
                     return Err(libc::EPERM);
                 }
-                let st = self.u.link(sino, pino, OsStr::new(name)).map_err(|e| e.0)?;
+                let st = self
+                    .u
+                    .link(sino, pino, OsStr::new(name))
+                    .map_err(|e| e.code())?;
                 self.refs.push(st.st_ino);
                 Ok(vec![])
             }
@@ -234,7 +240,7 @@ impl Driver {
                 let st = self
                     .u
                     .symlink(pino, OsStr::new(name), OsStr::new(t), self.who)
-                    .map_err(|e| e.0)?;
+                    .map_err(|e| e.code())?;
                 self.refs.push(st.st_ino);
                 Ok(vec![])
             }
@@ -243,7 +249,7 @@ impl Driver {
                 let st = self
                     .u
                     .mkdir(pino, OsStr::new(name), *mode, self.who)
-                    .map_err(|e| e.0)?;
+                    .map_err(|e| e.code())?;
                 self.refs.push(st.st_ino);
                 Ok(vec![])
             }
@@ -252,14 +258,14 @@ impl Driver {
                 self.u
                     .unlink(pino, OsStr::new(name))
                     .map(|()| vec![])
-                    .map_err(|e| e.0)
+                    .map_err(|e| e.code())
             }
             Op::Rmdir(p) => {
                 let (pino, name) = self.parent(p)?;
                 self.u
                     .rmdir(pino, OsStr::new(name))
                     .map(|()| vec![])
-                    .map_err(|e| e.0)
+                    .map_err(|e| e.code())
             }
             Op::Rename(src, dst, flags) => {
                 let (sp, sn) = self.parent(src)?;
@@ -291,7 +297,7 @@ impl Driver {
                 self.u
                     .rename(sp, OsStr::new(sn), dp, OsStr::new(dn), *flags)
                     .map(|()| vec![])
-                    .map_err(|e| e.0)
+                    .map_err(|e| e.code())
             }
             Op::Read(p) => {
                 let ino = self.file(p)?;
@@ -305,12 +311,12 @@ impl Driver {
             }
             Op::WriteWhileHeld(held, other, off, data) => {
                 let h = self.file(held)?;
-                let hfh = self.u.open(h, libc::O_RDWR).map_err(|e| e.0)?;
+                let hfh = self.u.open(h, libc::O_RDWR).map_err(|e| e.code())?;
                 let r = self.file(other).and_then(|o| {
                     self.write_at(o, libc::O_RDWR, Some(*off), data)?;
                     self.u
                         .read(hfh, *off, data.len() as u32 + 64)
-                        .map_err(|e| e.0)
+                        .map_err(|e| e.code())
                 });
                 self.u.release(hfh);
                 r
@@ -347,7 +353,7 @@ impl Driver {
                 };
                 let xattr = match self.u.getxattr(st.st_ino, OsStr::new("user.x")) {
                     Ok(v) => Some(v),
-                    Err(e) if e.0 == libc::ENODATA => None,
+                    Err(e) if e.code() == libc::ENODATA => None,
                     Err(e) => panic!("{p:?}: getxattr: {e}"),
                 };
                 let dir_kind = kind == "dir";

@@ -22,14 +22,35 @@ pub struct SetAttr {
     pub size: Option<u64>,
     pub atime: Option<Time>,
     pub mtime: Option<Time>,
+    /// The change time alone is asked to change (with nothing else).
+    pub ctime: bool,
     /// The open handle the change came through, if any.
     pub fh: Option<u64>,
-    /// A write or truncate by this caller is under way: setuid and setgid go first, as the
-    /// kernel drops them (it leaves that to the filesystem, FUSE_HANDLE_KILLPRIV_V2).
-    pub drop_privileges_for: Option<Caller>,
+    /// Who asks (the kernel's request); `None` from within.
+    pub by: Option<Caller>,
 }
+
+impl SetAttr {
+    /// Whether setuid and setgid go first, as the kernel drops them (it leaves that to the
+    /// filesystem, FUSE_HANDLE_KILLPRIV_V2): on a truncate by a caller without CAP_FSETID
+    /// (the flag that says so, FATTR_KILL_SUIDGID, does not reach a filesystem: a caller
+    /// that is not root), and on a write through passthrough, which reaches the filesystem
+    /// only as an empty change, sent when something is to drop.
+    fn drops_privileges(&self) -> Option<Caller> {
+        let by = self.by?;
+        let nothing = self.mode.is_none()
+            && self.uid.is_none()
+            && self.gid.is_none()
+            && self.size.is_none()
+            && self.atime.is_none()
+            && self.mtime.is_none()
+            && !self.ctime;
+        (nothing || (self.size.is_some() && by.uid != 0)).then_some(by)
+    }
+}
+use super::error::Result;
 use super::{Caller, Union, whiteout};
-use crate::sys::{self, Errno, Result};
+use crate::sys::{self, Errno};
 
 impl Union {
     /// The status the union shows for a node, given its top object's real status.
@@ -51,23 +72,33 @@ impl Union {
     }
 
     fn real_stat(&self, node: &Node) -> Result<libc::stat> {
-        node.loc.read().top()?.stat()
+        Ok(node.loc.read().top()?.stat()?)
     }
 
-    pub fn getattr(&self, ino: u64) -> Result<libc::stat> {
-        let node = self.node(ino)?;
-        let st = self.real_stat(&node)?;
-        Ok(self.present(&node, st))
+    /// The status of `ino`. A file that lost its last name is still reached through an
+    /// open handle `fh`, with no links.
+    pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<libc::stat> {
+        let r = self.node(ino).and_then(|node| {
+            let st = self.real_stat(&node)?;
+            Ok(self.present(&node, st))
+        });
+        r.or_else(|e| {
+            let mut st = fh.and_then(|fh| self.fstat_handle(fh)).ok_or(e)?;
+            st.st_ino = ino;
+            st.st_nlink = 0;
+            Ok(st)
+        })
     }
 
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
         let node = self.node(ino)?;
         if node.fmt != libc::S_IFLNK {
-            return Err(Errno(libc::EINVAL));
+            return Err(Errno(libc::EINVAL).into());
         }
         let loc = node.loc.read().clone();
-        loc.top()?
-            .with_at(|d, n| sys::readlinkat(d, n.unwrap_or(c"")))
+        Ok(loc
+            .top()?
+            .with_at(|d, n| sys::readlinkat(d, n.unwrap_or(c"")))?)
     }
 
     /// Runs `f` with the (dir fd, name) pair that reaches the node's top object through the
@@ -75,20 +106,20 @@ impl Union {
     fn with_xattr_target<T>(
         &self,
         ino: u64,
-        f: impl FnOnce(std::os::fd::BorrowedFd<'_>, Option<&std::ffi::CStr>) -> Result<T>,
+        f: impl FnOnce(std::os::fd::BorrowedFd<'_>, Option<&std::ffi::CStr>) -> sys::Result<T>,
     ) -> Result<T> {
         let node = self.node(ino)?;
         let loc = node.loc.read().clone();
-        loc.top()?.with_at(f)
+        Ok(loc.top()?.with_at(f)?)
     }
 
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
         if whiteout::is_private_xattr(name.as_bytes()) {
-            return Err(Errno(libc::ENODATA));
+            return Err(Errno(libc::ENODATA).into());
         }
         let attr = sys::cstr(name)?;
         self.with_xattr_target(ino, |d, n| sys::getxattr(d, n, &attr))?
-            .ok_or(Errno(libc::ENODATA))
+            .ok_or(Errno(libc::ENODATA).into())
     }
 
     /// The node's xattr names, NUL-terminated and concatenated, private ones left out.
@@ -106,15 +137,19 @@ impl Union {
     fn upper_target(&self, node: &Node) -> Result<std::sync::Arc<std::os::fd::OwnedFd>> {
         let loc = node.loc.read();
         if node.is_dir() {
-            return loc.dirs.top().map(|d| d.fd.clone()).ok_or(Errno(libc::EIO));
+            return loc
+                .dirs
+                .top()
+                .map(|d| d.fd.clone())
+                .ok_or(Errno(libc::EIO).into());
         }
-        loc.obj.clone().ok_or(Errno(libc::EIO))
+        loc.obj.clone().ok_or(Errno(libc::EIO).into())
     }
 
     pub fn setattr(&self, ino: u64, a: &SetAttr) -> Result<libc::stat> {
         let node = self.node(ino)?;
         if !self.has_upper {
-            return Err(Errno(libc::EROFS));
+            return Err(Errno(libc::EROFS).into());
         }
         let mut size = a.size;
         let handle = a.fh.and_then(|fh| self.files.get(&fh).map(|f| f.clone()));
@@ -125,12 +160,12 @@ impl Union {
         self.copy_up(&node, size == Some(0))?;
         let target = self.upper_target(&node)?;
         let t = target.as_fd();
-        if let Some(c) = a.drop_privileges_for {
+        if let Some(c) = a.drops_privileges() {
             self.drop_privileges(t, c)?;
         }
         if let Some(len) = size {
             if node.is_dir() {
-                return Err(Errno(libc::EISDIR));
+                return Err(Errno(libc::EISDIR).into());
             }
             sys::ftruncate(sys::reopen(t, libc::O_WRONLY)?.as_fd(), len)?;
         }
@@ -165,7 +200,7 @@ impl Union {
             };
             sys::utimensat(t, c"", &[ts(a.atime), ts(a.mtime)])?;
         }
-        self.getattr(ino)
+        self.getattr(ino, None)
     }
 
     /// Drops from the regular file `fd` stands for what a write or truncate by `caller`
@@ -205,10 +240,10 @@ impl Union {
 
     fn change_xattr(&self, ino: u64, name: &OsStr, value: Option<&[u8]>, flags: i32) -> Result<()> {
         if whiteout::is_private_xattr(name.as_bytes()) {
-            return Err(Errno(libc::EPERM));
+            return Err(Errno(libc::EPERM).into());
         }
         if !self.has_upper {
-            return Err(Errno(libc::EROFS));
+            return Err(Errno(libc::EROFS).into());
         }
         let node = self.node(ino)?;
         if value.is_none() {
@@ -217,10 +252,16 @@ impl Union {
         }
         self.copy_up(&node, false)?;
         let target = self.upper_target(&node)?;
-        sys::setxattr(target.as_fd(), None, &sys::cstr(name)?, value, flags)
+        Ok(sys::setxattr(
+            target.as_fd(),
+            None,
+            &sys::cstr(name)?,
+            value,
+            flags,
+        )?)
     }
 
     pub fn statfs(&self) -> Result<libc::statvfs> {
-        sys::fstatvfs(self.layers[0].root.as_fd())
+        Ok(sys::fstatvfs(self.layers[0].root.as_fd())?)
     }
 }

@@ -9,9 +9,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::inode::Node;
+use super::error::Result;
+use super::inode::{LookupRef, Node};
 use super::{Union, whiteout};
-use crate::sys::{self, Errno, Result};
+use crate::sys::{self, Errno};
 
 /// Where and how a real object is reached: a directory fd and a name in it, or the object's
 /// own fd (`name` None).
@@ -26,7 +27,7 @@ impl Union {
         if self.has_upper {
             Ok(&self.layers[0].root)
         } else {
-            Err(Errno(libc::EROFS))
+            Err(Errno(libc::EROFS).into())
         }
     }
 
@@ -68,7 +69,7 @@ impl Union {
         if let Err(e) = done {
             let _ = super::work::remove_tree(work.as_fd(), &tmp);
             if e != Errno(libc::EEXIST) {
-                return Err(e);
+                return Err(e.into());
             }
         }
         let ufd = Arc::new(sys::openat(
@@ -149,7 +150,7 @@ impl Union {
                 let x = self.formats.nlink_xattr();
                 match sys::setxattr(obj.as_fd(), None, x, Some(&whiteout::nlink_value(extra)), 0) {
                     Ok(()) | Err(Errno(libc::EOPNOTSUPP | libc::EPERM)) => {}
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(e.into()),
                 }
                 node.extra_links.store(extra, Ordering::Relaxed);
             }
@@ -220,20 +221,16 @@ impl Union {
     ) -> Result<bool> {
         // The directory nodes the walk makes are let go of however it ends.
         let mut held = Vec::new();
-        let r = self.link_up_walk(layer, st, obj, path, &mut held);
-        for ino in held {
-            self.nodes.forget(ino, 1);
-        }
-        r
+        self.link_up_walk(layer, st, obj, path, &mut held)
     }
 
-    fn link_up_walk(
-        &self,
+    fn link_up_walk<'a>(
+        &'a self,
         layer: usize,
         st: &libc::stat,
         obj: &OwnedFd,
         path: &[std::ffi::OsString],
-        held: &mut Vec<u64>,
+        held: &mut Vec<LookupRef<'a>>,
     ) -> Result<bool> {
         let Some((last, dirs)) = path.split_last() else {
             return Ok(false);
@@ -242,7 +239,8 @@ impl Union {
         for comp in dirs {
             let r = match self.resolve(&cur, comp) {
                 Ok(r) if r.st.st_mode & libc::S_IFMT == libc::S_IFDIR => r,
-                Ok(_) | Err(Errno(libc::ENOENT | libc::ENOTDIR)) => return Ok(false),
+                Ok(_) => return Ok(false),
+                Err(e) if matches!(e.code(), libc::ENOENT | libc::ENOTDIR) => return Ok(false),
                 Err(e) => return Err(e),
             };
             let parent = cur.ino;
@@ -255,12 +253,12 @@ impl Union {
                     r.dirs.clone(),
                 )
             });
-            held.push(n.ino);
-            cur = n;
+            cur = Arc::clone(&n);
+            held.push(n);
         }
         let r = match self.resolve(&cur, last) {
             Ok(r) => r,
-            Err(Errno(libc::ENOENT | libc::ENOTDIR)) => return Ok(false),
+            Err(e) if matches!(e.code(), libc::ENOENT | libc::ENOTDIR) => return Ok(false),
             Err(e) => return Err(e),
         };
         if !self.is_lower(r.top_layer) {
@@ -276,7 +274,7 @@ impl Union {
         let times = ParentTimes::save(pfd.as_fd())?;
         match sys::link_tmpfile(obj.as_fd(), pfd.as_fd(), &sys::cstr(last)?) {
             Ok(()) | Err(Errno(libc::EEXIST)) => {}
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
         times.restore(pfd.as_fd())?;
         Ok(true)
@@ -315,7 +313,7 @@ impl Union {
             }
             self.work()?
                 .publish(&tmpfd, tmpname.as_deref(), ddir, dname, false)?;
-            return sys::openat(ddir, dname, libc::O_PATH, 0);
+            return Ok(sys::openat(ddir, dname, libc::O_PATH, 0)?);
         }
         let work = self.work()?;
         let tmp = self.work()?.tmp_name();
@@ -335,9 +333,9 @@ impl Union {
             .and_then(|_| sys::renameat2(work.as_fd(), &tmp, ddir, dname, sys::RENAME_NOREPLACE));
         if let Err(e) = r {
             let _ = sys::unlinkat(work.as_fd(), &tmp, 0);
-            return Err(e);
+            return Err(e.into());
         }
-        sys::openat(ddir, dname, libc::O_PATH, 0)
+        Ok(sys::openat(ddir, dname, libc::O_PATH, 0)?)
     }
 
     /// A new, nameless regular file on the upper's filesystem: an `O_TMPFILE` in `dir`, or
@@ -359,7 +357,7 @@ impl Union {
                 )?;
                 Ok((fd, Some(tmp)))
             }
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         }
     }
 }
@@ -374,14 +372,14 @@ impl ParentTimes {
     }
 
     pub fn restore(&self, dir: BorrowedFd<'_>) -> Result<()> {
-        sys::utimensat(dir, c"", &self.0)
+        Ok(sys::utimensat(dir, c"", &self.0)?)
     }
 }
 
 /// Gives `to` the owner, mode, xattrs and times of `from` (whose status is `st`). The order
 /// matters: chown clears set-id bits (so the mode follows it) and file capabilities (so the
 /// xattrs follow both); times go last.
-pub fn copy_meta(from: At<'_>, to: At<'_>, st: &libc::stat) -> Result<()> {
+pub fn copy_meta(from: At<'_>, to: At<'_>, st: &libc::stat) -> sys::Result<()> {
     let name = to.name.unwrap_or(c"");
     let fmt = st.st_mode & libc::S_IFMT;
     // Without privileges the copy can only be the mounting user's (and only some xattr
@@ -425,7 +423,7 @@ fn times_of(st: &libc::stat) -> [libc::timespec; 2] {
     ]
 }
 
-pub fn chown_at(at: At<'_>, uid: u32, gid: u32) -> Result<()> {
+pub fn chown_at(at: At<'_>, uid: u32, gid: u32) -> sys::Result<()> {
     match at.name {
         Some(n) => sys::fchownat(at.dir, n, uid, gid),
         None => sys::fchownat_empty(at.dir, uid, gid),
@@ -456,7 +454,7 @@ fn read_redirect_map(root: BorrowedFd<'_>, skip_work: bool) -> Result<RedirectMa
             let sub = match sys::openat(dir.as_fd(), &c, libc::O_PATH | libc::O_DIRECTORY, 0) {
                 Ok(fd) => fd,
                 Err(Errno(libc::ENOTDIR | libc::ENOENT)) => continue,
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             };
             let m = whiteout::dir_markers(sub.as_fd())?;
             let mut here = path.clone();

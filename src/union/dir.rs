@@ -8,6 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use super::copy_up::{At, chown_at};
+use super::error::Result;
 use super::index::{LowerIndex, read_layer_dir};
 use super::inode::{Location, Node};
 use super::layer::{DirStack, LayerDir};
@@ -15,16 +16,16 @@ use super::lookup::Resolved;
 use super::whiteout::{self, Slot};
 use super::work::remove_tree;
 use super::{Caller, Union};
-use crate::sys::{self, Errno, Result};
+use crate::sys::{self, Errno};
 
 impl Union {
     fn check_new_name(&self, parent: u64, name: &OsStr) -> Result<()> {
         if name.len() > 255 {
-            return Err(Errno(libc::ENAMETOOLONG));
+            return Err(Errno(libc::ENAMETOOLONG).into());
         }
         // `.wh.` names are the OCI format's own; the work dir is the daemon's.
         if whiteout::is_oci_name(name) || self.is_reserved(parent, name) {
-            return Err(Errno(libc::EINVAL));
+            return Err(Errno(libc::EINVAL).into());
         }
         Ok(())
     }
@@ -45,14 +46,14 @@ impl Union {
         self.check_new_name(parent, name)?;
         let p = self.node(parent)?;
         match self.resolve(&p, name) {
-            Ok(_) => return Err(Errno(libc::EEXIST)),
-            Err(Errno(libc::ENOENT)) => {}
+            Ok(_) => return Err(Errno(libc::EEXIST).into()),
+            Err(e) if e.code() == libc::ENOENT => {}
             Err(e) => return Err(e),
         }
         let pfd = self.upper_dir(&p)?;
         let slot = whiteout::upper_slot(pfd.as_fd(), name)?;
         if slot == Slot::Taken {
-            return Err(Errno(libc::EEXIST));
+            return Err(Errno(libc::EEXIST).into());
         }
         Ok((p, pfd, slot))
     }
@@ -101,7 +102,7 @@ impl Union {
         };
         if let Err(e) = r {
             let _ = remove_tree(work.as_fd(), tmp);
-            return Err(e);
+            return Err(e.into());
         }
         self.drop_oci_whiteout(pfd, name, slot)
     }
@@ -145,7 +146,7 @@ impl Union {
             loc
         });
         let st = self.present(&node, st);
-        Ok((node, st))
+        Ok((node.keep(), st))
     }
 
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, who: Caller) -> Result<libc::stat> {
@@ -185,7 +186,7 @@ impl Union {
         name: &OsStr,
         who: Caller,
         mode: u32,
-        make: impl Fn(BorrowedFd<'_>, &CStr) -> Result<()>,
+        make: impl Fn(BorrowedFd<'_>, &CStr) -> sys::Result<()>,
     ) -> Result<libc::stat> {
         let (_p, pfd, slot) = self.prepare_new(parent, name)?;
         let (uid, gid, mode) = self.new_owner(pfd.as_fd(), who, mode, false)?;
@@ -230,7 +231,7 @@ impl Union {
         let fmt = mode & libc::S_IFMT;
         // A 0/0 character device is a whiteout: accepting one would corrupt the directory.
         if fmt == libc::S_IFCHR && rdev == 0 {
-            return Err(Errno(libc::EPERM));
+            return Err(Errno(libc::EPERM).into());
         }
         self.make_special(parent, name, who, mode, |d, n| {
             sys::mknodat(d, n, fmt | (mode & 0o7777), rdev)
@@ -306,7 +307,7 @@ impl Union {
         let fd = match r {
             Ok(fd) => fd,
             Err(Errno(libc::EACCES | libc::EPERM)) => return Ok(None),
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         let made = (|| {
             let st = sys::fstat(fd.as_fd())?;
@@ -328,7 +329,7 @@ impl Union {
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<libc::stat> {
         let node = self.node(ino)?;
         if node.is_dir() {
-            return Err(Errno(libc::EPERM));
+            return Err(Errno(libc::EPERM).into());
         }
         self.copy_up(&node, false)?;
         let (_p, pfd, slot) = self.prepare_new(newparent, newname)?;
@@ -393,7 +394,7 @@ impl Union {
         let p = self.node(parent)?;
         let r = self.resolve(&p, name)?;
         if r.st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-            return Err(Errno(libc::EISDIR));
+            return Err(Errno(libc::EISDIR).into());
         }
         let r = self.up_whole_if_linked(&p, name, r)?;
         let need_wh = self.lower_visible(&p, name)?;
@@ -411,10 +412,10 @@ impl Union {
         let p = self.node(parent)?;
         let r = self.resolve(&p, name)?;
         if r.st.st_mode & libc::S_IFMT != libc::S_IFDIR {
-            return Err(Errno(libc::ENOTDIR));
+            return Err(Errno(libc::ENOTDIR).into());
         }
         if !self.dir_is_empty(&r)? {
-            return Err(Errno(libc::ENOTEMPTY));
+            return Err(Errno(libc::ENOTEMPTY).into());
         }
         let need_wh = self.lower_visible(&p, name)?;
         if !self.is_lower(r.top_layer) {
@@ -443,7 +444,7 @@ impl Union {
         let exchange = flags & sys::RENAME_EXCHANGE != 0;
         let noreplace = flags & sys::RENAME_NOREPLACE != 0;
         if flags & !(sys::RENAME_EXCHANGE | sys::RENAME_NOREPLACE) != 0 || (exchange && noreplace) {
-            return Err(Errno(libc::EINVAL));
+            return Err(Errno(libc::EINVAL).into());
         }
         self.check_new_name(newparent, newname)?;
         let p = self.node(parent)?;
@@ -451,7 +452,7 @@ impl Union {
         let mut src = self.resolve(&p, name)?;
         let dst = match self.resolve(&np, newname) {
             Ok(r) => Some(r),
-            Err(Errno(libc::ENOENT)) => None,
+            Err(e) if e.code() == libc::ENOENT => None,
             Err(e) => return Err(e),
         };
         let is_dir = |r: &Resolved| r.st.st_mode & libc::S_IFMT == libc::S_IFDIR;
@@ -461,18 +462,18 @@ impl Union {
                 return Ok(());
             }
             if noreplace {
-                return Err(Errno(libc::EEXIST));
+                return Err(Errno(libc::EEXIST).into());
             }
             if !exchange {
                 if is_dir(&src) && !is_dir(d) {
-                    return Err(Errno(libc::ENOTDIR));
+                    return Err(Errno(libc::ENOTDIR).into());
                 }
                 if !is_dir(&src) && is_dir(d) {
-                    return Err(Errno(libc::EISDIR));
+                    return Err(Errno(libc::EISDIR).into());
                 }
             }
         } else if exchange {
-            return Err(Errno(libc::ENOENT));
+            return Err(Errno(libc::ENOENT).into());
         }
         // The names of a lower hard-link group come up together before one of them is
         // replaced or moved: the others' link count follows. Bringing up the target's group
@@ -516,7 +517,7 @@ impl Union {
             .as_ref()
             .filter(|d| !exchange && is_dir(d) && has_lower(d));
         if merged_target.map(|d| self.dir_is_empty(d)).transpose()? == Some(false) {
-            return Err(Errno(libc::ENOTEMPTY));
+            return Err(Errno(libc::ENOTEMPTY).into());
         }
         if redirected(&src) {
             self.set_redirect(&src)?;
@@ -587,9 +588,7 @@ impl Union {
                         r.dirs.clone(),
                     )
                 });
-                let done = self.copy_up_tree(&child);
-                self.nodes.forget(child.ino, 1);
-                done?;
+                self.copy_up_tree(&child)?;
             } else {
                 self.bring_up(node, &e.name, &r)?;
             }
@@ -675,7 +674,7 @@ impl Union {
                 DirStack::default(),
             )
         });
-        let done = self.copy_up(&node, false).and_then(|_| {
+        self.copy_up(&node, false).and_then(|_| {
             let again = self.resolve(parent, name)?;
             if !self.is_lower(again.top_layer) {
                 return Ok(again);
@@ -685,9 +684,7 @@ impl Union {
             let pfd = self.upper_dir(parent)?;
             sys::link_tmpfile(obj.as_fd(), pfd.as_fd(), &sys::cstr(name)?)?;
             self.resolve(parent, name)
-        });
-        self.nodes.forget(node.ino, 1);
-        done
+        })
     }
 
     /// Copies up the object that `name` in `parent` resolved to, by that name.
@@ -712,7 +709,7 @@ impl Union {
             Err(Errno(libc::ENOENT)) => self
                 .copy_up_entry(r.top_dir.as_fd(), &c, &r.st, pfd.as_fd(), &c, false)
                 .map(drop),
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         }
     }
 

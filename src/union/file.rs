@@ -4,7 +4,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use super::Union;
-use crate::sys::{self, Errno, Result};
+use super::error::Result;
+use crate::sys::{self, Errno};
 
 impl Union {
     /// Opens a regular file. Opening for writing (or truncating) copies it up first; a file
@@ -12,12 +13,12 @@ impl Union {
     pub fn open(&self, ino: u64, flags: i32) -> Result<u64> {
         let node = self.node(ino)?;
         if node.is_dir() {
-            return Err(Errno(libc::EISDIR));
+            return Err(Errno(libc::EISDIR).into());
         }
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         if write {
             if !self.has_upper {
-                return Err(Errno(libc::EROFS));
+                return Err(Errno(libc::EROFS).into());
             }
             self.copy_up(&node, flags & libc::O_TRUNC != 0)?;
         }
@@ -53,7 +54,7 @@ impl Union {
         self.files
             .get(&fh)
             .map(|f| f.clone())
-            .ok_or(Errno(libc::EBADF))
+            .ok_or(Errno(libc::EBADF).into())
     }
 
     /// Writes to the open file `fh` of node `ino`. `drop_privileges_for`: the kernel asks
@@ -84,15 +85,15 @@ impl Union {
         if self.volatile {
             return Ok(());
         }
-        sys::fsync(self.file(fh)?.as_fd(), datasync)
+        Ok(sys::fsync(self.file(fh)?.as_fd(), datasync)?)
     }
 
     pub fn fallocate(&self, fh: u64, mode: i32, offset: u64, len: u64) -> Result<()> {
-        sys::fallocate(self.file(fh)?.as_fd(), mode, offset, len)
+        Ok(sys::fallocate(self.file(fh)?.as_fd(), mode, offset, len)?)
     }
 
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
-        sys::lseek(self.file(fh)?.as_fd(), offset, whence)
+        Ok(sys::lseek(self.file(fh)?.as_fd(), offset, whence)?)
     }
 
     /// Status through an open handle (an unlinked file has no name left to look up).

@@ -134,6 +134,36 @@ impl Node {
     }
 }
 
+/// One lookup reference on a node, given back when dropped (an error on the way, a
+/// temporary use) unless `keep` passes it on to the kernel, which gives it back with a
+/// forget: the counts cannot drift.
+pub struct LookupRef<'a> {
+    node: Option<Arc<Node>>,
+    table: &'a NodeTable,
+}
+
+impl LookupRef<'_> {
+    /// The reference now belongs to the kernel.
+    pub fn keep(mut self) -> Arc<Node> {
+        self.node.take().expect("a held reference")
+    }
+}
+
+impl std::ops::Deref for LookupRef<'_> {
+    type Target = Arc<Node>;
+    fn deref(&self) -> &Arc<Node> {
+        self.node.as_ref().expect("a held reference")
+    }
+}
+
+impl Drop for LookupRef<'_> {
+    fn drop(&mut self) {
+        if let Some(n) = self.node.take() {
+            self.table.forget(n.ino, 1);
+        }
+    }
+}
+
 /// Nodes by inode number. A node lives while the kernel holds a lookup on it.
 #[derive(Debug, Default)]
 pub struct NodeTable {
@@ -150,10 +180,14 @@ impl NodeTable {
     }
 
     /// Takes one lookup reference on the node `ino`, creating it with `make` when absent.
-    pub fn acquire(&self, ino: u64, make: impl FnOnce() -> Node) -> Arc<Node> {
+    /// The reference goes back when the guard drops, unless `keep` hands it to the kernel.
+    pub fn acquire(&self, ino: u64, make: impl FnOnce() -> Node) -> LookupRef<'_> {
         let entry = self.map.entry(ino).or_insert_with(|| Arc::new(make()));
         entry.lookups.fetch_add(1, Ordering::AcqRel);
-        entry.clone()
+        LookupRef {
+            node: Some(entry.clone()),
+            table: self,
+        }
     }
 
     pub fn insert_root(&self, node: Node) {
@@ -292,8 +326,12 @@ mod tests {
             super::super::layer::DirStack::default(),
         );
         t.insert_root(Node::new(ROOT_INO, libc::S_IFDIR, loc.clone()));
-        t.acquire(7, || Node::new(7, libc::S_IFREG, loc.clone()));
-        t.acquire(7, || unreachable!("exists"));
+        t.acquire(7, || Node::new(7, libc::S_IFREG, loc.clone()))
+            .keep();
+        t.acquire(7, || unreachable!("exists")).keep();
+        // A reference not kept goes back by itself.
+        drop(t.acquire(7, || unreachable!("exists")));
+        assert_eq!(t.get(7).unwrap().lookups.load(Ordering::Relaxed), 2);
         assert!(!t.forget(7, 1));
         assert!(t.get(7).is_some());
         assert!(t.forget(7, 1));

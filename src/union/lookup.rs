@@ -7,11 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::Union;
+use super::error::Result;
 use super::index::LowerIndex;
-use super::inode::{Location, Node};
+use super::inode::{Location, LookupRef, Node};
 use super::layer::{DirStack, LayerDir};
+use super::readdir::DirEntry;
 use super::whiteout;
-use crate::sys::{self, Errno, Result};
+use crate::sys::{self, Errno};
 
 /// The outcome of resolving one name in one merged directory.
 #[derive(Debug)]
@@ -175,7 +177,7 @@ fn walk_layer(
                     }
                     Ok(None)
                 }
-                Err(e) => Err(e),
+                Err(e) => Err(e.into()),
             }
         })()?;
         let Some(sub) = found else {
@@ -204,10 +206,10 @@ fn walk_layer(
 
 pub fn check_name(name: &OsStr) -> Result<()> {
     if name.len() > 255 {
-        return Err(Errno(libc::ENAMETOOLONG));
+        return Err(Errno(libc::ENAMETOOLONG).into());
     }
     if whiteout::is_oci_name(name) {
-        return Err(Errno(libc::ENOENT));
+        return Err(Errno(libc::ENOENT).into());
     }
     Ok(())
 }
@@ -230,11 +232,11 @@ impl Union {
     /// Resolves `name` in the directory `parent`, top-down.
     pub(super) fn resolve(&self, parent: &Node, name: &OsStr) -> Result<Resolved> {
         if !parent.is_dir() {
-            return Err(Errno(libc::ENOTDIR));
+            return Err(Errno(libc::ENOTDIR).into());
         }
         check_name(name)?;
         if self.is_reserved(parent.ino, name) {
-            return Err(Errno(libc::ENOENT));
+            return Err(Errno(libc::ENOENT).into());
         }
         let c = sys::cstr(name)?;
         let pdirs = parent.loc.read().dirs.clone();
@@ -248,7 +250,7 @@ impl Union {
             match sys::fstatat(ufd.as_fd(), &c) {
                 Ok(st) => {
                     if whiteout::is_whiteout(ufd.as_fd(), &c, &st)? {
-                        return Err(Errno(libc::ENOENT));
+                        return Err(Errno(libc::ENOENT).into());
                     }
                     lower_allowed = st.st_mode & libc::S_IFMT == libc::S_IFDIR
                         && !whiteout::has_oci_whiteout(ufd.as_fd(), name)?;
@@ -257,7 +259,7 @@ impl Union {
                 // An OCI whiteout for the name matters only if a lower layer has it: asked
                 // below, once the index says so (a name found nowhere costs one probe).
                 Err(Errno(libc::ENOENT)) => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
         let has_lower = pdirs.has_lower();
@@ -300,7 +302,7 @@ impl Union {
                 if let Some(u) = upper
                     && whiteout::has_oci_whiteout(u.fd.as_fd(), name)?
                 {
-                    return Err(Errno(libc::ENOENT));
+                    return Err(Errno(libc::ENOENT).into());
                 }
                 let layer = top.layer;
                 let top_dir = pdirs.in_layer(layer).ok_or(Errno(libc::EIO))?.fd.clone();
@@ -310,7 +312,7 @@ impl Union {
                 if matches!(st.st_mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFIFO)
                     && whiteout::is_whiteout(top_dir.as_fd(), &c, &st)?
                 {
-                    return Err(Errno(libc::ENOENT));
+                    return Err(Errno(libc::ENOENT).into());
                 }
                 let dirs = if e.chain.is_empty() {
                     DirStack::default()
@@ -328,8 +330,16 @@ impl Union {
         }
     }
 
-    /// Looks `name` up in `parent` and takes one lookup reference on the result.
+    /// Looks `name` up in `parent` and takes one lookup reference on the result, for the
+    /// kernel to give back with a forget.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<libc::stat> {
+        let (held, st) = self.lookup_ref(parent, name)?;
+        held.keep();
+        Ok(st)
+    }
+
+    /// `lookup`, with the reference in a guard that gives it back unless kept.
+    fn lookup_ref(&self, parent: u64, name: &OsStr) -> Result<(LookupRef<'_>, libc::stat)> {
         let pnode = self.node(parent)?;
         let r = self.resolve(&pnode, name)?;
         let node = self.node_for(&r.st, || {
@@ -343,18 +353,51 @@ impl Union {
         });
         self.attach_obj(&node, &r, name)?;
         let alias = !node.is_dir() && self.is_lower(r.top_layer);
-        if alias && let Some(obj) = node.loc.read().obj.clone() {
+        let copy = node.loc.read().obj.clone();
+        if alias && let Some(obj) = copy {
             // Another name of a lower object that was copied up: the view shows the copy
             // (its data, size and links), as overlayfs' index does.
-            return Ok(self.present(&node, sys::fstat(obj.as_fd())?));
+            let st = self.present(&node, sys::fstat(obj.as_fd())?);
+            return Ok((node, st));
         }
-        Ok(self.present(&node, r.st))
+        let st = self.present(&node, r.st);
+        Ok((node, st))
+    }
+
+    /// The entries of an open directory from `offset` with their attributes, for
+    /// readdirplus: `add` gets each entry (its offset, and its status unless it is `.`, `..`
+    /// or a name that no longer resolves) until it says the reply is full. An entry's lookup
+    /// reference goes to the kernel only if the entry was sent.
+    pub fn listing_plus(
+        &self,
+        dir: u64,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, &DirEntry, Option<&libc::stat>) -> bool,
+    ) -> Result<()> {
+        let listing = self.dir_listing(fh, offset)?;
+        for (i, e) in listing.iter().enumerate().skip(offset as usize) {
+            let dot = e.name == "." || e.name == "..";
+            let found = if dot {
+                None
+            } else {
+                self.lookup_ref(dir, &e.name).ok()
+            };
+            if add(i as u64 + 1, e, found.as_ref().map(|(_, st)| st)) {
+                // Not sent: the guard gives its reference back.
+                break;
+            }
+            if let Some((held, _)) = found {
+                held.keep();
+            }
+        }
+        Ok(())
     }
 
     /// Takes a lookup reference on the node of the real object `st`, making it from `loc`
     /// when absent. A node still held for a deleted object whose inode number the filesystem
     /// has reused is left alone: the new object gets a number of its own.
-    pub(super) fn node_for(&self, st: &libc::stat, loc: impl Fn() -> Location) -> Arc<Node> {
+    pub(super) fn node_for(&self, st: &libc::stat, loc: impl Fn() -> Location) -> LookupRef<'_> {
         let fmt = st.st_mode & libc::S_IFMT;
         let mut ino = self.inos.map(st.st_dev, st.st_ino);
         loop {
@@ -363,7 +406,7 @@ impl Union {
             if !stale {
                 return node;
             }
-            self.nodes.forget(ino, 1);
+            drop(node);
             ino = self.inos.remap(st.st_dev, st.st_ino);
         }
     }

@@ -4,6 +4,7 @@
 pub mod attr;
 pub mod copy_up;
 pub mod dir;
+pub mod error;
 pub mod file;
 pub mod ids;
 pub mod index;
@@ -15,6 +16,7 @@ pub mod whiteout;
 pub mod work;
 
 pub use attr::{SetAttr, Time};
+pub use error::{Error, Result};
 
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
@@ -24,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 
-use crate::sys::{self, Errno, Result};
+use crate::sys::{self, Errno};
 use inode::{InoMap, Location, Node, NodeTable, ROOT_INO};
 use layer::Layer;
 use layer::LayerDir;
@@ -66,11 +68,11 @@ impl Caller {
 }
 
 pub struct Union {
-    pub layers: Vec<Layer>,
+    layers: Vec<Layer>,
     /// The lower layers' roots, top-down, where absolute redirects start.
     lower_roots: Vec<LayerDir>,
-    pub has_upper: bool,
-    pub nodes: NodeTable,
+    has_upper: bool,
+    nodes: NodeTable,
     inos: InoMap,
     files: DashMap<u64, Arc<std::os::fd::OwnedFd>>,
     dirs: DashMap<u64, Arc<readdir::DirSnapshot>>,
@@ -112,10 +114,10 @@ fn lock_upper(upper: &std::path::Path, read_only: bool) -> Result<std::fs::File>
         match sys::flock(f.as_fd(), op | libc::LOCK_NB) {
             Ok(()) => return Ok(f),
             Err(Errno(libc::EWOULDBLOCK)) => {}
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
         if std::time::Instant::now() > end {
-            return Err(Errno(libc::EBUSY));
+            return Err(Errno(libc::EBUSY).into());
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
@@ -135,7 +137,7 @@ impl Union {
             layers.push(Layer::open(layers.len(), l.clone(), false)?);
         }
         if layers.is_empty() {
-            return Err(Errno(libc::EINVAL));
+            return Err(Errno(libc::EINVAL).into());
         }
         let mut u = Union {
             has_upper: cfg.upper.is_some(),
@@ -196,11 +198,11 @@ impl Union {
 
     /// The work dir; EROFS where there is none (no upper, or a read-only mount).
     pub(super) fn work(&self) -> Result<&WorkDir> {
-        self.work.as_ref().ok_or(Errno(libc::EROFS))
+        self.work.as_ref().ok_or(Errno(libc::EROFS).into())
     }
 
     pub fn node(&self, ino: u64) -> Result<Arc<Node>> {
-        self.nodes.get(ino).ok_or(Errno(libc::ESTALE))
+        self.nodes.get(ino).ok_or(Errno(libc::ESTALE).into())
     }
 
     fn next_fh(&self) -> u64 {

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::Union;
+use super::error::Result;
 use super::index::read_layer_dir;
-use crate::sys::{Errno, Result};
+use crate::sys::Errno;
 
 #[derive(Debug, Clone)]
 pub struct DirEntry {
@@ -36,7 +37,7 @@ impl Union {
     pub fn opendir(&self, ino: u64) -> Result<u64> {
         let node = self.node(ino)?;
         if !node.is_dir() {
-            return Err(Errno(libc::ENOTDIR));
+            return Err(Errno(libc::ENOTDIR).into());
         }
         let fh = self.next_fh();
         self.dirs.insert(
@@ -53,7 +54,7 @@ impl Union {
     pub(super) fn merged_entries(&self, node: &super::inode::Node) -> Result<Vec<DirEntry>> {
         let ino = node.ino;
         if !node.is_dir() {
-            return Err(Errno(libc::ENOTDIR));
+            return Err(Errno(libc::ENOTDIR).into());
         }
         let (parent, dirs) = {
             let loc = node.loc.read();

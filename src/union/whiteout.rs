@@ -306,7 +306,7 @@ impl Union {
     /// Makes a whiteout `name` in `dir`, where nothing is. Like overlayfs, a new link to one
     /// whiteout inode kept in the work dir: deleting a name allocates no inode. A new one
     /// takes the shared one's place when it is missing or has all the links it can have.
-    fn new_whiteout(&self, dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
+    fn new_whiteout(&self, dir: BorrowedFd<'_>, name: &CStr) -> super::error::Result<()> {
         let w = self.work()?;
         let work = w.fd();
         for _ in 0..2 {
@@ -318,14 +318,18 @@ impl Union {
                         let _ = sys::unlinkat(work, &t, 0);
                     })?;
                 }
-                r => return r,
+                r => return r.map_err(Into::into),
             }
         }
-        sys::mknodat(dir, name, libc::S_IFCHR, 0)
+        Ok(sys::mknodat(dir, name, libc::S_IFCHR, 0)?)
     }
 
     /// Hides `name` in the upper directory `dir`, where nothing is yet.
-    pub(super) fn write_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+    pub(super) fn write_whiteout(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> super::error::Result<()> {
         if self.formats.oci {
             let w = oci_whiteout_name(name)?;
             drop(sys::openat(dir, &w, libc::O_CREAT | libc::O_WRONLY, 0o600)?);
@@ -344,7 +348,7 @@ impl Union {
         name: &OsStr,
         is_dir: bool,
         need_whiteout: bool,
-    ) -> Result<()> {
+    ) -> super::error::Result<()> {
         let c = sys::cstr(name)?;
         let rm_flags = if is_dir { libc::AT_REMOVEDIR } else { 0 };
         if need_whiteout && !self.formats.oci {
@@ -353,14 +357,14 @@ impl Union {
             self.new_whiteout(w.fd(), &t)?;
             if is_dir {
                 sys::renameat2(w.fd(), &t, dir, &c, sys::RENAME_EXCHANGE)?;
-                return sys::unlinkat(w.fd(), &t, libc::AT_REMOVEDIR);
+                return Ok(sys::unlinkat(w.fd(), &t, libc::AT_REMOVEDIR)?);
             }
-            return sys::renameat2(w.fd(), &t, dir, &c, 0);
+            return Ok(sys::renameat2(w.fd(), &t, dir, &c, 0)?);
         }
         if need_whiteout {
             self.write_whiteout(dir, name)?;
         }
-        sys::unlinkat(dir, &c, rm_flags)
+        Ok(sys::unlinkat(dir, &c, rm_flags)?)
     }
 
     /// Renames `name` in `dir` to `newname` in `newdir`, leaving a whiteout where it was
@@ -372,13 +376,13 @@ impl Union {
         newdir: BorrowedFd<'_>,
         newname: &OsStr,
         need_whiteout: bool,
-    ) -> Result<()> {
+    ) -> super::error::Result<()> {
         let (c, nc) = (sys::cstr(name)?, sys::cstr(newname)?);
         if need_whiteout && !self.formats.oci {
             match sys::renameat2(dir, &c, newdir, &nc, sys::RENAME_WHITEOUT) {
                 Ok(()) => return Ok(()),
                 Err(Errno(libc::EINVAL | libc::EPERM)) => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
         sys::renameat2(dir, &c, newdir, &nc, 0)?;
@@ -389,7 +393,7 @@ impl Union {
     }
 
     /// Marks a new upper directory opaque, in the format this mount writes.
-    pub(super) fn set_opaque(&self, dir: BorrowedFd<'_>) -> Result<()> {
+    pub(super) fn set_opaque(&self, dir: BorrowedFd<'_>) -> super::error::Result<()> {
         if self.formats.oci {
             drop(sys::openat(
                 dir,
@@ -399,6 +403,12 @@ impl Union {
             )?);
             return Ok(());
         }
-        sys::setxattr(dir, None, self.formats.opaque_xattr(), Some(b"y"), 0)
+        Ok(sys::setxattr(
+            dir,
+            None,
+            self.formats.opaque_xattr(),
+            Some(b"y"),
+            0,
+        )?)
     }
 }
