@@ -12,9 +12,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use common::view;
 use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -187,90 +187,26 @@ fn fix_times(root: &Path, rel: &Path, salt: u64) {
     set_times(&p, t, t);
 }
 
-#[derive(Debug, PartialEq)]
-struct Desc {
-    kind: &'static str,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    size: Option<u64>,
-    nlink: u64,
-    mtime: (i64, i64),
-    rdev: u64,
-    target: Option<PathBuf>,
-    content: Option<Vec<u8>>,
-    xattrs: Vec<(String, Vec<u8>)>,
-    /// Other names of the same inode in the view.
-    links: Vec<PathBuf>,
-}
-
-/// The whole view as seen through `root`, plus the errno of a lookup of every candidate name
-/// in every directory (whited-out and hidden names included).
-///
-/// Deliberate difference, the only one: kernel overlayfs lists a whiteout that sits in a
-/// directory it does not merge (a single layer's, or an opaque one) although its lookup says
-/// ENOENT (`ls -l` shows `?????????`). Such listed-but-absent names are returned apart; the
-/// kernel's are skipped, and unionfuse must have none.
-struct View {
-    entries: BTreeMap<PathBuf, Desc>,
-    probes: BTreeMap<PathBuf, i32>,
-    listed_but_absent: Vec<PathBuf>,
-}
-
-fn describe(root: &Path) -> View {
-    let tree = walk_tree(root);
-    let mut links = other_names(&tree);
-    let mut listed_but_absent = Vec::new();
-    let mut entries = BTreeMap::new();
-    let mut probes = BTreeMap::new();
+/// Every candidate name probed in every directory of the view (whited-out and hidden names
+/// included): the errno of its lookup.
+fn probes(root: &Path, view: &view::View) -> BTreeMap<PathBuf, i32> {
     let dirs = std::iter::once(PathBuf::new()).chain(
-        tree.iter()
-            .filter(|(_, md)| md.as_ref().is_ok_and(|m| m.is_dir()))
+        view.entries
+            .iter()
+            .filter(|(_, d)| d.kind == "dir")
             .map(|(r, _)| r.clone()),
     );
+    let mut out = BTreeMap::new();
     for rel in dirs {
         for n in NAMES
             .iter()
             .map(|s| s.to_string())
             .chain([".wh.a".into(), "zz".into()])
         {
-            probes.insert(rel.join(&n), lstat_errno(&root.join(&rel).join(&n)));
+            out.insert(rel.join(&n), lstat_errno(&root.join(&rel).join(&n)));
         }
     }
-    for (r, md) in tree {
-        let p = root.join(&r);
-        let md = match md {
-            Ok(md) => md,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                listed_but_absent.push(r);
-                continue;
-            }
-            Err(e) => panic!("{p:?} is listed but lstat fails: {e}"),
-        };
-        let k = kind(md.file_type());
-        entries.insert(
-            r.clone(),
-            Desc {
-                kind: k,
-                mode: md.mode(),
-                uid: md.uid(),
-                gid: md.gid(),
-                size: (k != "dir").then_some(md.size()),
-                nlink: md.nlink(),
-                mtime: (md.mtime(), md.mtime_nsec()),
-                rdev: md.rdev(),
-                target: (k == "symlink").then(|| std::fs::read_link(&p).unwrap()),
-                content: (k == "file").then(|| std::fs::read(&p).unwrap()),
-                xattrs: xattrs_of(&p, |_| true),
-                links: links.remove(&r).unwrap_or_default(),
-            },
-        );
-    }
-    View {
-        entries,
-        probes,
-        listed_but_absent,
-    }
+    out
 }
 
 struct Outcome {
@@ -333,9 +269,11 @@ fn run_seed(seed: u64, nlayers: usize, fill: f64) -> Outcome {
     let olr: Vec<&Path> = olowers.iter().map(|p| p.as_path()).collect();
     let _k = KernelOverlay::new(&klr, kupper.map(|u| (u, work.as_path())), &kmp);
     let _o = UnionMount::new(&olr, oupper, &omp);
-    let kview = describe(&kmp);
-    let oview = describe(&omp);
-    let (kv, kp, ov, op) = (&kview.entries, &kview.probes, &oview.entries, &oview.probes);
+    // The trees' times were fixed: every time is compared, and every xattr.
+    let kview = view::describe(&kmp, &view::ALL);
+    let oview = view::describe(&omp, &view::ALL);
+    let (kp, op) = (probes(&kmp, &kview), probes(&omp, &oview));
+    let (kv, ov) = (&kview.entries, &oview.entries);
     let ctx = format!("seed {seed}, {nlayers} lowers, upper: {with_upper}");
     assert!(
         oview.listed_but_absent.is_empty(),
@@ -354,7 +292,7 @@ fn run_seed(seed: u64, nlayers: usize, fill: f64) -> Outcome {
             "{ctx}: {path:?} shown only by unionfuse"
         );
     }
-    for (path, want) in kp {
+    for (path, want) in &kp {
         assert_eq!(op.get(path), Some(want), "{ctx}: lookup of {path:?}");
     }
     assert!(generated > 0);

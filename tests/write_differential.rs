@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::ops::{Op, apply};
+use common::view::{Desc, SET_BY_TEST, describe};
 use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -223,59 +224,16 @@ fn random_op(rng: &mut StdRng, ex: &Existing) -> Op {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
-struct Desc {
-    kind: &'static str,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    size: Option<u64>,
-    nlink: u64,
-    target: Option<PathBuf>,
-    /// Hash of the content (the bytes themselves make unreadable failure messages).
-    content: Option<u64>,
-    xattrs: Vec<(String, Vec<u8>)>,
-    links: Vec<PathBuf>,
-    /// Times set explicitly by the test (nanoseconds 5/7) are compared; others are not.
-    set_mtime: Option<(i64, i64)>,
-}
-
 /// The whole view under `root`. With `strict`, a listed name that cannot be looked up fails
 /// the test (unionfuse); without, it is skipped (the kernel's whiteouts in unmerged dirs).
 fn view(root: &Path, strict: bool) -> BTreeMap<PathBuf, Desc> {
-    let tree = walk_tree(root);
-    let mut links = other_names(&tree);
-    let mut out = BTreeMap::new();
-    for (r, md) in tree {
-        let p = root.join(&r);
-        let Ok(md) = md else {
-            assert!(!strict, "{p:?} is listed but cannot be looked up");
-            continue;
-        };
-        let k = kind(md.file_type());
-        out.insert(
-            r.clone(),
-            Desc {
-                kind: k,
-                mode: md.mode(),
-                uid: md.uid(),
-                gid: md.gid(),
-                size: (k != "dir").then_some(md.size()),
-                nlink: md.nlink(),
-                target: (k == "symlink").then(|| std::fs::read_link(&p).unwrap()),
-                content: (k == "file").then(|| {
-                    use std::hash::{Hash, Hasher};
-                    let mut h = std::collections::hash_map::DefaultHasher::new();
-                    std::fs::read(&p).unwrap().hash(&mut h);
-                    h.finish()
-                }),
-                xattrs: xattrs_of(&p, |x| x.starts_with("user.")),
-                links: links.remove(&r).unwrap_or_default(),
-                set_mtime: (md.mtime_nsec() == 7).then_some((md.mtime(), md.mtime_nsec())),
-            },
-        );
-    }
-    out
+    let v = describe(root, &SET_BY_TEST);
+    assert!(
+        !strict || v.listed_but_absent.is_empty(),
+        "{:?} listed but cannot be looked up",
+        v.listed_but_absent
+    );
+    v.entries
 }
 
 fn assert_same_view(ours: &BTreeMap<PathBuf, Desc>, kernel: &BTreeMap<PathBuf, Desc>, ctx: &str) {

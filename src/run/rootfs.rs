@@ -16,17 +16,19 @@ pub(super) trait Host {
     /// Makes `path` exist as a mount target: missing parents as directories, the last
     /// component as a directory or an empty file.
     fn make_target(&mut self, path: &Path, dir: bool) -> std::result::Result<(), Errno>;
-    fn mount(
-        &mut self,
-        src: &OsStr,
-        path: &Path,
-        fstype: Option<&str>,
-        flags: libc::c_ulong,
-        data: Option<&str>,
-    ) -> std::result::Result<(), Errno>;
+    fn mount(&mut self, m: &Mount<'_>) -> std::result::Result<(), Errno>;
     /// Makes the mount at `path`, and every mount below it, read-only.
     fn make_readonly(&mut self, path: &Path) -> std::result::Result<(), Errno>;
     fn symlink(&mut self, to: &str, path: &Path) -> std::result::Result<(), Errno>;
+}
+
+/// One mount: `src` on `path` (inside the container).
+pub(super) struct Mount<'a> {
+    pub src: &'a OsStr,
+    pub path: &'a Path,
+    pub fstype: Option<&'a str>,
+    pub flags: libc::c_ulong,
+    pub data: Option<&'a str>,
 }
 
 /// Mounts a container needs, and the binds asked for (parents first), in the root `host`
@@ -47,18 +49,22 @@ pub(super) fn setup(host: &mut impl Host, binds: &[Bind], full_ids: bool) -> Res
     let ro = libc::MS_RDONLY | nosuid_nodev | libc::MS_NOEXEC;
     let fail = |what: &str, e: Errno| UserError(format!("{what} in the container: {e}"));
     host.make_target(sys_, true).map_err(|e| fail("/sys", e))?;
-    if host
-        .mount(OsStr::new("sysfs"), sys_, Some("sysfs"), ro, None)
-        .is_err()
-    {
-        host.mount(
-            OsStr::new("/sys"),
-            sys_,
-            None,
-            libc::MS_BIND | libc::MS_REC,
-            None,
-        )
-        .map_err(|e| fail("cannot mount /sys", e))?;
+    let sysfs = Mount {
+        src: OsStr::new("sysfs"),
+        path: sys_,
+        fstype: Some("sysfs"),
+        flags: ro,
+        data: None,
+    };
+    if host.mount(&sysfs).is_err() {
+        let bind = Mount {
+            src: OsStr::new("/sys"),
+            fstype: None,
+            flags: libc::MS_BIND | libc::MS_REC,
+            ..sysfs
+        };
+        host.mount(&bind)
+            .map_err(|e| fail("cannot mount /sys", e))?;
         host.make_readonly(sys_)
             .map_err(|e| fail("cannot make /sys read-only", e))?;
     }
@@ -121,13 +127,13 @@ pub(super) fn setup(host: &mut impl Host, binds: &[Bind], full_ids: bool) -> Res
         let shown = b.dst.display().to_string();
         host.make_target(&b.dst, b.src.is_dir())
             .and_then(|()| {
-                host.mount(
-                    b.src.as_os_str(),
-                    &b.dst,
-                    None,
-                    libc::MS_BIND | libc::MS_REC,
-                    None,
-                )
+                host.mount(&Mount {
+                    src: b.src.as_os_str(),
+                    path: &b.dst,
+                    fstype: None,
+                    flags: libc::MS_BIND | libc::MS_REC,
+                    data: None,
+                })
             })
             .map_err(|e| fail(&format!("cannot mount {shown}"), e))?;
         if b.read_only {
@@ -150,7 +156,15 @@ fn mount_at(
 ) -> Result<()> {
     let path = Path::new(at);
     host.make_target(path, fstype.is_some())
-        .and_then(|()| host.mount(OsStr::new(src), path, fstype, flags, data))
+        .and_then(|()| {
+            host.mount(&Mount {
+                src: OsStr::new(src),
+                path,
+                fstype,
+                flags,
+                data,
+            })
+        })
         .map_err(|e| UserError(format!("cannot mount {at} in the container: {e}")))
 }
 
@@ -226,22 +240,10 @@ impl Host for RealHost {
         Ok(())
     }
 
-    fn mount(
-        &mut self,
-        src: &OsStr,
-        path: &Path,
-        fstype: Option<&str>,
-        flags: libc::c_ulong,
-        data: Option<&str>,
-    ) -> std::result::Result<(), Errno> {
-        let target = self.open(path)?;
-        sys::mount(
-            src,
-            sys::fd_path(target.as_fd()).as_os_str(),
-            fstype,
-            flags,
-            data,
-        )
+    fn mount(&mut self, m: &Mount<'_>) -> std::result::Result<(), Errno> {
+        let target = self.open(m.path)?;
+        let at = sys::fd_path(target.as_fd());
+        sys::mount(m.src, at.as_os_str(), m.fstype, m.flags, m.data)
     }
 
     fn make_readonly(&mut self, path: &Path) -> std::result::Result<(), Errno> {
@@ -272,14 +274,8 @@ mod tests {
             self.calls.push(format!("target {kind} {}", path.display()));
             Ok(())
         }
-        fn mount(
-            &mut self,
-            src: &OsStr,
-            path: &Path,
-            fstype: Option<&str>,
-            flags: libc::c_ulong,
-            _data: Option<&str>,
-        ) -> std::result::Result<(), Errno> {
+        fn mount(&mut self, m: &Mount<'_>) -> std::result::Result<(), Errno> {
+            let (src, path, fstype, flags) = (m.src, m.path, m.fstype, m.flags);
             if fstype.is_some() && fstype == self.refuse_fstype {
                 return Err(Errno(libc::EPERM));
             }

@@ -397,15 +397,7 @@ impl Union {
             return Err(Errno(libc::EISDIR).into());
         }
         let r = self.up_whole_if_linked(&p, name, r)?;
-        let need_wh = self.lower_visible(&p, name)?;
-        if !self.is_lower(r.top_layer) {
-            self.remove_upper(r.top_dir.as_fd(), name, false, need_wh)?;
-        } else {
-            let pfd = self.upper_dir(&p)?;
-            self.write_whiteout(pfd.as_fd(), name)?;
-        }
-        self.mark_gone(&r.st);
-        Ok(())
+        self.remove_name(&p, name, &r)
     }
 
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
@@ -417,16 +409,25 @@ impl Union {
         if !self.dir_is_empty(&r)? {
             return Err(Errno(libc::ENOTEMPTY).into());
         }
-        let need_wh = self.lower_visible(&p, name)?;
         if !self.is_lower(r.top_layer) {
             let ufd = r.dir_fd()?;
             // Only whiteouts and markers are left in it.
             for e in sys::read_dir(ufd)? {
                 remove_tree(ufd, &sys::cstr(&e.name)?)?;
             }
-            self.remove_upper(r.top_dir.as_fd(), name, true, need_wh)?;
+        }
+        self.remove_name(&p, name, &r)
+    }
+
+    /// Takes `name` (resolved as `r`) out of the view: an upper entry is removed, with a
+    /// whiteout in its place when a lower layer has the name; a lower one gets a whiteout.
+    fn remove_name(&self, p: &Node, name: &OsStr, r: &Resolved) -> Result<()> {
+        let need_wh = self.lower_visible(p, name)?;
+        if !self.is_lower(r.top_layer) {
+            let is_dir = r.st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+            self.remove_upper(r.top_dir.as_fd(), name, is_dir, need_wh)?;
         } else {
-            let pfd = self.upper_dir(&p)?;
+            let pfd = self.upper_dir(p)?;
             self.write_whiteout(pfd.as_fd(), name)?;
         }
         self.mark_gone(&r.st);

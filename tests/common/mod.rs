@@ -5,6 +5,7 @@
 pub mod model;
 pub mod ops;
 pub mod runenv;
+pub mod view;
 
 use std::ffi::{CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
