@@ -131,6 +131,21 @@ impl Drop for Podman {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         let token = self.c.dir.path().to_string_lossy().into_owned();
+        // containers/storage bind-mounts its overlay home on itself and takes that away only
+        // when the last layer mount is gone; podman's asynchronous container cleanup can
+        // come after the last command. That mount is podman's, not a union: let it go.
+        let home = self.c.dir.path().join("graph/overlay");
+        wait_until(Duration::from_secs(10), || {
+            processes_mentioning(&token).is_empty()
+                && !std::fs::read_to_string("/proc/self/mountinfo")
+                    .unwrap()
+                    .lines()
+                    .any(|l| l.contains(&token) && l.contains("fuse.unionfuse"))
+        });
+        let _ = std::process::Command::new("umount")
+            .arg(&home)
+            .stderr(std::process::Stdio::null())
+            .status();
         let clean = wait_until(Duration::from_secs(10), || {
             processes_mentioning(&token).is_empty()
                 && !std::fs::read_to_string("/proc/self/mountinfo")
