@@ -9,6 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use super::error::Context;
 use super::error::Result;
 use super::inode::{LookupRef, Node};
 use super::{Union, whiteout};
@@ -65,11 +66,12 @@ impl Union {
             };
             copy_meta(from, to, &st)?;
             sys::renameat2(work.as_fd(), &tmp, pfd.as_fd(), &c, sys::RENAME_NOREPLACE)
-        })();
+        })()
+        .context("copy-up of a directory");
         if let Err(e) = done {
             let _ = super::work::remove_tree(work.as_fd(), &tmp);
-            if e != Errno(libc::EEXIST) {
-                return Err(e.into());
+            if e.code() != libc::EEXIST {
+                return Err(e);
             }
         }
         let ufd = Arc::new(sys::openat(
@@ -132,7 +134,9 @@ impl Union {
         let c = sys::cstr(&name)?;
         let ptimes = ParentTimes::save(pfd.as_fd())?;
         let lower_st = sys::fstatat(top_dir.as_fd(), &c)?;
-        let obj = self.copy_up_entry(top_dir.as_fd(), &c, &lower_st, pfd.as_fd(), &c, truncate)?;
+        let obj = self
+            .copy_up_entry(top_dir.as_fd(), &c, &lower_st, pfd.as_fd(), &c, truncate)
+            .context("copy-up")?;
         ptimes.restore(pfd.as_fd())?;
         self.keep_ino(obj.as_fd(), node.ino)?;
         let obj = Arc::new(obj);
@@ -312,7 +316,8 @@ impl Union {
                 sys::fsync(tmpfd.as_fd(), false)?;
             }
             self.work()?
-                .publish(&tmpfd, tmpname.as_deref(), ddir, dname, false)?;
+                .publish(&tmpfd, tmpname.as_deref(), ddir, dname, false)
+                .context("publish from the work dir")?;
             return Ok(sys::openat(ddir, dname, libc::O_PATH, 0)?);
         }
         let work = self.work()?;
@@ -447,7 +452,7 @@ fn read_redirect_map(root: BorrowedFd<'_>, skip_work: bool) -> Result<RedirectMa
             if e.dtype != libc::DT_DIR && e.dtype != libc::DT_UNKNOWN {
                 continue;
             }
-            if skip_work && path.is_empty() && e.name == super::work::WORK_NAME {
+            if skip_work && path.is_empty() && super::work::is_work_name(&e.name) {
                 continue;
             }
             let c = sys::cstr(&e.name)?;

@@ -110,6 +110,13 @@ pub struct Node {
     pub lookups: AtomicU64,
     pub loc: RwLock<Location>,
     /// Held while the node is copied up: one copy-up at a time, concurrent writers wait.
+    ///
+    /// Lock order: a file's lock before any directory's (the copy-up of a hard-link group
+    /// brings up the directories of its other names while holding the file's); a
+    /// directory's before its parent's (a directory comes up after its parent, which it
+    /// asks for while holding its own). Nothing that holds a directory's lock takes a
+    /// file's or a descendant's, so no cycle can form. `loc` is never held across a
+    /// `copy_lock` acquisition.
     pub copy_lock: Mutex<()>,
     /// Names of a lower hard-link group that no layer shows (hidden by a layer above) but
     /// that the link count still counts, as overlayfs' index does: added to the upper
@@ -228,14 +235,6 @@ impl NodeTable {
             }
         }
         gone
-    }
-
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
     }
 }
 

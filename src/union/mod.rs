@@ -1,19 +1,19 @@
 //! The union core: plain Rust over real directories, no FUSE types. Every operation takes
 //! union inode numbers and returns `Result<_, Errno>`.
 
-pub mod attr;
-pub mod copy_up;
-pub mod dir;
-pub mod error;
-pub mod file;
-pub mod ids;
-pub mod index;
-pub mod inode;
-pub mod layer;
-pub mod lookup;
-pub mod readdir;
-pub mod whiteout;
-pub mod work;
+pub(crate) mod attr;
+pub(crate) mod copy_up;
+pub(crate) mod dir;
+pub(crate) mod error;
+pub(crate) mod file;
+pub(crate) mod ids;
+pub(crate) mod index;
+pub(crate) mod inode;
+pub(crate) mod layer;
+pub(crate) mod lookup;
+pub(crate) mod readdir;
+pub(crate) mod whiteout;
+pub(crate) mod work;
 
 pub use attr::{SetAttr, Time};
 pub use error::{Error, Result};
@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use dashmap::DashMap;
 
 use crate::sys::{self, Errno};
+use error::Context;
 use inode::{InoMap, Location, Node, NodeTable, ROOT_INO};
 use layer::Layer;
 use layer::LayerDir;
@@ -127,14 +128,14 @@ impl Union {
     pub fn new(cfg: &UnionConfig) -> Result<Union> {
         let mut layers = Vec::new();
         let upper_lock = match &cfg.upper {
-            Some(u) => Some(lock_upper(u, cfg.read_only)?),
+            Some(u) => Some(lock_upper(u, cfg.read_only).context("the upper's lock")?),
             None => None,
         };
         if let Some(u) = &cfg.upper {
-            layers.push(Layer::open(0, u.clone(), true)?);
+            layers.push(Layer::open(0, u.clone(), true).context("the upper layer")?);
         }
         for l in &cfg.lowers {
-            layers.push(Layer::open(layers.len(), l.clone(), false)?);
+            layers.push(Layer::open(layers.len(), l.clone(), false).context("a lower layer")?);
         }
         if layers.is_empty() {
             return Err(Errno(libc::EINVAL).into());
@@ -161,8 +162,10 @@ impl Union {
             layers,
         };
         if u.has_upper && !cfg.read_only {
-            let work = WorkDir::open(&u.layers[0].root, cfg.workdir.as_deref())?;
-            u.formats = whiteout::Formats::probe(work.fd(), cfg.oci_whiteouts)?;
+            let work =
+                WorkDir::open(&u.layers[0].root, cfg.workdir.as_deref()).context("the work dir")?;
+            u.formats =
+                whiteout::Formats::probe(work.fd(), cfg.oci_whiteouts).context("the work dir")?;
             u.work = Some(work);
         }
         let root_st = sys::fstat(u.layers[0].root.as_fd())?;
@@ -189,7 +192,7 @@ impl Union {
 
     /// Is `name` in `parent` the work dir, which the view never shows?
     pub fn is_reserved(&self, parent: u64, name: &OsStr) -> bool {
-        self.hides_work && parent == ROOT_INO && name == work::WORK_NAME
+        self.hides_work && parent == ROOT_INO && work::is_work_name(name)
     }
 
     pub fn is_lower(&self, layer: usize) -> bool {

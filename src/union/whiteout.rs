@@ -11,6 +11,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use super::Union;
+use super::error::Context;
 use super::work::SHARED_WHITEOUT;
 use crate::sys::{self, Errno, Result};
 
@@ -336,6 +337,7 @@ impl Union {
             return Ok(());
         }
         self.new_whiteout(dir, &sys::cstr(name)?)
+            .context("whiteout")
     }
 
     /// Removes `name` (a directory with `is_dir`, emptied already) from the upper directory

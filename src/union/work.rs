@@ -11,12 +11,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::sys::{self, Errno, Result};
 
 /// The work directory's name in the upper's root.
-pub const WORK_NAME: &str = ".unionfuse-work";
-const WORK_NAME_C: &CStr = c".unionfuse-work";
+pub const WORK_NAME: &CStr = c".unionfuse-work";
 /// Its name inside a work directory given with `workdir=`.
 const IN_WORKDIR: &CStr = c"unionfuse";
 /// The whiteout inode every kernel-format whiteout of this mount links to.
 pub(super) const SHARED_WHITEOUT: &CStr = c"whiteout";
+
+/// Is `name` (in the upper's root) the work directory's?
+pub fn is_work_name(name: &std::ffi::OsStr) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    name.as_bytes() == WORK_NAME.to_bytes()
+}
 
 pub struct WorkDir {
     fd: OwnedFd,
@@ -32,7 +37,7 @@ impl WorkDir {
         let (parent, name) = match workdir {
             None => (
                 upper.try_clone().map_err(|_| Errno(libc::EMFILE))?,
-                WORK_NAME_C,
+                WORK_NAME,
             ),
             Some(w) => {
                 let fd = sys::open_dir_path(w)?;
