@@ -12,6 +12,8 @@
 #[forbid(unsafe_code)]
 pub mod compat;
 #[forbid(unsafe_code)]
+pub mod containers;
+#[forbid(unsafe_code)]
 pub mod daemon;
 #[forbid(unsafe_code)]
 pub mod error;
@@ -21,6 +23,8 @@ pub mod fuse;
 pub mod request;
 #[forbid(unsafe_code)]
 pub mod run;
+#[forbid(unsafe_code)]
+pub mod store;
 pub mod sys;
 #[forbid(unsafe_code)]
 pub mod union;

@@ -8,10 +8,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use unionfuse::containers;
 use unionfuse::daemon;
 use unionfuse::error::UserError;
 use unionfuse::request::{self, MountRequest};
 use unionfuse::run;
+use unionfuse::store::{Store, load, show};
 
 #[derive(Parser)]
 #[command(
@@ -21,6 +23,10 @@ use unionfuse::run;
     after_help = "Examples:\n  unionfuse mount /layers/app:/layers/base /upper /mnt\n  unionfuse mount /layers/app:/layers/base /mnt        (read-only union)\n  unionfuse umount /mnt\n  unionfuse run --lower /layers/app:/layers/base -- /bin/sh\n\nThe command line of fuse-overlayfs is understood too (for containers/storage's\nmount_program):\n  unionfuse [-f] [-d] -o lowerdir=A:B,upperdir=U,workdir=W[,OPTION...] MOUNTPOINT\nwith volatile, noacl, uidmapping=ID:MAPPED:LEN[:...], gidmapping=..., squash_to_root,\nsquash_to_uid=N, squash_to_gid=N, ro, nosuid, nodev, noexec, allow_other.\n\nAs mount(8)'s helper (mount-helper/install links mount.unionfuse and\nmount.fuse.unionfuse to this binary):\n  mount -t fuse.unionfuse -o lowerdir=/l1:/l2,upperdir=/u,workdir=/w none /mnt\n  none /mnt fuse.unionfuse lowerdir=/l1:/l2,upperdir=/u,workdir=/w,nofail 0 0   (fstab)\nmount(8)'s own options (nofail, _netdev, noauto, x-*, comment=...) are ignored.\numount /mnt ends the daemon."
 )]
 struct Cli {
+    /// The image store (default: /var/lib/unionfuse as root, ~/.local/share/unionfuse
+    /// otherwise; or UNIONFUSE_ROOT).
+    #[arg(long, global = true, value_name = "DIR")]
+    root: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -60,20 +66,28 @@ enum Cmd {
         trailing_var_arg = true
     )]
     Run {
-        /// The read-only layers, ':'-separated, leftmost on top.
-        #[arg(long = "lower", value_name = "LOWERS", required = true)]
-        lowers: OsString,
+        /// The read-only layers, ':'-separated, leftmost on top. Without it, the first
+        /// argument is an image of the store, run as a container.
+        #[arg(long = "lower", value_name = "LOWERS")]
+        lowers: Option<OsString>,
+        /// An image run: the container's name (it stays, with its writable layer, until rm).
+        #[arg(long)]
+        name: Option<String>,
+        /// An image run: remove the container when it exits.
+        #[arg(long)]
+        rm: bool,
         /// The writable layer; kept after the run. Without it, a temporary one is removed at exit.
         #[arg(long, value_name = "DIR")]
         upper: Option<PathBuf>,
         /// The hostname inside.
         #[arg(long)]
         hostname: Option<String>,
-        /// Set an environment variable (the caller's environment is passed on otherwise).
-        #[arg(long, value_name = "K=V")]
+        /// Set an environment variable (the caller's environment is passed on otherwise;
+        /// an image's own for a container).
+        #[arg(long, short = 'e', visible_alias = "env", value_name = "K=V")]
         setenv: Vec<OsString>,
-        /// The working directory inside (default /).
-        #[arg(long, value_name = "DIR")]
+        /// The working directory inside (default /, or the image's).
+        #[arg(long, short = 'w', visible_alias = "workdir", value_name = "DIR")]
         chdir: Option<PathBuf>,
         /// Bind a host path into the container (SRC alone binds it at the same path).
         #[arg(long, value_name = "SRC[:DST]")]
@@ -84,10 +98,82 @@ enum Cmd {
         /// host: the caller's network; none: only a loopback interface.
         #[arg(long, value_name = "host|none", default_value = "host")]
         net: String,
-        /// The command and its arguments (after `--`).
+        /// The command and its arguments (after `--`); for a container, IMAGE [COMMAND...].
         #[arg(required = true, value_name = "COMMAND", allow_hyphen_values = true)]
         command: Vec<OsString>,
     },
+    /// Load images: a docker save tarball, an OCI image layout directory or an OCI archive.
+    Load {
+        /// The archive or directory.
+        #[arg(short, long, value_name = "FILE|DIR")]
+        input: PathBuf,
+    },
+    /// Make a one-layer image from a root filesystem tarball.
+    Import { tarball: PathBuf, name: String },
+    /// List the images of the store (--tree: how they share layers).
+    Images {
+        #[arg(long)]
+        tree: bool,
+    },
+    /// The history of an image.
+    History { image: String },
+    /// Give an image another name.
+    Tag { image: String, name: String },
+    /// An image's or a container's record, as JSON.
+    Inspect { what: String },
+    /// Remove images (a name; the image once it has none). Refused while a container uses it.
+    Rmi {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Remove the layers and blobs no image references.
+    Prune,
+    /// Make a container of an image, without running it.
+    #[command(trailing_var_arg = true)]
+    Create {
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, short = 'e', value_name = "K=V")]
+        env: Vec<OsString>,
+        #[arg(long, short = 'w', value_name = "DIR")]
+        workdir: Option<PathBuf>,
+        #[arg(long)]
+        hostname: Option<String>,
+        image: String,
+        #[arg(allow_hyphen_values = true)]
+        command: Vec<OsString>,
+    },
+    /// Start a container, attached: its writable layer is the one of its earlier runs.
+    Start {
+        /// Attached (the default: the command runs in this terminal).
+        #[arg(short, long)]
+        attach: bool,
+        /// Interactive (stdin passed on; the default).
+        #[arg(short, long)]
+        interactive: bool,
+        container: String,
+    },
+    /// Stop a running container.
+    Stop { container: String },
+    /// List containers (-a: also those not running).
+    Ps {
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Remove containers and their writable layers (-f: running ones too).
+    Rm {
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// A container's changes: A(dded), C(hanged), D(eleted) paths.
+    Diff { container: String },
+    /// Make a container's changes a new layer of a new image.
+    Commit { container: String, name: String },
+    /// Check that every record's blobs and layers are there, with their digests.
+    #[command(name = "store-check")]
+    StoreCheck,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -126,7 +212,42 @@ fn run_request(
         binds,
         net,
         command,
+        ..Default::default()
     })
+}
+
+/// `run IMAGE [COMMAND...]`: a container made and started (and removed after with --rm).
+fn run_image(
+    root: Option<PathBuf>,
+    name: Option<String>,
+    rm: bool,
+    req: Result<run::RunRequest, UserError>,
+) -> Result<i32, UserError> {
+    let mut req = req?;
+    if req.upper.is_some() {
+        return Err(UserError(
+            "--upper is for --lower runs: a container has its own writable layer".into(),
+        ));
+    }
+    let store = Store::open(root)?;
+    let mut words = std::mem::take(&mut req.command).into_iter();
+    let image = words
+        .next()
+        .ok_or_else(|| UserError("no image given".into()))?;
+    let a = containers::ContainerArgs {
+        name,
+        image: image.to_string_lossy().into_owned(),
+        command: words.collect(),
+        env: Vec::new(),
+        workdir: None,
+        hostname: None,
+    };
+    let c = containers::create(&store, &a)?;
+    let r = containers::start(&store, &c, req);
+    if rm {
+        containers::remove_after_run(&store, &c);
+    }
+    r
 }
 
 /// `-o` options, through the parser every front end shares. The layers are the command's
@@ -146,6 +267,101 @@ fn apply_options(options: &[String]) -> Result<MountRequest, UserError> {
         req.union.workdir = Some(request::check_dir("workdir", &w, None)?);
     }
     Ok(req)
+}
+
+/// The image and container commands.
+fn store_command(root: Option<PathBuf>, cmd: Cmd) -> Result<(), UserError> {
+    let store = Store::open(root)?;
+    let out = match cmd {
+        Cmd::Load { input } => containers::load_images(&store, &input)?,
+        Cmd::Import { tarball, name } => {
+            let img = load::import(&store, &tarball, &name, &load::Report::new())?;
+            format!("{}\n", img.id)
+        }
+        Cmd::Images { tree } => {
+            if tree {
+                show::tree(&store)?
+            } else {
+                show::images(&store)?
+            }
+        }
+        Cmd::History { image } => show::history(&store, &store.find_image(&image)?)?,
+        Cmd::Tag { image, name } => {
+            let img = store.find_image(&image)?;
+            let _l = store.lock()?;
+            store.set_name(&img.id, &name)?;
+            String::new()
+        }
+        Cmd::Inspect { what } => containers::inspect(&store, &what)? + "\n",
+        Cmd::Rmi { images } => {
+            let mut out = String::new();
+            for i in images {
+                out.push_str(&containers::remove_image(&store, &i)?);
+                out.push('\n');
+            }
+            out
+        }
+        Cmd::Prune => format!("freed {}\n", unionfuse::store::human(store.prune()?)),
+        Cmd::Create {
+            name,
+            env,
+            workdir,
+            hostname,
+            image,
+            command,
+        } => {
+            let a = containers::ContainerArgs {
+                name,
+                image,
+                command,
+                env: env
+                    .iter()
+                    .map(|e| run::parse_env(e))
+                    .collect::<Result<_, _>>()?,
+                workdir,
+                hostname,
+            };
+            format!("{}\n", containers::create(&store, &a)?.id)
+        }
+        Cmd::Stop { container } => {
+            containers::stop(&store, &store.find_container(&container)?)?;
+            String::new()
+        }
+        Cmd::Ps { all } => show::ps(&store, all)?,
+        Cmd::Rm {
+            force,
+            containers: list,
+        } => {
+            for c in list {
+                containers::remove(&store, &store.find_container(&c)?, force)?;
+            }
+            String::new()
+        }
+        Cmd::Diff { container } => containers::diff(&store, &store.find_container(&container)?)?,
+        Cmd::Commit { container, name } => {
+            containers::commit_container(&store, &store.find_container(&container)?, &name)?
+        }
+        Cmd::StoreCheck => {
+            let bad = store.check()?;
+            if !bad.is_empty() {
+                return Err(UserError(format!(
+                    "the store has {} problem(s): {}",
+                    bad.len(),
+                    bad.join("; ")
+                )));
+            }
+            "the store is consistent\n".into()
+        }
+        Cmd::Mount { .. }
+        | Cmd::Umount { .. }
+        | Cmd::Man { .. }
+        | Cmd::Run { .. }
+        | Cmd::Start { .. } => {
+            unreachable!("not a store command")
+        }
+    };
+    print!("{out}");
+    Ok(())
 }
 
 fn run(cli: Cli) -> Result<(), UserError> {
@@ -171,6 +387,7 @@ fn run(cli: Cli) -> Result<(), UserError> {
         Cmd::Man { dir } => {
             write_man_pages(&dir).map_err(|e| UserError(format!("{}: {e}", dir.display())))
         }
+        cmd => store_command(cli.root, cmd),
     }
 }
 
@@ -211,8 +428,24 @@ fn main() -> ExitCode {
         };
     }
     let cli = Cli::parse();
+    let root = cli.root.clone();
+    if let Cmd::Start { container, .. } = &cli.cmd {
+        let r = Store::open(root).and_then(|s| {
+            let c = s.find_container(container)?;
+            containers::start(&s, &c, containers::base_request())
+        });
+        return match r {
+            Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+            Err(e) => {
+                eprintln!("unionfuse start: {e}");
+                ExitCode::from(run::RUNNER_FAILED)
+            }
+        };
+    }
     if let Cmd::Run {
         lowers,
+        name,
+        rm,
         upper,
         hostname,
         setenv,
@@ -223,10 +456,28 @@ fn main() -> ExitCode {
         command,
     } = cli.cmd
     {
-        let r = run_request(
-            lowers, upper, hostname, setenv, chdir, bind, ro_bind, net, command,
-        )
-        .and_then(run::run);
+        let r = match lowers {
+            Some(lowers) => run_request(
+                lowers, upper, hostname, setenv, chdir, bind, ro_bind, net, command,
+            )
+            .and_then(run::run),
+            None => run_image(
+                root,
+                name,
+                rm,
+                run_request(
+                    OsString::new(),
+                    upper,
+                    hostname,
+                    setenv,
+                    chdir,
+                    bind,
+                    ro_bind,
+                    net,
+                    command,
+                ),
+            ),
+        };
         return match r {
             Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
             Err(e) => {

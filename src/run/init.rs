@@ -121,7 +121,12 @@ fn reap_until(child: i32, set: &sys::SigSet) -> i32 {
 }
 
 fn environment(req: &RunRequest) -> Result<Vec<CString>> {
-    let mut vars: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    let mut vars: Vec<(OsString, OsString)> = if req.clean_env {
+        // A container's own, with the terminal type the caller has.
+        std::env::vars_os().filter(|(k, _)| k == "TERM").collect()
+    } else {
+        std::env::vars_os().collect()
+    };
     for (k, v) in &req.setenv {
         vars.retain(|(x, _)| x != k);
         vars.push((k.clone(), v.clone()));
@@ -131,6 +136,9 @@ fn environment(req: &RunRequest) -> Result<Vec<CString>> {
             "PATH".into(),
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
         ));
+    }
+    if req.clean_env && !vars.iter().any(|(k, _)| k == "HOME") {
+        vars.push(("HOME".into(), "/root".into()));
     }
     vars.iter()
         .map(|(k, v)| {

@@ -68,6 +68,9 @@ pub struct RunRequest {
     pub upper: Option<PathBuf>,
     pub hostname: Option<String>,
     pub setenv: Vec<(OsString, OsString)>,
+    /// Start from an empty environment (a container's: its image's and `setenv`), not the
+    /// caller's.
+    pub clean_env: bool,
     pub chdir: Option<PathBuf>,
     pub binds: Vec<Bind>,
     pub net: Net,

@@ -1,0 +1,303 @@
+//! The image and container commands: the store's records put to work through the runner
+//! (which gets lower layer directories, an upper and a configuration, never the store).
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Result, UserError, bail};
+use crate::run::{self, RunRequest};
+use crate::store::{Container, Image, State, Store, commit, load, now, random_hex, show};
+
+/// What `run IMAGE` and `create` take beyond the runner's own options.
+pub struct ContainerArgs {
+    pub name: Option<String>,
+    pub image: String,
+    /// The command; empty: the image's Entrypoint and Cmd.
+    pub command: Vec<OsString>,
+    /// `K=V` set over the image's environment.
+    pub env: Vec<(OsString, OsString)>,
+    pub workdir: Option<PathBuf>,
+    pub hostname: Option<String>,
+}
+
+/// The image's config fields a container uses.
+struct ImageConfig {
+    entrypoint: Vec<String>,
+    cmd: Vec<String>,
+    env: Vec<String>,
+    workdir: Option<String>,
+}
+
+fn image_config(store: &Store, img: &Image) -> Result<ImageConfig> {
+    let v: serde_json::Value = serde_json::from_slice(&store.read_blob(&img.id)?)
+        .map_err(|e| UserError(format!("image config {}: {e}", img.id)))?;
+    let list = |x: &serde_json::Value| -> Vec<String> {
+        x.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(String::from))
+            .collect()
+    };
+    let c = &v["config"];
+    Ok(ImageConfig {
+        entrypoint: list(&c["Entrypoint"]),
+        cmd: list(&c["Cmd"]),
+        env: list(&c["Env"]),
+        workdir: c["WorkingDir"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(String::from),
+    })
+}
+
+fn valid_name(n: &str) -> Result<()> {
+    let ok = !n.is_empty()
+        && n.len() <= 128
+        && n.bytes()
+            .enumerate()
+            .all(|(i, b)| b.is_ascii_alphanumeric() || (i > 0 && matches!(b, b'_' | b'.' | b'-')));
+    if !ok {
+        bail!("'{n}' is not a container name (letters, digits, '_', '.', '-')");
+    }
+    Ok(())
+}
+
+/// `create`: a container record and its (empty) writable layer.
+pub fn create(store: &Store, a: &ContainerArgs) -> Result<Container> {
+    let img = store.find_image(&a.image)?;
+    let cfg = image_config(store, &img)?;
+    let id = random_hex(32);
+    let name = match &a.name {
+        Some(n) => n.clone(),
+        None => format!("c-{}", &id[..8]),
+    };
+    valid_name(&name)?;
+    let mut command: Vec<String> = a
+        .command
+        .iter()
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect();
+    if command.is_empty() {
+        command = cfg.cmd.clone();
+    }
+    command = cfg.entrypoint.iter().cloned().chain(command).collect();
+    if command.is_empty() {
+        bail!("image '{}' has no command: give one", a.image);
+    }
+    let mut env = cfg.env.clone();
+    for (k, v) in &a.env {
+        let k = k.to_string_lossy();
+        env.retain(|e| e.split('=').next() != Some(&*k));
+        env.push(format!("{k}={}", v.to_string_lossy()));
+    }
+    let c = Container {
+        id: id.clone(),
+        name: name.clone(),
+        image: img.id.clone(),
+        image_name: img
+            .names
+            .first()
+            .cloned()
+            .unwrap_or_else(|| a.image.clone()),
+        command,
+        env,
+        workdir: a
+            .workdir
+            .as_ref()
+            .map(|w| w.to_string_lossy().into_owned())
+            .or(cfg.workdir),
+        hostname: a.hostname.clone().or_else(|| Some(id[..12].to_string())),
+        created: now(),
+        state: State::Created,
+    };
+    let _l = store.lock()?;
+    if store.containers()?.iter().any(|x| x.name == name) {
+        bail!("the name '{name}' is in use by a container (unionfuse rm {name} frees it)");
+    }
+    let dir = store.container_dir(&id);
+    std::fs::create_dir_all(dir.join("upper"))
+        .map_err(|e| UserError(format!("{}: {e}", dir.display())))?;
+    store.put_container(&c)?;
+    Ok(c)
+}
+
+/// Runs a container in the foreground, with its own writable layer: the same one at every
+/// start. Returns the command's status, which is kept in the container's record.
+pub fn start(store: &Store, c: &Container, req: RunRequest) -> Result<i32> {
+    let img = store.find_image(c.image.hex())?;
+    let lock = store.lock_container(c)?;
+    // The runner's pid, for stop.
+    let _ = (&lock).write_all(format!("{}\n", std::process::id()).as_bytes());
+    let mut spec = OsString::new();
+    for (i, l) in store.lowers(&img).iter().enumerate() {
+        if i > 0 {
+            spec.push(":");
+        }
+        spec.push(escape_layer(l));
+    }
+    let env = c
+        .env
+        .iter()
+        .filter_map(|e| {
+            let (k, v) = e.split_once('=')?;
+            Some((OsString::from(k), OsString::from(v)))
+        })
+        .chain(req.setenv.iter().cloned())
+        .collect();
+    let req = RunRequest {
+        lower_spec: spec,
+        upper: Some(store.container_dir(&c.id).join("upper")),
+        hostname: req.hostname.or(c.hostname.clone()),
+        setenv: env,
+        clean_env: true,
+        chdir: req.chdir.or(c.workdir.as_ref().map(PathBuf::from)),
+        command: if req.command.is_empty() {
+            c.command.iter().map(OsString::from).collect()
+        } else {
+            req.command
+        },
+        ..req
+    };
+    let r = run::run(req);
+    let mut rec = store.find_container(&c.id)?;
+    rec.state = State::Exited(*r.as_ref().unwrap_or(&(run::RUNNER_FAILED as i32)));
+    store.put_container(&rec)?;
+    drop(lock);
+    r
+}
+
+/// A layer directory in a `:`-separated list.
+fn escape_layer(p: &Path) -> OsString {
+    let mut out = Vec::new();
+    for &b in p.as_os_str().as_bytes() {
+        if b == b':' || b == b'\\' {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    std::os::unix::ffi::OsStringExt::from_vec(out)
+}
+
+/// `stop`: asks a running container's runner to end it (SIGTERM, passed to the command).
+pub fn stop(store: &Store, c: &Container) -> Result<()> {
+    if !store.is_running(c) {
+        bail!("container '{}' is not running", c.name);
+    }
+    let pid: i32 = std::fs::read_to_string(store.container_dir(&c.id).join("lock"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| UserError(format!("container '{}': no runner pid", c.name)))?;
+    crate::sys::kill(pid, libc::SIGTERM)
+        .map_err(|e| UserError(format!("container '{}': {e}", c.name)))?;
+    for _ in 0..200 {
+        if !store.is_running(c) {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = crate::sys::kill(pid, libc::SIGKILL);
+    Ok(())
+}
+
+/// `rm [-f]`: the container and its writable layer.
+pub fn remove(store: &Store, c: &Container, force: bool) -> Result<()> {
+    if store.is_running(c) {
+        if !force {
+            bail!("container '{}' is running: stop it first, or rm -f", c.name);
+        }
+        stop(store, c)?;
+    }
+    let _l = store.lock()?;
+    crate::store::remove_all(&store.container_dir(&c.id))
+        .map_err(|e| UserError(format!("container '{}': {e}", c.name)))
+}
+
+/// `rmi`: takes a name off an image, and the image away once it has none (refused while a
+/// container uses it). Layers stay until `prune`.
+pub fn remove_image(store: &Store, what: &str) -> Result<String> {
+    let img = store.find_image(what)?;
+    let _l = store.lock()?;
+    let name = crate::store::normalize_name(what).ok();
+    let mut img2 = img.clone();
+    if let Some(n) = &name
+        && img2.names.len() > 1
+        && img2.names.contains(n)
+    {
+        img2.names.retain(|x| x != n);
+        store.put_image(&img2)?;
+        return Ok(format!("untagged {n}"));
+    }
+    if let Some(c) = store.containers()?.into_iter().find(|c| c.image == img.id) {
+        bail!(
+            "image {} is used by container '{}' (unionfuse rm {} first)",
+            img.id.short(),
+            c.name,
+            c.name
+        );
+    }
+    let p = store
+        .root
+        .join("images")
+        .join(format!("{}.json", img.id.hex()));
+    std::fs::remove_file(&p).map_err(|e| UserError(format!("{}: {e}", p.display())))?;
+    Ok(format!("deleted {}", img.id))
+}
+
+/// `inspect`: an image's or container's record (and an image's config) as JSON.
+pub fn inspect(store: &Store, what: &str) -> Result<String> {
+    let v = if let Ok(img) = store.find_image(what) {
+        let cfg: serde_json::Value =
+            serde_json::from_slice(&store.read_blob(&img.id)?).unwrap_or_default();
+        serde_json::json!({ "Image": img, "Config": cfg })
+    } else {
+        let c = store.find_container(what)?;
+        let running = store.is_running(&c);
+        serde_json::json!({ "Container": c, "Status": show::status(&c, running) })
+    };
+    serde_json::to_string_pretty(&v).map_err(|e| UserError(e.to_string()))
+}
+
+/// `load`, with a line per image loaded.
+pub fn load_images(store: &Store, src: &Path) -> Result<String> {
+    let rep = load::Report::new();
+    let images = load::load(store, src, &rep)?;
+    let mut out = String::new();
+    for i in images {
+        let names = if i.names.is_empty() {
+            "<none>".to_string()
+        } else {
+            i.names.join(", ")
+        };
+        out.push_str(&format!("Loaded image: {names} ({})\n", i.id.short()));
+    }
+    Ok(out)
+}
+
+pub fn commit_container(store: &Store, c: &Container, name: &str) -> Result<String> {
+    let img = store.find_image(c.image.hex())?;
+    let rep = load::Report::new();
+    let new = commit::commit(store, c, &img, name, &rep)?;
+    Ok(format!("{}\n", new.id))
+}
+
+pub fn diff(store: &Store, c: &Container) -> Result<String> {
+    let img = store.find_image(c.image.hex())?;
+    Ok(commit::diff(store, c, &img)?
+        .iter()
+        .map(|ch| format!("{} {}\n", ch.kind, ch.path))
+        .collect())
+}
+
+/// Used by `rm` of `run --rm`.
+pub fn remove_after_run(store: &Store, c: &Container) {
+    if let Err(e) = remove(store, c, false) {
+        eprintln!("unionfuse: {e}");
+    }
+}
+
+/// The default runner options of a container command.
+pub fn base_request() -> RunRequest {
+    RunRequest::default()
+}

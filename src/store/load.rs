@@ -1,0 +1,527 @@
+//! `unionfuse load` and `unionfuse import`: images into the store. Reads a `docker save`
+//! archive (the classic `manifest.json` form and the OCI form), an OCI image layout (a
+//! directory) or an OCI archive (the same, as a tar), with gzip, zstd or plain layers. Every
+//! blob is checked against its digest and every layer against its DiffID while it is
+//! extracted, in one pass over the data; a layer already in the store is not extracted again.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
+
+use super::{Digest, Hashing, Image, LayerRef, Store, now, read_json, unpack::Unpacker};
+use crate::error::{Result, UserError, bail};
+use crate::sys;
+
+/// Tells the user how each layer went: a progress bar on a terminal, one line otherwise.
+pub struct Report {
+    bars: bool,
+}
+
+impl Report {
+    pub fn new() -> Report {
+        use std::io::IsTerminal;
+        Report {
+            bars: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn bar(&self, what: &str, total: u64) -> Option<indicatif::ProgressBar> {
+        if !self.bars {
+            return None;
+        }
+        let b = indicatif::ProgressBar::new(total);
+        if let Ok(st) = indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+        ) {
+            b.set_style(st.progress_chars("=> "));
+        }
+        b.set_message(what.to_string());
+        Some(b)
+    }
+
+    pub fn line(&self, msg: &str) {
+        eprintln!("{msg}");
+    }
+}
+
+impl Default for Report {
+    fn default() -> Report {
+        Report::new()
+    }
+}
+
+/// A reader that moves a progress bar.
+struct Progress<R> {
+    inner: R,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl<R: Read> Read for Progress<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(b) = &self.bar {
+            b.inc(n as u64);
+        }
+        Ok(n)
+    }
+}
+
+/// The decompressed stream of a layer blob, by its first bytes: gzip, zstd or a plain tar.
+fn decompress<'a>(r: impl Read + 'a) -> Result<Box<dyn Read + 'a>> {
+    let mut r = BufReader::with_capacity(1 << 16, r);
+    let head = r
+        .fill_buf()
+        .map_err(|e| UserError(format!("cannot read a layer: {e}")))?;
+    Ok(if head.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::read::GzDecoder::new(r))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Box::new(
+            zstd::stream::read::Decoder::with_buffer(r)
+                .map_err(|e| UserError(format!("zstd: {e}")))?,
+        )
+    } else {
+        Box::new(r)
+    })
+}
+
+fn media_type_of(blob: &Path) -> String {
+    let mut head = [0u8; 4];
+    let n = std::fs::File::open(blob)
+        .and_then(|mut f| f.read(&mut head))
+        .unwrap_or(0);
+    let head = &head[..n];
+    if head.starts_with(&[0x1f, 0x8b]) {
+        "application/vnd.oci.image.layer.v1.tar+gzip".into()
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        "application/vnd.oci.image.layer.v1.tar+zstd".into()
+    } else {
+        "application/vnd.oci.image.layer.v1.tar".into()
+    }
+}
+
+/// Copies `src` into the store's blobs, checking its digest on the way (when one is
+/// expected); returns the digest and size.
+fn put_blob_file(store: &Store, src: &Path, expect: Option<&Digest>) -> Result<(Digest, u64)> {
+    if let Some(d) = expect
+        && store.blob_path(d).exists()
+    {
+        let size = std::fs::metadata(store.blob_path(d)).map_or(0, |m| m.len());
+        return Ok((d.clone(), size));
+    }
+    let t = store.temp()?;
+    let tmp = t.path.join("blob");
+    let f = std::fs::File::open(src).map_err(|e| UserError(format!("'{}': {e}", src.display())))?;
+    let mut h = Hashing::new(f);
+    let mut out = std::fs::File::create(&tmp).map_err(|e| UserError(e.to_string()))?;
+    std::io::copy(&mut h, &mut out).map_err(|e| UserError(format!("'{}': {e}", src.display())))?;
+    out.sync_all().map_err(|e| UserError(e.to_string()))?;
+    let (d, n) = h.finish().map_err(|e| UserError(e.to_string()))?;
+    if let Some(e) = expect
+        && *e != d
+    {
+        bail!(
+            "'{}' should have digest {e} but has {d}: refusing it",
+            src.display()
+        );
+    }
+    std::fs::rename(&tmp, store.blob_path(&d)).map_err(|e| UserError(e.to_string()))?;
+    Ok((d, n))
+}
+
+/// Brings the layer of blob `blob` (in the store) in as DiffID `diff_id`, unless it is there.
+/// Returns whether it was extracted now.
+pub fn put_layer(store: &Store, blob: &Digest, diff_id: &Digest, rep: &Report) -> Result<bool> {
+    let dest = store.layer_path(diff_id);
+    if dest.is_dir() {
+        return Ok(false);
+    }
+    // One extraction per layer at a time, whichever processes want it.
+    let lock_path = dest.with_extension("lock");
+    let lock = std::fs::File::create(&lock_path).map_err(|e| UserError(e.to_string()))?;
+    sys::flock(lock.as_fd(), libc::LOCK_EX).map_err(|e| UserError(e.to_string()))?;
+    if dest.is_dir() {
+        return Ok(false);
+    }
+    let t = store.temp()?;
+    let fs = t.path.join("fs");
+    std::fs::create_dir(&fs).map_err(|e| UserError(e.to_string()))?;
+    let path = store.blob_path(blob);
+    let f = std::fs::File::open(&path).map_err(|e| UserError(format!("blob {blob}: {e}")))?;
+    let size = f.metadata().map_or(0, |m| m.len());
+    let bar = rep.bar(&format!("layer {}", diff_id.short()), size);
+    let mut data = Hashing::new(decompress(Progress {
+        inner: f,
+        bar: bar.clone(),
+    })?);
+    let done = Unpacker::new(&fs)?.unpack(&mut data)?;
+    let (got, bytes) = data
+        .finish()
+        .map_err(|e| UserError(format!("layer {}: {e}", diff_id.short())))?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if got != *diff_id {
+        bail!("layer {blob} should uncompress to DiffID {diff_id} but gives {got}: refusing it");
+    }
+    std::fs::rename(&fs, &dest).map_err(|e| UserError(format!("{}: {e}", dest.display())))?;
+    let mut msg = format!(
+        "layer {}: extracted ({} entries, {})",
+        diff_id.short(),
+        done.entries,
+        super::human(bytes)
+    );
+    if done.skipped_devices > 0 {
+        msg.push_str(&format!(
+            ", {} device nodes left out (not allowed here)",
+            done.skipped_devices
+        ));
+    }
+    rep.line(&msg);
+    drop(lock);
+    let _ = std::fs::remove_file(&lock_path);
+    Ok(true)
+}
+
+/// One image found in an archive or layout, its files on disk.
+struct Found {
+    names: Vec<String>,
+    config: PathBuf,
+    config_digest: Option<Digest>,
+    layers: Vec<(PathBuf, Option<Digest>)>,
+}
+
+fn blob_in(dir: &Path, d: &oci_spec::image::Digest) -> Result<(PathBuf, Digest)> {
+    let d = Digest::parse(d.as_ref())?;
+    let p = dir.join("blobs/sha256").join(d.hex());
+    if !p.is_file() {
+        bail!("the layout names blob {d}, which it does not hold");
+    }
+    Ok((p, d))
+}
+
+fn manifest_of(dir: &Path, path: &Path, names: Vec<String>) -> Result<Found> {
+    let m = ImageManifest::from_reader(
+        std::fs::File::open(path).map_err(|e| UserError(format!("manifest: {e}")))?,
+    )
+    .map_err(|e| UserError(format!("manifest: {e}")))?;
+    let (config, config_digest) = blob_in(dir, m.config().digest())?;
+    let mut layers = Vec::new();
+    for l in m.layers() {
+        let mt = l.media_type().to_string();
+        if !(mt.contains("layer") && mt.contains("tar")) {
+            bail!("unsupported layer media type '{mt}'");
+        }
+        let (p, d) = blob_in(dir, l.digest())?;
+        layers.push((p, Some(d)));
+    }
+    Ok(Found {
+        names,
+        config,
+        config_digest: Some(config_digest),
+        layers,
+    })
+}
+
+/// The images of an OCI layout directory (a multi-platform index picks this machine's).
+fn oci_layout(dir: &Path, stem: &str) -> Result<Vec<Found>> {
+    let index = ImageIndex::from_reader(
+        std::fs::File::open(dir.join("index.json")).map_err(|e| UserError(e.to_string()))?,
+    )
+    .map_err(|e| UserError(format!("index.json: {e}")))?;
+    let mut out = Vec::new();
+    for m in index.manifests() {
+        let ann = m.annotations().clone().unwrap_or_default();
+        let name = ann
+            .get("io.containerd.image.name")
+            .or_else(|| ann.get("org.opencontainers.image.ref.name"))
+            .map(|n| {
+                if n.contains(':') || n.contains('/') {
+                    n.clone()
+                } else {
+                    format!("{stem}:{n}")
+                }
+            });
+        let (p, d) = blob_in(dir, m.digest())?;
+        check_digest(&p, &d)?;
+        let mt = m.media_type().to_string();
+        if mt.contains("index") || mt.contains("manifest.list") {
+            let sub = ImageIndex::from_reader(
+                std::fs::File::open(&p).map_err(|e| UserError(e.to_string()))?,
+            )
+            .map_err(|e| UserError(format!("index {d}: {e}")))?;
+            let arch = match std::env::consts::ARCH {
+                "x86_64" => "amd64",
+                "aarch64" => "arm64",
+                a => a,
+            };
+            let pick = sub
+                .manifests()
+                .iter()
+                .find(|x| {
+                    x.platform().as_ref().is_some_and(|pl| {
+                        pl.architecture().to_string() == arch && pl.os().to_string() == "linux"
+                    })
+                })
+                .ok_or_else(|| UserError(format!("no linux/{arch} image in the index")))?;
+            let (mp, md) = blob_in(dir, pick.digest())?;
+            check_digest(&mp, &md)?;
+            out.push(manifest_of(dir, &mp, name.into_iter().collect())?);
+        } else {
+            out.push(manifest_of(dir, &p, name.into_iter().collect())?);
+        }
+    }
+    Ok(out)
+}
+
+/// The images of a `docker save` directory (its `manifest.json`).
+fn docker_archive(dir: &Path) -> Result<Vec<Found>> {
+    let m: serde_json::Value = read_json(&dir.join("manifest.json"))?;
+    let Some(list) = m.as_array() else {
+        bail!("manifest.json is not a list of images");
+    };
+    let mut out = Vec::new();
+    for img in list {
+        let file = |v: &serde_json::Value| -> Result<PathBuf> {
+            let s = v
+                .as_str()
+                .ok_or_else(|| UserError("manifest.json: a path is not a string".into()))?;
+            if s.split('/').any(|c| c == "..") || s.starts_with('/') {
+                bail!("manifest.json: '{s}' leads out of the archive");
+            }
+            let p = dir.join(s);
+            if !p.is_file() {
+                bail!("manifest.json names '{s}', which the archive does not hold");
+            }
+            Ok(p)
+        };
+        // A blob under blobs/sha256/ is named by its digest: checked as such.
+        let named = |p: &Path| -> Option<Digest> {
+            let rel = p.strip_prefix(dir).ok()?.to_str()?;
+            Digest::parse(&format!("sha256:{}", rel.strip_prefix("blobs/sha256/")?)).ok()
+        };
+        let config = file(&img["Config"])?;
+        let mut layers = Vec::new();
+        for l in img["Layers"].as_array().into_iter().flatten() {
+            let p = file(l)?;
+            let d = named(&p);
+            layers.push((p, d));
+        }
+        let names = img["RepoTags"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.as_str().map(String::from))
+            .collect();
+        out.push(Found {
+            names,
+            config_digest: named(&config),
+            config,
+            layers,
+        });
+    }
+    Ok(out)
+}
+
+fn check_digest(p: &Path, d: &Digest) -> Result<()> {
+    let f = std::fs::File::open(p).map_err(|e| UserError(e.to_string()))?;
+    let (got, _) = Hashing::new(f)
+        .finish()
+        .map_err(|e| UserError(e.to_string()))?;
+    if got != *d {
+        bail!("blob {d} holds data of digest {got}: refusing it");
+    }
+    Ok(())
+}
+
+/// Seconds since the epoch of an RFC 3339 time (`2024-01-02T03:04:05.6Z`), as configs
+/// write `created`; None when it is not one.
+fn parse_time(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 19 || b[4] != b'-' || b[10] != b'T' {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
+    let (h, mi, se) = (n(11..13)?, n(14..16)?, n(17..19)?);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    Some(days * 86400 + h * 3600 + mi * 60 + se)
+}
+
+/// Brings one found image in: its blobs checked and stored, its layers extracted (once).
+fn bring_in(store: &Store, f: Found, rep: &Report) -> Result<Image> {
+    let (config, _) = put_blob_file(store, &f.config, f.config_digest.as_ref())?;
+    let cfg = ImageConfiguration::from_reader(&store.read_blob(&config)?[..])
+        .map_err(|e| UserError(format!("image config {config}: {e}")))?;
+    let diff_ids = cfg.rootfs().diff_ids();
+    if diff_ids.len() != f.layers.len() {
+        bail!(
+            "image config {config} lists {} layers, the manifest {}",
+            diff_ids.len(),
+            f.layers.len()
+        );
+    }
+    let mut layers = Vec::new();
+    for ((path, expect), diff_id) in f.layers.iter().zip(diff_ids) {
+        let diff_id = Digest::parse(diff_id)?;
+        let (blob, size) = put_blob_file(store, path, expect.as_ref())?;
+        if put_layer(store, &blob, &diff_id, rep)? {
+        } else {
+            rep.line(&format!("layer {}: already present", diff_id.short()));
+        }
+        layers.push(LayerRef {
+            diff_id,
+            media_type: media_type_of(&store.blob_path(&blob)),
+            blob,
+            size,
+        });
+    }
+    let created = cfg
+        .created()
+        .as_deref()
+        .and_then(parse_time)
+        .unwrap_or_else(now);
+    let mut img = Image {
+        id: config,
+        names: Vec::new(),
+        layers,
+        created,
+    };
+    let _l = store.lock()?;
+    if let Ok(old) = store.find_image(img.id.hex()) {
+        img.names = old.names;
+    }
+    store.put_image(&img)?;
+    for n in &f.names {
+        store.set_name(&img.id, n)?;
+    }
+    store.find_image(img.id.hex())
+}
+
+/// Loads every image of `src`; returns them.
+pub fn load(store: &Store, src: &Path, rep: &Report) -> Result<Vec<Image>> {
+    let md = std::fs::metadata(src).map_err(|e| UserError(format!("'{}': {e}", src.display())))?;
+    let stem = src
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".into());
+    // An archive is unpacked (safely) into the store's tmp first: its blobs are then read
+    // as a layout's are.
+    let t;
+    let dir = if md.is_dir() {
+        src.to_path_buf()
+    } else {
+        t = store.temp()?;
+        let f = std::fs::File::open(src).map_err(|e| UserError(e.to_string()))?;
+        Unpacker::new(&t.path)?
+            .unpack(decompress(f)?)
+            .map_err(|e| UserError(format!("'{}': {}", src.display(), e.0)))?;
+        t.path.clone()
+    };
+    let found = if dir.join("manifest.json").is_file() {
+        docker_archive(&dir)?
+    } else if dir.join("index.json").is_file() {
+        oci_layout(&dir, &stem)?
+    } else {
+        bail!(
+            "'{}' is neither a docker-archive nor an OCI image (no manifest.json, no index.json)",
+            src.display()
+        );
+    };
+    if found.is_empty() {
+        bail!("'{}' holds no image", src.display());
+    }
+    found.into_iter().map(|f| bring_in(store, f, rep)).collect()
+}
+
+/// `import`: a root filesystem tarball as a one-layer image named `name`.
+pub fn import(store: &Store, tarball: &Path, name: &str, rep: &Report) -> Result<Image> {
+    let name = super::normalize_name(name)?;
+    let (blob, size) = put_blob_file(store, tarball, None)?;
+    // The DiffID: the uncompressed stream's digest.
+    let f = std::fs::File::open(store.blob_path(&blob)).map_err(|e| UserError(e.to_string()))?;
+    let (diff_id, _) = Hashing::new(decompress(f)?)
+        .finish()
+        .map_err(|e| UserError(format!("'{}': {e}", tarball.display())))?;
+    if !put_layer(store, &blob, &diff_id, rep)? {
+        rep.line(&format!("layer {}: already present", diff_id.short()));
+    }
+    let config = serde_json::json!({
+        "created": rfc3339(now()),
+        "architecture": match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", a => a },
+        "os": "linux",
+        "config": {
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Cmd": ["/bin/sh"],
+        },
+        "rootfs": { "type": "layers", "diff_ids": [diff_id.0] },
+        "history": [{
+            "created": rfc3339(now()),
+            "created_by": format!("unionfuse import {}", tarball.display()),
+        }],
+    });
+    let id = store.put_blob(&serde_json::to_vec(&config).map_err(|e| UserError(e.to_string()))?)?;
+    let img = Image {
+        id: id.clone(),
+        names: Vec::new(),
+        layers: vec![LayerRef {
+            diff_id,
+            media_type: media_type_of(&store.blob_path(&blob)),
+            blob,
+            size,
+        }],
+        created: now(),
+    };
+    let _l = store.lock()?;
+    store.put_image(&img)?;
+    store.set_name(&id, &name)?;
+    store.find_image(id.hex())
+}
+
+/// An RFC 3339 time, UTC.
+pub fn rfc3339(t: i64) -> String {
+    let days = t.div_euclid(86400);
+    let secs = t.rem_euclid(86400);
+    // Civil date from days (Howard Hinnant's algorithm).
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_convert_both_ways() {
+        for t in [0, 86399, 951782400, 1733312345, 4102444800] {
+            assert_eq!(parse_time(&rfc3339(t)), Some(t), "{t}");
+        }
+        assert_eq!(
+            parse_time("2024-01-02T03:04:05.123456789Z"),
+            Some(1704164645)
+        );
+        assert_eq!(parse_time("yesterday"), None);
+    }
+}

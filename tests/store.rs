@@ -1,0 +1,553 @@
+//! The image store: images written by podman and skopeo (docker-archive, OCI archive, OCI
+//! layout) loaded by unionfuse and compared with an independent unpack (`umoci unpack`);
+//! layers shared on disk; containers that keep their writes across starts and do not see
+//! each other's; diff and commit; hostile tarballs refused and contained; a load killed
+//! with SIGKILL leaves nothing half-made.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// A store of our own and a podman of its own (vfs storage, under the test's directory).
+struct World {
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    fn new() -> Option<World> {
+        if !require_root() {
+            return None;
+        }
+        let w = World { dir: scratch() };
+        std::fs::create_dir(w.store()).unwrap();
+        Some(w)
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn store(&self) -> PathBuf {
+        self.path("store")
+    }
+
+    fn uf(&self, args: &[&str]) -> Output {
+        Command::new(bin())
+            .args(args)
+            .env("UNIONFUSE_ROOT", self.store())
+            .env("TMPDIR", self.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs unionfuse; its stdout, asserting success.
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.uf(args);
+        assert!(
+            o.status.success(),
+            "unionfuse {args:?}: {:?}\nstdout: {}\nstderr: {}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Runs unionfuse expecting a one-line refusal containing `expect`; its message.
+    fn refused(&self, args: &[&str], expect: &str) -> String {
+        let o = self.uf(args);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!o.status.success(), "unionfuse {args:?} was accepted");
+        assert!(
+            err.contains(expect),
+            "unionfuse {args:?}: '{expect}' not in: {err}"
+        );
+        err
+    }
+
+    fn podman(&self, args: &[&str]) -> String {
+        let root = self.path("pgraph");
+        let run = self.path("prun");
+        let o = Command::new("podman")
+            .arg("--root")
+            .arg(&root)
+            .arg("--runroot")
+            .arg(&run)
+            .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs"])
+            .args(args)
+            .env("TMPDIR", self.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "podman {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Layer directories in the store.
+    fn layers(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.store().join("layers"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        // podman's vfs storage may hold a private bind mount of its home.
+        let _ = Command::new("umount")
+            .arg(self.path("pgraph/vfs"))
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The base image's tree: busybox, plus what the second layer deletes and replaces, a hard
+/// link, a setuid file and an xattr.
+fn base_rootfs(at: &Path) {
+    runenv::build_rootfs(at);
+    for d in ["opt/old/sub", "srv"] {
+        std::fs::create_dir_all(at.join(d)).unwrap();
+    }
+    write(&at.join("opt/old/a"), b"old a\n");
+    write(&at.join("opt/old/sub/b"), b"old b\n");
+    write(&at.join("srv/data"), &vec![7u8; 100_000]);
+    std::fs::hard_link(at.join("srv/data"), at.join("srv/data-link")).unwrap();
+    write(&at.join("srv/suid"), b"#!/bin/sh\n");
+    std::fs::set_permissions(at.join("srv/suid"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+    setxattr(&at.join("srv/data"), "user.origin", b"base");
+    lchown(&at.join("srv"), 33, 33);
+}
+
+/// Builds `localhost/base:1` (imported) and `localhost/app:1` (one more layer that adds,
+/// deletes and replaces a directory) in the world's podman, and writes them out in every
+/// format: (docker-archive, OCI archive, OCI layout).
+fn build_images(w: &World) -> (PathBuf, PathBuf, PathBuf) {
+    let rootfs = w.path("rootfs");
+    base_rootfs(&rootfs);
+    let tarball = w.path("rootfs.tar");
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("--xattrs")
+        .arg("-cf")
+        .arg(&tarball)
+        .arg("."));
+    w.podman(&[
+        "import",
+        "-q",
+        tarball.to_str().unwrap(),
+        "localhost/base:1",
+    ]);
+    let ctx = w.path("ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Containerfile"),
+        "FROM localhost/base:1\n\
+         RUN mkdir -p /opt/app && echo v2 > /opt/app/f && rm /etc/group && \
+         rm -rf /opt/old && mkdir /opt/old && echo new > /opt/old/n && ln -s /opt/app/f /opt/link\n",
+    )
+    .unwrap();
+    w.podman(&[
+        "build",
+        "-q",
+        "--network",
+        "none",
+        "-t",
+        "localhost/app:1",
+        ctx.to_str().unwrap(),
+    ]);
+    let (docker, oci, layout) = (
+        w.path("app-docker.tar"),
+        w.path("app-oci.tar"),
+        w.path("app-layout"),
+    );
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    w.podman(&[
+        "save",
+        "-q",
+        "--format",
+        "docker-archive",
+        "-o",
+        &s(&docker),
+        "localhost/app:1",
+    ]);
+    w.podman(&[
+        "save",
+        "-q",
+        "--format",
+        "oci-archive",
+        "-o",
+        &s(&oci),
+        "localhost/app:1",
+    ]);
+    run(Command::new("skopeo").args([
+        "copy",
+        "-q",
+        &format!("docker-archive:{}", s(&docker)),
+        &format!("oci:{}:1", s(&layout)),
+    ]));
+    (docker, oci, layout)
+}
+
+/// A tree as compared with another: what `view::describe` sees, but not a directory's link
+/// count (a merged directory cannot count its subdirectories) nor times (unpackers set
+/// them differently), and `user.*` xattrs but the overlay's.
+fn tree(root: &Path) -> std::collections::BTreeMap<PathBuf, view::Desc> {
+    let opts = view::Options {
+        mtimes: |_| false,
+        xattrs: |x| x.starts_with("user.") && !x.starts_with("user.overlay."),
+    };
+    let v = view::describe(root, &opts);
+    assert!(v.listed_but_absent.is_empty(), "{:?}", v.listed_but_absent);
+    v.entries
+        .into_iter()
+        .map(|(p, mut d)| {
+            if d.kind == "dir" {
+                d.nlink = 0;
+            }
+            (p, d)
+        })
+        .collect()
+}
+
+#[test]
+fn loaded_images_match_umoci_and_share_their_base() {
+    let Some(w) = World::new() else { return };
+    let (docker, oci, layout) = build_images(&w);
+    // Every format, and the base imported on its own: one copy of each layer.
+    for src in [&docker, &oci, &layout] {
+        let out = w.ok(&["load", "-i", src.to_str().unwrap()]);
+        assert!(out.contains("Loaded image"), "{out}");
+    }
+    w.ok(&["import", w.path("rootfs.tar").to_str().unwrap(), "base:1"]);
+    assert_eq!(w.layers().len(), 2, "layers: {:?}", w.layers());
+    let again = w.uf(&["load", "-i", docker.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(err.matches("already present").count(), 2, "{err}");
+    let images = w.ok(&["images"]);
+    assert!(
+        images.contains("localhost/app:1") && images.contains("base:1"),
+        "{images}"
+    );
+    let tree_out = w.ok(&["images", "--tree"]);
+    assert!(tree_out.contains("used by 2 images"), "{tree_out}");
+    w.ok(&["store-check"]);
+
+    // The view of the loaded image against umoci's unpack of the same image.
+    let bundle = w.path("bundle");
+    run(Command::new("umoci").args([
+        "unpack",
+        "--image",
+        &format!("{}:1", layout.display()),
+        bundle.to_str().unwrap(),
+    ]));
+    let inspect: serde_json::Value =
+        serde_json::from_str(&w.ok(&["inspect", "localhost/app:1"])).unwrap();
+    let lowers: Vec<PathBuf> = inspect["Image"]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|l| {
+            let d = l["diff_id"].as_str().unwrap();
+            w.store().join("layers").join(&d["sha256:".len()..])
+        })
+        .collect();
+    let refs: Vec<&Path> = lowers.iter().map(|p| p.as_path()).collect();
+    let mp = w.path("mnt");
+    mkdir(&mp);
+    let _m = UnionMount::new(&refs, None, &mp);
+    let ours = tree(&mp);
+    let theirs = tree(&bundle.join("rootfs"));
+    for (p, d) in &theirs {
+        assert_eq!(ours.get(p), Some(d), "{p:?} (left: unionfuse)");
+    }
+    for p in ours.keys() {
+        assert!(theirs.contains_key(p), "{p:?} only in unionfuse");
+    }
+    // What the second layer did, seen through the union.
+    assert!(!mp.join("etc/group").exists());
+    assert!(!mp.join("opt/old/a").exists());
+    assert_eq!(std::fs::read(mp.join("opt/old/n")).unwrap(), b"new\n");
+    assert_eq!(ino(&mp.join("srv/data")), ino(&mp.join("srv/data-link")));
+}
+
+#[test]
+fn containers_keep_their_writes_and_do_not_see_each_other() {
+    let Some(w) = World::new() else { return };
+    let rootfs = w.path("rootfs");
+    runenv::build_rootfs(&rootfs);
+    let tarball = w.path("rootfs.tar");
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-czf")
+        .arg(&tarball)
+        .arg("."));
+    w.ok(&["import", tarball.to_str().unwrap(), "base"]);
+    // Each start runs the container's command again, on the same writable layer.
+    let count = "echo x >> /count; echo hello > /hello.txt; wc -l < /count";
+    assert_eq!(
+        w.ok(&["run", "--name", "c1", "base", "sh", "-c", count])
+            .trim(),
+        "1"
+    );
+    assert_eq!(w.ok(&["start", "-a", "c1"]).trim(), "2");
+    assert_eq!(w.ok(&["start", "c1"]).trim(), "3");
+    let o = w.uf(&["run", "--name", "c2", "base", "cat", "/hello.txt"]);
+    assert_eq!(o.status.code(), Some(1), "c2 sees c1's file");
+    let o = w.uf(&[
+        "run",
+        "--name",
+        "c3",
+        "base",
+        "sh",
+        "-c",
+        "cat /count || exit 3",
+    ]);
+    assert_eq!(o.status.code(), Some(3), "c3 sees c1's file");
+    let diff = w.ok(&["diff", "c1"]);
+    assert!(diff.contains("A /hello.txt"), "{diff}");
+    w.ok(&["commit", "c1", "withhello:1"]);
+    assert_eq!(
+        w.ok(&["run", "--rm", "withhello:1", "cat", "/hello.txt"]),
+        "hello\n"
+    );
+    let ps = w.ok(&["ps", "-a"]);
+    for (name, status) in [
+        ("c1", "exited (0)"),
+        ("c2", "exited (1)"),
+        ("c3", "exited (3)"),
+    ] {
+        assert!(
+            ps.lines().any(|l| l.contains(name) && l.contains(status)),
+            "{name} {status} in:\n{ps}"
+        );
+    }
+    assert!(!ps.contains("withhello"), "--rm left its container:\n{ps}");
+    w.refused(&["run", "--name", "c1", "base", "true"], "in use");
+    w.refused(&["rmi", "base"], "used by container");
+    w.ok(&["rm", "c1", "c2", "c3"]);
+    w.refused(&["rm", "c1"], "no container");
+    w.ok(&["rmi", "withhello:1"]);
+    w.ok(&["rmi", "base"]);
+    let freed = w.ok(&["prune"]);
+    assert!(freed.starts_with("freed"), "{freed}");
+    assert!(w.layers().is_empty(), "{:?}", w.layers());
+    w.ok(&["store-check"]);
+}
+
+/// One entry of a hand-made tar: kind, name, and the data or link target.
+type Entry = (&'static str, String, String);
+
+/// Writes a tar with Python's `tarfile` from a list of (kind, name, arg) entries.
+fn evil_tar(at: &Path, entries: &[(&str, &str, &str)]) {
+    let mut py = String::from(
+        "import tarfile, io, sys\nt = tarfile.open(sys.argv[1], 'w', format=tarfile.PAX_FORMAT)\n",
+    );
+    for (kind, name, arg) in entries {
+        let line = match *kind {
+            "file" => format!(
+                "i = tarfile.TarInfo({name:?}); d = {arg:?}.encode(); i.size = len(d); t.addfile(i, io.BytesIO(d))\n"
+            ),
+            "dir" => format!(
+                "i = tarfile.TarInfo({name:?}); i.type = tarfile.DIRTYPE; i.mode = 0o755; t.addfile(i)\n"
+            ),
+            "symlink" => format!(
+                "i = tarfile.TarInfo({name:?}); i.type = tarfile.SYMTYPE; i.linkname = {arg:?}; t.addfile(i)\n"
+            ),
+            "hardlink" => format!(
+                "i = tarfile.TarInfo({name:?}); i.type = tarfile.LNKTYPE; i.linkname = {arg:?}; t.addfile(i)\n"
+            ),
+            k => panic!("{k}"),
+        };
+        py.push_str(&line);
+    }
+    py.push_str("t.close()\n");
+    run(Command::new("python3").arg("-c").arg(py).arg(at));
+}
+
+#[test]
+fn hostile_tarballs_are_refused_and_contained() {
+    let Some(w) = World::new() else { return };
+    let outside = w.path("outside");
+    mkdir(&outside);
+    write(&outside.join("victim"), b"untouched\n");
+    let o = outside.to_str().unwrap().to_string();
+    let long = "n".repeat(300);
+    let cases: Vec<(&str, Vec<Entry>, &str)> = vec![
+        (
+            "dotdot",
+            vec![("file", "../escape".into(), "x".into())],
+            "'..'",
+        ),
+        (
+            "nested dotdot",
+            vec![("file", "a/../../escape".into(), "x".into())],
+            "'..'",
+        ),
+        (
+            "absolute",
+            vec![("file", format!("{o}/abs"), "x".into())],
+            "absolute",
+        ),
+        (
+            "through a symlink",
+            vec![
+                ("symlink", "l".into(), o.clone()),
+                ("file", "l/victim".into(), "pwned".into()),
+            ],
+            "l/victim",
+        ),
+        (
+            "through a chain of symlinks",
+            vec![
+                ("symlink", "a".into(), "b".into()),
+                ("symlink", "b".into(), o.clone()),
+                ("file", "a/new".into(), "pwned".into()),
+            ],
+            "a/new",
+        ),
+        (
+            "a symlink over a directory made before",
+            vec![
+                ("dir", "d".into(), String::new()),
+                ("symlink", "d".into(), o.clone()),
+                ("file", "d/new".into(), "pwned".into()),
+            ],
+            "d/new",
+        ),
+        (
+            "a hard link out of the layer",
+            vec![("hardlink", "h".into(), format!("{o}/victim"))],
+            "absolute",
+        ),
+        (
+            "a hard link up and out",
+            vec![("hardlink", "h".into(), "../outside/victim".into())],
+            "'..'",
+        ),
+        (
+            "a hard link to what is not extracted yet",
+            vec![
+                ("hardlink", "h".into(), "later".into()),
+                ("file", "later".into(), "x".into()),
+            ],
+            "hard link",
+        ),
+        (
+            "an over-long name",
+            vec![("file", long.clone(), "x".into())],
+            "255",
+        ),
+    ];
+    for (what, entries, expect) in &cases {
+        let tarball = w.path("evil.tar");
+        let e: Vec<(&str, &str, &str)> = entries
+            .iter()
+            .map(|(k, n, a)| (*k, n.as_str(), a.as_str()))
+            .collect();
+        evil_tar(&tarball, &e);
+        let err = w.refused(&["import", tarball.to_str().unwrap(), "evil"], expect);
+        assert_eq!(err.lines().count(), 1, "{what}: {err}");
+        assert_eq!(
+            std::fs::read(outside.join("victim")).unwrap(),
+            b"untouched\n",
+            "{what}"
+        );
+        assert_eq!(names(&outside), vec!["victim".to_string()], "{what}");
+        assert!(!w.path("escape").exists(), "{what}");
+        // Nothing of a refused load stays in the store.
+        assert!(w.layers().is_empty(), "{what}: {:?}", w.layers());
+        let images = w.ok(&["images"]);
+        assert_eq!(images.lines().count(), 1, "{what}: {images}");
+    }
+    // What is kept: a symlink pointing anywhere (never followed), a hard link inside.
+    let tarball = w.path("ok.tar");
+    evil_tar(
+        &tarball,
+        &[
+            ("symlink", "etc-link", "/etc"),
+            ("file", "a", "data"),
+            ("hardlink", "b", "a"),
+        ],
+    );
+    w.ok(&["import", tarball.to_str().unwrap(), "fine"]);
+    let layer = &w.layers()[0];
+    assert_eq!(
+        std::fs::read_link(layer.join("etc-link")).unwrap(),
+        Path::new("/etc")
+    );
+    assert_eq!(ino(&layer.join("a")), ino(&layer.join("b")));
+}
+
+#[test]
+fn a_killed_load_leaves_nothing_half_made() {
+    let Some(w) = World::new() else { return };
+    // A layer big enough to be killed in the middle of.
+    let rootfs = w.path("big");
+    mkdir(&rootfs);
+    for i in 0..40 {
+        let data: Vec<u8> = (0..2_000_000u32)
+            .map(|x| (x.wrapping_mul(2654435761) >> (i % 24)) as u8)
+            .collect();
+        write(&rootfs.join(format!("f{i}")), &data);
+    }
+    let tarball = w.path("big.tar.gz");
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-czf")
+        .arg(&tarball)
+        .arg("."));
+    let mut killed = 0;
+    for delay in [50u64, 150, 300] {
+        let mut child = Command::new(bin())
+            .args(["import", tarball.to_str().unwrap(), "big"])
+            .env("UNIONFUSE_ROOT", w.store())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        if child.try_wait().unwrap().is_none() {
+            killed += 1;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        // Whatever it had made is never used: no layer, no image, until a command completes.
+        let images = w.ok(&["images"]);
+        if images.contains("big") {
+            // It finished before the kill: the layer must be whole.
+            w.ok(&["store-check"]);
+            continue;
+        }
+        assert!(
+            w.layers().is_empty(),
+            "a layer without its image: {:?}",
+            w.layers()
+        );
+    }
+    w.ok(&["import", tarball.to_str().unwrap(), "big"]);
+    w.ok(&["store-check"]);
+    assert_eq!(w.layers().len(), 1);
+    // The next command cleaned what the killed ones left.
+    let tmp: Vec<_> = std::fs::read_dir(w.store().join("tmp")).unwrap().collect();
+    assert!(tmp.is_empty(), "leftovers: {tmp:?}");
+    assert!(killed > 0, "no import was killed in the middle");
+}
