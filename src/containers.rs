@@ -252,7 +252,9 @@ pub fn inspect(store: &Store, what: &str) -> Result<String> {
             serde_json::from_slice(&store.read_blob(&img.id)?).unwrap_or_default();
         serde_json::json!({ "Image": img, "Config": cfg })
     } else {
-        let c = store.find_container(what)?;
+        let c = store
+            .find_container(what)
+            .map_err(|_| UserError(format!("no image or container '{what}'")))?;
         let running = store.is_running(&c);
         serde_json::json!({ "Container": c, "Status": show::status(&c, running) })
     };

@@ -20,7 +20,7 @@ use unionfuse::store::{Store, load, show};
     name = "unionfuse",
     version,
     about = "A userspace union filesystem: ordered read-only layers under one writable upper",
-    after_help = "Examples:\n  unionfuse mount /layers/app:/layers/base /upper /mnt\n  unionfuse mount /layers/app:/layers/base /mnt        (read-only union)\n  unionfuse umount /mnt\n  unionfuse run --lower /layers/app:/layers/base -- /bin/sh\n\nThe command line of fuse-overlayfs is understood too (for containers/storage's\nmount_program):\n  unionfuse [-f] [-d] -o lowerdir=A:B,upperdir=U,workdir=W[,OPTION...] MOUNTPOINT\nwith volatile, noacl, uidmapping=ID:MAPPED:LEN[:...], gidmapping=..., squash_to_root,\nsquash_to_uid=N, squash_to_gid=N, ro, nosuid, nodev, noexec, allow_other.\n\nAs mount(8)'s helper (mount-helper/install links mount.unionfuse and\nmount.fuse.unionfuse to this binary):\n  mount -t fuse.unionfuse -o lowerdir=/l1:/l2,upperdir=/u,workdir=/w none /mnt\n  none /mnt fuse.unionfuse lowerdir=/l1:/l2,upperdir=/u,workdir=/w,nofail 0 0   (fstab)\nmount(8)'s own options (nofail, _netdev, noauto, x-*, comment=...) are ignored.\numount /mnt ends the daemon."
+    after_help = "Examples:\n  unionfuse mount /layers/app:/layers/base /upper /mnt\n  unionfuse mount /layers/app:/layers/base /mnt        (read-only union)\n  unionfuse umount /mnt\n  unionfuse run --lower /layers/app:/layers/base -- /bin/sh\n\nImages and containers (the store: /var/lib/unionfuse, ~/.local/share/unionfuse rootless):\n  unionfuse load -i image.tar        (docker save, OCI archive or OCI layout)\n  unionfuse run --name c1 IMAGE sh -c 'echo hi > /hello.txt'\n  unionfuse start c1; unionfuse ps -a; unionfuse commit c1 NAME:TAG; unionfuse images --tree\n\nThe command line of fuse-overlayfs is understood too (for containers/storage's\nmount_program):\n  unionfuse [-f] [-d] -o lowerdir=A:B,upperdir=U,workdir=W[,OPTION...] MOUNTPOINT\nwith volatile, noacl, uidmapping=ID:MAPPED:LEN[:...], gidmapping=..., squash_to_root,\nsquash_to_uid=N, squash_to_gid=N, ro, nosuid, nodev, noexec, allow_other.\n\nAs mount(8)'s helper (mount-helper/install links mount.unionfuse and\nmount.fuse.unionfuse to this binary):\n  mount -t fuse.unionfuse -o lowerdir=/l1:/l2,upperdir=/u,workdir=/w none /mnt\n  none /mnt fuse.unionfuse lowerdir=/l1:/l2,upperdir=/u,workdir=/w,nofail 0 0   (fstab)\nmount(8)'s own options (nofail, _netdev, noauto, x-*, comment=...) are ignored.\numount /mnt ends the daemon."
 )]
 struct Cli {
     /// The image store (default: /var/lib/unionfuse as root, ~/.local/share/unionfuse
@@ -171,6 +171,15 @@ enum Cmd {
     Diff { container: String },
     /// Make a container's changes a new layer of a new image.
     Commit { container: String, name: String },
+    /// Write an image to an archive that podman, skopeo and unionfuse load.
+    Save {
+        image: String,
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// oci-archive (default) or docker-archive.
+        #[arg(long, default_value = "oci-archive")]
+        format: String,
+    },
     /// Check that every record's blobs and layers are there, with their digests.
     #[command(name = "store-check")]
     StoreCheck,
@@ -340,6 +349,21 @@ fn store_command(root: Option<PathBuf>, cmd: Cmd) -> Result<(), UserError> {
         Cmd::Diff { container } => containers::diff(&store, &store.find_container(&container)?)?,
         Cmd::Commit { container, name } => {
             containers::commit_container(&store, &store.find_container(&container)?, &name)?
+        }
+        Cmd::Save {
+            image,
+            output,
+            format,
+        } => {
+            let img = store.find_image(&image)?;
+            let format = unionfuse::store::save::Format::parse(&format)?;
+            // The name asked for, if it is one of the image's; else its first.
+            let name = unionfuse::store::normalize_name(&image)
+                .ok()
+                .filter(|n| img.names.contains(n))
+                .or_else(|| img.names.first().cloned());
+            unionfuse::store::save::save(&store, &img, name.as_deref(), format, &output)?;
+            String::new()
         }
         Cmd::StoreCheck => {
             let bad = store.check()?;

@@ -551,3 +551,117 @@ fn a_killed_load_leaves_nothing_half_made() {
     assert!(tmp.is_empty(), "leftovers: {tmp:?}");
     assert!(killed > 0, "no import was killed in the middle");
 }
+
+#[test]
+fn committed_changes_round_trip_through_podman() {
+    let Some(w) = World::new() else { return };
+    let rootfs = w.path("rootfs");
+    base_rootfs(&rootfs);
+    let tarball = w.path("rootfs.tar");
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("--xattrs")
+        .arg("-cf")
+        .arg(&tarball)
+        .arg("."));
+    w.ok(&["import", tarball.to_str().unwrap(), "base"]);
+    // Add, modify, delete, chmod, rename a lower directory, hard link, replace a directory.
+    let script = "echo new > /added && echo more >> /srv/data && rm /etc/group && \
+                  chmod 600 /etc/passwd && mv /opt/old /opt/renamed && \
+                  ln /added /added-link && rm -rf /home && mkdir /home && echo h > /home/x";
+    w.ok(&["run", "--name", "c1", "base", "sh", "-c", script]);
+    let diff = w.ok(&["diff", "c1"]);
+    for want in [
+        "A /added",
+        "C /srv/data",
+        "D /etc/group",
+        "C /etc/passwd",
+        "A /opt/renamed",
+    ] {
+        assert!(diff.lines().any(|l| l == want), "'{want}' not in:\n{diff}");
+    }
+    w.ok(&["commit", "c1", "changed:1"]);
+    let saved = w.path("changed.tar");
+    w.ok(&["save", "changed:1", "-o", saved.to_str().unwrap()]);
+
+    // podman loads it and shows the same tree as unionfuse's view of the committed image.
+    w.podman(&["load", "-q", "-i", saved.to_str().unwrap()]);
+    let pm = w.podman(&["image", "mount", "localhost/changed:1"]);
+    let theirs = tree(Path::new(pm.trim()));
+    let inspect: serde_json::Value =
+        serde_json::from_str(&w.ok(&["inspect", "changed:1"])).unwrap();
+    let lowers: Vec<PathBuf> = inspect["Image"]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|l| {
+            let d = l["diff_id"].as_str().unwrap();
+            w.store().join("layers").join(&d["sha256:".len()..])
+        })
+        .collect();
+    let refs: Vec<&Path> = lowers.iter().map(|p| p.as_path()).collect();
+    let mp = w.path("mnt");
+    mkdir(&mp);
+    let ours = {
+        let _m = UnionMount::new(&refs, None, &mp);
+        tree(&mp)
+    };
+    w.podman(&["image", "unmount", "localhost/changed:1"]);
+    // The runner's mount targets (/dev, /proc, /sys, /tmp) are not part of the image.
+    for (p, d) in &theirs {
+        assert_eq!(ours.get(p), Some(d), "{p:?} (left: unionfuse)");
+    }
+    for p in ours.keys() {
+        assert!(theirs.contains_key(p), "{p:?} only in unionfuse");
+    }
+    assert!(
+        ours.contains_key(Path::new("opt/renamed/sub/b")),
+        "the renamed dir in full"
+    );
+    assert!(!ours.contains_key(Path::new("opt/old")));
+    assert_eq!(
+        ours[Path::new("added")].links,
+        vec![PathBuf::from("added-link")]
+    );
+
+    // podman's save of it loads back with the same layers.
+    let back = w.path("back.tar");
+    w.podman(&[
+        "save",
+        "-q",
+        "--format",
+        "docker-archive",
+        "-o",
+        back.to_str().unwrap(),
+        "localhost/changed:1",
+    ]);
+    let store2 = w.path("store2");
+    std::fs::create_dir(&store2).unwrap();
+    let o = Command::new(bin())
+        .args([
+            "--root",
+            store2.to_str().unwrap(),
+            "load",
+            "-i",
+            back.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(bin())
+        .args(["--root", store2.to_str().unwrap(), "inspect", "changed:1"])
+        .output()
+        .unwrap();
+    let back: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<String> {
+        v["Image"]["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["diff_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(&back), ids(&inspect));
+}

@@ -100,6 +100,19 @@ fn classify(dir: &OwnedFd, name: &OsStr) -> Result<Kind> {
     Ok(Kind::Entry(st))
 }
 
+/// Whether `name` at the root of an upper is a mount target the runner made (`/dev`,
+/// `/proc`, `/sys`, `/tmp` in an image without them): an empty directory that is no
+/// change of the container's.
+fn runner_target(dir: &OwnedFd, name: &OsStr, st: &libc::stat, below: &Below) -> bool {
+    matches!(name.as_bytes(), b"dev" | b"proc" | b"sys" | b"tmp")
+        && st.st_mode & libc::S_IFMT == libc::S_IFDIR
+        && subdir(dir, name)
+            .ok()
+            .and_then(|d| sys::read_dir(d.as_fd()).ok())
+            .is_some_and(|e| e.is_empty())
+        && !below.exists(&[name.to_owned()])
+}
+
 fn sorted_names(dir: &OwnedFd) -> Result<Vec<OsString>> {
     let mut v: Vec<OsString> = sys::read_dir(dir.as_fd())
         .map_err(err)?
@@ -143,6 +156,9 @@ pub fn diff(store: &Store, c: &Container, img: &Image) -> Result<Vec<Change>> {
                     path.pop();
                 }
                 Kind::Entry(st) => {
+                    if path.is_empty() && runner_target(dir, &name, &st, below) {
+                        continue;
+                    }
                     path.push(name.clone());
                     let kind = if below.exists(path) { 'C' } else { 'A' };
                     out.push(Change {
@@ -201,6 +217,8 @@ struct LayerWriter<'a, W: Write> {
     /// The container's view without an upper of its own (the upper as the top lower): a
     /// renamed directory's full content is read from it.
     view: &'a Union,
+    /// The image's layers alone, for telling the runner's mount targets.
+    below: &'a Below,
     /// Hard links: the first path of each (dev, ino) written.
     links: std::collections::HashMap<(u64, u64), PathBuf>,
 }
@@ -343,7 +361,12 @@ impl<W: Write> LayerWriter<'_, W> {
             match classify(dir, &name)? {
                 Kind::Marker => {}
                 Kind::Whiteout(t) => self.whiteout(path, &t)?,
-                Kind::Entry(st) => self.entry(dir, &name, &st, &path.join(&name))?,
+                Kind::Entry(st) => {
+                    if path.as_os_str().is_empty() && runner_target(dir, &name, &st, self.below) {
+                        continue;
+                    }
+                    self.entry(dir, &name, &st, &path.join(&name))?
+                }
             }
         }
         Ok(())
@@ -432,6 +455,7 @@ pub fn commit(
     let name = super::normalize_name(name)?;
     let upper_path = store.container_dir(&c.id).join("upper");
     let upper = sys::open_dir_path(&upper_path).map_err(err)?;
+    let below = Below::new(store.lowers(img))?;
     let mut lowers = vec![upper_path.clone()];
     lowers.extend(store.lowers(img));
     let view = Union::new(&UnionConfig {
@@ -447,6 +471,7 @@ pub fn commit(
     let mut w = LayerWriter {
         tar: tar::Builder::new(HashingWriter::new(std::io::BufWriter::new(file))),
         view: &view,
+        below: &below,
         links: Default::default(),
     };
     w.tar.mode(tar::HeaderMode::Complete);

@@ -69,7 +69,7 @@ impl<R: Read> Read for Progress<R> {
 }
 
 /// The decompressed stream of a layer blob, by its first bytes: gzip, zstd or a plain tar.
-fn decompress<'a>(r: impl Read + 'a) -> Result<Box<dyn Read + 'a>> {
+pub(crate) fn decompress<'a>(r: impl Read + 'a) -> Result<Box<dyn Read + 'a>> {
     let mut r = BufReader::with_capacity(1 << 16, r);
     let head = r
         .fill_buf()

@@ -15,6 +15,7 @@
 
 pub mod commit;
 pub mod load;
+pub mod save;
 pub mod show;
 pub mod unpack;
 
@@ -300,11 +301,12 @@ impl Store {
     pub fn find_image(&self, what: &str) -> Result<Image> {
         let images = self.images()?;
         let name = normalize_name(what).ok();
-        if let Some(i) = images
-            .iter()
-            .find(|i| name.as_ref().is_some_and(|n| i.names.contains(n)))
-        {
-            return Ok(i.clone());
+        // A short name also finds what podman names `localhost/NAME`.
+        let local = name.as_ref().map(|n| format!("localhost/{n}"));
+        for n in [&name, &local].into_iter().flatten() {
+            if let Some(i) = images.iter().find(|i| i.names.contains(n)) {
+                return Ok(i.clone());
+            }
         }
         let hex = what.strip_prefix("sha256:").unwrap_or(what);
         if hex.len() >= 4 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
