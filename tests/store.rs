@@ -665,3 +665,57 @@ fn committed_changes_round_trip_through_podman() {
     };
     assert_eq!(ids(&back), ids(&inspect));
 }
+
+#[test]
+fn bad_input_is_refused_and_the_store_is_unchanged() {
+    let Some(w) = World::new() else { return };
+    let (_, _, layout) = build_images(&w);
+    w.ok(&["images"]);
+    let before = || {
+        (
+            w.layers(),
+            w.ok(&["images"]),
+            std::fs::read_dir(w.store().join("blobs/sha256"))
+                .unwrap()
+                .count(),
+        )
+    };
+    let empty = before();
+    // A layer blob whose content does not match its digest.
+    let bad = w.path("bad-layout");
+    run(Command::new("cp").arg("-a").arg(&layout).arg(&bad));
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bad.join("index.json")).unwrap()).unwrap();
+    let m = index["manifests"][0]["digest"].as_str().unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(bad.join("blobs/sha256").join(&m["sha256:".len()..])).unwrap(),
+    )
+    .unwrap();
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+    let blob = bad.join("blobs/sha256").join(&layer["sha256:".len()..]);
+    let mut data = std::fs::read(&blob).unwrap();
+    let n = data.len();
+    data[n / 2] ^= 0xff;
+    std::fs::write(&blob, &data).unwrap();
+    w.refused(&["load", "-i", bad.to_str().unwrap()], "digest");
+    assert_eq!(before(), empty, "a refused load changed the store");
+    // A manifest naming a blob the layout does not hold.
+    std::fs::remove_file(&blob).unwrap();
+    w.refused(&["load", "-i", bad.to_str().unwrap()], "does not hold");
+    assert_eq!(before(), empty);
+    // Not an archive at all, and a truncated one.
+    let junk = w.path("junk.tar");
+    std::fs::write(&junk, vec![b'x'; 3000]).unwrap();
+    w.refused(&["load", "-i", junk.to_str().unwrap()], "junk.tar");
+    let docker = w.path("app-docker.tar");
+    let whole = std::fs::read(&docker).unwrap();
+    let cut = w.path("cut.tar");
+    std::fs::write(&cut, &whole[..whole.len() / 2]).unwrap();
+    w.refused(&["load", "-i", cut.to_str().unwrap()], "cut.tar");
+    assert_eq!(before(), empty);
+    // Unknown names.
+    w.refused(&["run", "nosuchimage", "true"], "no image 'nosuchimage'");
+    w.refused(&["start", "nosuch"], "no container 'nosuch'");
+    w.refused(&["rmi", "nosuch"], "no image");
+    w.ok(&["store-check"]);
+}

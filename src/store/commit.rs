@@ -493,13 +493,12 @@ pub fn commit(
     let (blob, file) = gz.finish().map_err(err)?.digest();
     file.sync_all().map_err(err)?;
     let size = std::fs::metadata(&gz_path).map_err(err)?.len();
-    let dest = store.blob_path(&blob);
-    if !dest.exists() {
-        std::fs::rename(&gz_path, &dest).map_err(err)?;
-    }
-    if !super::load::put_layer(store, &blob, &diff_id, rep)? {
+    let mut st = super::load::Staged::new(store)?;
+    st.blob_made(gz_path, &blob);
+    if !st.layer(&blob, &diff_id, rep)? {
         rep.line(&format!("layer {}: already present", diff_id.short()));
     }
+    st.finish()?;
 
     let mut cfg: serde_json::Value =
         serde_json::from_slice(&store.read_blob(&img.id)?).map_err(err)?;

@@ -101,87 +101,146 @@ fn media_type_of(blob: &Path) -> String {
     }
 }
 
-/// Copies `src` into the store's blobs, checking its digest on the way (when one is
-/// expected); returns the digest and size.
-fn put_blob_file(store: &Store, src: &Path, expect: Option<&Digest>) -> Result<(Digest, u64)> {
-    if let Some(d) = expect
-        && store.blob_path(d).exists()
-    {
-        let size = std::fs::metadata(store.blob_path(d)).map_or(0, |m| m.len());
-        return Ok((d.clone(), size));
-    }
-    let t = store.temp()?;
-    let tmp = t.path.join("blob");
-    let f = std::fs::File::open(src).map_err(|e| UserError(format!("'{}': {e}", src.display())))?;
-    let mut h = Hashing::new(f);
-    let mut out = std::fs::File::create(&tmp).map_err(|e| UserError(e.to_string()))?;
-    std::io::copy(&mut h, &mut out).map_err(|e| UserError(format!("'{}': {e}", src.display())))?;
-    out.sync_all().map_err(|e| UserError(e.to_string()))?;
-    let (d, n) = h.finish().map_err(|e| UserError(e.to_string()))?;
-    if let Some(e) = expect
-        && *e != d
-    {
-        bail!(
-            "'{}' should have digest {e} but has {d}: refusing it",
-            src.display()
-        );
-    }
-    std::fs::rename(&tmp, store.blob_path(&d)).map_err(|e| UserError(e.to_string()))?;
-    Ok((d, n))
+/// What a command brings into the store, made in a temporary directory and moved into place
+/// only once all of it is checked (`finish`): a refused or killed load leaves the store as it
+/// was. Each layer being made is locked, so that two loads extract it once.
+pub struct Staged<'a> {
+    store: &'a Store,
+    t: super::Temp,
+    moves: Vec<(PathBuf, PathBuf)>,
+    locks: Vec<(std::fs::File, PathBuf)>,
+    n: usize,
 }
 
-/// Brings the layer of blob `blob` (in the store) in as DiffID `diff_id`, unless it is there.
-/// Returns whether it was extracted now.
-pub fn put_layer(store: &Store, blob: &Digest, diff_id: &Digest, rep: &Report) -> Result<bool> {
-    let dest = store.layer_path(diff_id);
-    if dest.is_dir() {
-        return Ok(false);
+impl<'a> Staged<'a> {
+    pub fn new(store: &'a Store) -> Result<Staged<'a>> {
+        Ok(Staged {
+            store,
+            t: store.temp()?,
+            moves: Vec::new(),
+            locks: Vec::new(),
+            n: 0,
+        })
     }
-    // One extraction per layer at a time, whichever processes want it.
-    let lock_path = dest.with_extension("lock");
-    let lock = std::fs::File::create(&lock_path).map_err(|e| UserError(e.to_string()))?;
-    sys::flock(lock.as_fd(), libc::LOCK_EX).map_err(|e| UserError(e.to_string()))?;
-    if dest.is_dir() {
-        return Ok(false);
+
+    fn next(&mut self, what: &str) -> PathBuf {
+        self.n += 1;
+        self.t.path.join(format!("{what}-{}", self.n))
     }
-    let t = store.temp()?;
-    let fs = t.path.join("fs");
-    std::fs::create_dir(&fs).map_err(|e| UserError(e.to_string()))?;
-    let path = store.blob_path(blob);
-    let f = std::fs::File::open(&path).map_err(|e| UserError(format!("blob {blob}: {e}")))?;
-    let size = f.metadata().map_or(0, |m| m.len());
-    let bar = rep.bar(&format!("layer {}", diff_id.short()), size);
-    let mut data = Hashing::new(decompress(Progress {
-        inner: f,
-        bar: bar.clone(),
-    })?);
-    let done = Unpacker::new(&fs)?.unpack(&mut data)?;
-    let (got, bytes) = data
-        .finish()
-        .map_err(|e| UserError(format!("layer {}: {e}", diff_id.short())))?;
-    if let Some(b) = bar {
-        b.finish_and_clear();
+
+    /// Where blob `d` can be read: the store, or what is staged.
+    pub fn blob(&self, d: &Digest) -> PathBuf {
+        let dest = self.store.blob_path(d);
+        self.moves
+            .iter()
+            .find(|(_, to)| *to == dest)
+            .map_or(dest, |(from, _)| from.clone())
     }
-    if got != *diff_id {
-        bail!("layer {blob} should uncompress to DiffID {diff_id} but gives {got}: refusing it");
+
+    /// Takes a copy of `src` as a blob, checking its digest on the way (when one is
+    /// expected); returns the digest and size.
+    pub fn blob_file(&mut self, src: &Path, expect: Option<&Digest>) -> Result<(Digest, u64)> {
+        if let Some(d) = expect
+            && self.store.blob_path(d).exists()
+        {
+            let size = std::fs::metadata(self.store.blob_path(d)).map_or(0, |m| m.len());
+            return Ok((d.clone(), size));
+        }
+        let tmp = self.next("blob");
+        let f =
+            std::fs::File::open(src).map_err(|e| UserError(format!("'{}': {e}", src.display())))?;
+        let mut h = Hashing::new(f);
+        let mut out = std::fs::File::create(&tmp).map_err(|e| UserError(e.to_string()))?;
+        std::io::copy(&mut h, &mut out)
+            .map_err(|e| UserError(format!("'{}': {e}", src.display())))?;
+        out.sync_all().map_err(|e| UserError(e.to_string()))?;
+        let (d, n) = h.finish().map_err(|e| UserError(e.to_string()))?;
+        if let Some(e) = expect
+            && *e != d
+        {
+            bail!(
+                "'{}' should have digest {e} but has {d}: refusing it",
+                src.display()
+            );
+        }
+        let dest = self.store.blob_path(&d);
+        self.moves.push((tmp, dest));
+        Ok((d, n))
     }
-    std::fs::rename(&fs, &dest).map_err(|e| UserError(format!("{}: {e}", dest.display())))?;
-    let mut msg = format!(
-        "layer {}: extracted ({} entries, {})",
-        diff_id.short(),
-        done.entries,
-        super::human(bytes)
-    );
-    if done.skipped_devices > 0 {
-        msg.push_str(&format!(
-            ", {} device nodes left out (not allowed here)",
-            done.skipped_devices
-        ));
+
+    /// Takes the blob file `src` (made by this process) as blob `d` as it is.
+    pub fn blob_made(&mut self, src: PathBuf, d: &Digest) {
+        self.moves.push((src, self.store.blob_path(d)));
     }
-    rep.line(&msg);
-    drop(lock);
-    let _ = std::fs::remove_file(&lock_path);
-    Ok(true)
+
+    /// Extracts blob `blob` as the layer of DiffID `diff_id`, unless the store has it.
+    /// Returns whether it was extracted now.
+    pub fn layer(&mut self, blob: &Digest, diff_id: &Digest, rep: &Report) -> Result<bool> {
+        let dest = self.store.layer_path(diff_id);
+        if dest.is_dir() || self.moves.iter().any(|(_, to)| *to == dest) {
+            return Ok(false);
+        }
+        // One extraction per layer at a time, whichever processes want it.
+        let lock_path = dest.with_extension("lock");
+        let lock = std::fs::File::create(&lock_path).map_err(|e| UserError(e.to_string()))?;
+        sys::flock(lock.as_fd(), libc::LOCK_EX).map_err(|e| UserError(e.to_string()))?;
+        if dest.is_dir() {
+            return Ok(false);
+        }
+        let fs = self.next("layer");
+        std::fs::create_dir(&fs).map_err(|e| UserError(e.to_string()))?;
+        let path = self.blob(blob);
+        let f = std::fs::File::open(&path).map_err(|e| UserError(format!("blob {blob}: {e}")))?;
+        let size = f.metadata().map_or(0, |m| m.len());
+        let bar = rep.bar(&format!("layer {}", diff_id.short()), size);
+        let mut data = Hashing::new(decompress(Progress {
+            inner: f,
+            bar: bar.clone(),
+        })?);
+        let done = Unpacker::new(&fs)?.unpack(&mut data)?;
+        let (got, bytes) = data
+            .finish()
+            .map_err(|e| UserError(format!("layer {}: {e}", diff_id.short())))?;
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        if got != *diff_id {
+            bail!(
+                "layer {blob} should uncompress to DiffID {diff_id} but gives {got}: refusing it"
+            );
+        }
+        let mut msg = format!(
+            "layer {}: extracted ({} entries, {})",
+            diff_id.short(),
+            done.entries,
+            super::human(bytes)
+        );
+        if done.skipped_devices > 0 {
+            msg.push_str(&format!(
+                ", {} device nodes left out (not allowed here)",
+                done.skipped_devices
+            ));
+        }
+        rep.line(&msg);
+        self.moves.push((fs, dest));
+        self.locks.push((lock, lock_path));
+        Ok(true)
+    }
+
+    /// Moves everything into place (what another process made meanwhile is kept).
+    pub fn finish(self) -> Result<()> {
+        for (from, to) in &self.moves {
+            if to.exists() {
+                continue;
+            }
+            std::fs::rename(from, to).map_err(|e| UserError(format!("{}: {e}", to.display())))?;
+        }
+        for (lock, path) in self.locks {
+            drop(lock);
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(())
+    }
 }
 
 /// One image found in an archive or layout, its files on disk.
@@ -358,8 +417,10 @@ fn parse_time(s: &str) -> Option<i64> {
 
 /// Brings one found image in: its blobs checked and stored, its layers extracted (once).
 fn bring_in(store: &Store, f: Found, rep: &Report) -> Result<Image> {
-    let (config, _) = put_blob_file(store, &f.config, f.config_digest.as_ref())?;
-    let cfg = ImageConfiguration::from_reader(&store.read_blob(&config)?[..])
+    let mut st = Staged::new(store)?;
+    let (config, _) = st.blob_file(&f.config, f.config_digest.as_ref())?;
+    let data = std::fs::read(st.blob(&config)).map_err(|e| UserError(e.to_string()))?;
+    let cfg = ImageConfiguration::from_reader(&data[..])
         .map_err(|e| UserError(format!("image config {config}: {e}")))?;
     let diff_ids = cfg.rootfs().diff_ids();
     if diff_ids.len() != f.layers.len() {
@@ -372,14 +433,13 @@ fn bring_in(store: &Store, f: Found, rep: &Report) -> Result<Image> {
     let mut layers = Vec::new();
     for ((path, expect), diff_id) in f.layers.iter().zip(diff_ids) {
         let diff_id = Digest::parse(diff_id)?;
-        let (blob, size) = put_blob_file(store, path, expect.as_ref())?;
-        if put_layer(store, &blob, &diff_id, rep)? {
-        } else {
+        let (blob, size) = st.blob_file(path, expect.as_ref())?;
+        if !st.layer(&blob, &diff_id, rep)? {
             rep.line(&format!("layer {}: already present", diff_id.short()));
         }
         layers.push(LayerRef {
             diff_id,
-            media_type: media_type_of(&store.blob_path(&blob)),
+            media_type: media_type_of(&st.blob(&blob)),
             blob,
             size,
         });
@@ -395,6 +455,7 @@ fn bring_in(store: &Store, f: Found, rep: &Report) -> Result<Image> {
         layers,
         created,
     };
+    st.finish()?;
     let _l = store.lock()?;
     if let Ok(old) = store.find_image(img.id.hex()) {
         img.names = old.names;
@@ -445,15 +506,17 @@ pub fn load(store: &Store, src: &Path, rep: &Report) -> Result<Vec<Image>> {
 /// `import`: a root filesystem tarball as a one-layer image named `name`.
 pub fn import(store: &Store, tarball: &Path, name: &str, rep: &Report) -> Result<Image> {
     let name = super::normalize_name(name)?;
-    let (blob, size) = put_blob_file(store, tarball, None)?;
+    let mut st = Staged::new(store)?;
+    let (blob, size) = st.blob_file(tarball, None)?;
     // The DiffID: the uncompressed stream's digest.
-    let f = std::fs::File::open(store.blob_path(&blob)).map_err(|e| UserError(e.to_string()))?;
+    let f = std::fs::File::open(st.blob(&blob)).map_err(|e| UserError(e.to_string()))?;
     let (diff_id, _) = Hashing::new(decompress(f)?)
         .finish()
         .map_err(|e| UserError(format!("'{}': {e}", tarball.display())))?;
-    if !put_layer(store, &blob, &diff_id, rep)? {
+    if !st.layer(&blob, &diff_id, rep)? {
         rep.line(&format!("layer {}: already present", diff_id.short()));
     }
+    let media_type = media_type_of(&st.blob(&blob));
     let config = serde_json::json!({
         "created": rfc3339(now()),
         "architecture": match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", a => a },
@@ -468,13 +531,14 @@ pub fn import(store: &Store, tarball: &Path, name: &str, rep: &Report) -> Result
             "created_by": format!("unionfuse import {}", tarball.display()),
         }],
     });
+    st.finish()?;
     let id = store.put_blob(&serde_json::to_vec(&config).map_err(|e| UserError(e.to_string()))?)?;
     let img = Image {
         id: id.clone(),
         names: Vec::new(),
         layers: vec![LayerRef {
             diff_id,
-            media_type: media_type_of(&store.blob_path(&blob)),
+            media_type,
             blob,
             size,
         }],
