@@ -210,8 +210,7 @@ pub fn remove(store: &Store, c: &Container, force: bool) -> Result<()> {
         stop(store, c)?;
     }
     let _l = store.lock()?;
-    crate::store::remove_all(&store.container_dir(&c.id))
-        .map_err(|e| UserError(format!("container '{}': {e}", c.name)))
+    crate::store::remove_tree(&store.container_dir(&c.id))
 }
 
 /// `rmi`: takes a name off an image, and the image away once it has none (refused while a

@@ -28,3 +28,5 @@ pub mod store;
 pub mod sys;
 #[forbid(unsafe_code)]
 pub mod union;
+#[forbid(unsafe_code)]
+pub mod userns;

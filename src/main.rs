@@ -213,10 +213,7 @@ fn run_request(
         lower_spec: lowers,
         upper,
         hostname,
-        setenv: setenv
-            .iter()
-            .map(|e| run::parse_env(e))
-            .collect::<Result<_, _>>()?,
+        setenv: run::parse_envs(&setenv)?,
         chdir,
         binds,
         net,
@@ -323,10 +320,7 @@ fn store_command(root: Option<PathBuf>, cmd: Cmd) -> Result<(), UserError> {
                 name,
                 image,
                 command,
-                env: env
-                    .iter()
-                    .map(|e| run::parse_env(e))
-                    .collect::<Result<_, _>>()?,
+                env: run::parse_envs(&env)?,
                 workdir,
                 hostname,
             };

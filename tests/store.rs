@@ -719,3 +719,100 @@ fn bad_input_is_refused_and_the_store_is_unchanged() {
     w.refused(&["rmi", "nosuch"], "no image");
     w.ok(&["store-check"]);
 }
+
+/// The scenario as an ordinary user, with and without a subordinate id range: the store in
+/// the user's home, owners of the image kept where a range can map them, writes kept per
+/// container, and everything removable (also files of subordinate ids).
+fn rootless_scenario(who: runenv::Who) {
+    use runenv::RunCtx;
+    let Some(ctx) = RunCtx::new(who) else { return };
+    let rootfs = &ctx.rootfs;
+    std::fs::create_dir_all(rootfs.join("var/www")).unwrap();
+    write(&rootfs.join("var/www/index"), b"page\n");
+    lchown(&rootfs.join("var/www/index"), 33, 33);
+    write(&rootfs.join("etc/shadow"), b"root:*:1::::::\n");
+    lchown(&rootfs.join("etc/shadow"), 0, 42);
+    std::fs::set_permissions(
+        rootfs.join("etc/shadow"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    let tarball = ctx.dir.path().join("rootfs.tar.gz");
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(rootfs)
+        .arg("-czf")
+        .arg(&tarball)
+        .arg("."));
+    ctx.give(&tarball);
+    let home = ctx.mkdir("home");
+    let uf = |args: &[&str]| -> Output {
+        ctx.command(args)
+            .env("HOME", &home)
+            .env_remove("UNIONFUSE_ROOT")
+            .env_remove("XDG_DATA_HOME")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let ok = |args: &[&str]| -> String {
+        let o = uf(args);
+        assert!(
+            o.status.success(),
+            "{who:?} unionfuse {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    ok(&["import", tarball.to_str().unwrap(), "base"]);
+    assert!(home.join(".local/share/unionfuse/layers").is_dir());
+    let owners = ok(&[
+        "run",
+        "--rm",
+        "base",
+        "stat",
+        "-c",
+        "%u:%g %a",
+        "/var/www/index",
+        "/etc/shadow",
+    ]);
+    let want = match who {
+        runenv::Who::SubIds => "33:33 644\n0:42 640\n",
+        _ => "0:0 644\n0:0 640\n",
+    };
+    assert_eq!(owners, want, "{who:?}");
+    let count = "echo x >> /count; chown 33 /count 2>/dev/null; wc -l < /count";
+    assert_eq!(
+        ok(&["run", "--name", "c1", "base", "sh", "-c", count]).trim(),
+        "1"
+    );
+    assert_eq!(ok(&["start", "c1"]).trim(), "2");
+    assert_eq!(
+        uf(&["run", "--name", "c2", "base", "cat", "/count"])
+            .status
+            .code(),
+        Some(1)
+    );
+    ok(&["commit", "c1", "counted"]);
+    assert_eq!(ok(&["run", "--rm", "counted", "cat", "/count"]), "x\nx\n");
+    ok(&["rm", "c1", "c2"]);
+    ok(&["rmi", "counted", "base"]);
+    ok(&["prune"]);
+    for d in ["layers", "containers", "images"] {
+        let left: Vec<_> = std::fs::read_dir(home.join(".local/share/unionfuse").join(d))
+            .unwrap()
+            .collect();
+        assert!(left.is_empty(), "{who:?}: {d} left: {left:?}");
+    }
+    ctx.assert_clean();
+}
+
+#[test]
+fn rootless_with_a_subordinate_range() {
+    rootless_scenario(runenv::Who::SubIds);
+}
+
+#[test]
+fn rootless_without_a_subordinate_range() {
+    rootless_scenario(runenv::Who::SingleId);
+}

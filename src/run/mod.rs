@@ -14,7 +14,6 @@
 
 mod init;
 mod rootfs;
-mod userns;
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io::Read;
@@ -112,6 +111,11 @@ pub fn parse_env(spec: &OsStr) -> Result<(OsString, OsString)> {
         )),
         _ => bail!("--setenv '{}': expected K=V", spec.to_string_lossy()),
     }
+}
+
+/// Every `K=V` of a list.
+pub fn parse_envs(specs: &[OsString]) -> Result<Vec<(OsString, OsString)>> {
+    specs.iter().map(|e| parse_env(e)).collect()
 }
 
 /// A path or argument as the C calls take it.
@@ -225,7 +229,7 @@ fn run_in(
     scratch: &Scratch,
 ) -> Result<i32> {
     let full_ids = if rootless {
-        userns::enter_user_namespace()?
+        crate::userns::enter_user_namespace(false)?
     } else {
         true
     };
@@ -256,22 +260,7 @@ fn run_in(
 }
 
 fn unshare(flags: i32, what: &str) -> Result<()> {
-    if let Err(e) = sys::unshare(flags) {
-        if flags & libc::CLONE_NEWUSER != 0 {
-            let why = match e.0 {
-                libc::ENOSPC => {
-                    " (user namespaces are disabled or used up: see /proc/sys/user/max_user_namespaces)"
-                }
-                libc::EPERM => {
-                    " (unprivileged user namespaces are disabled: see the sysctl kernel.unprivileged_userns_clone, or a security module's policy)"
-                }
-                _ => "",
-            };
-            bail!("cannot create a user namespace: {e}{why}");
-        }
-        bail!("cannot create {what}: {e}");
-    }
-    Ok(())
+    sys::unshare(flags).map_err(|e| UserError(format!("cannot create {what}: {e}")))
 }
 
 /// Makes every mount of this (new) namespace private: nothing done here reaches the host.

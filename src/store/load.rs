@@ -190,38 +190,8 @@ impl<'a> Staged<'a> {
         let fs = self.next("layer");
         std::fs::create_dir(&fs).map_err(|e| UserError(e.to_string()))?;
         let path = self.blob(blob);
-        let f = std::fs::File::open(&path).map_err(|e| UserError(format!("blob {blob}: {e}")))?;
-        let size = f.metadata().map_or(0, |m| m.len());
-        let bar = rep.bar(&format!("layer {}", diff_id.short()), size);
-        let mut data = Hashing::new(decompress(Progress {
-            inner: f,
-            bar: bar.clone(),
-        })?);
-        let done = Unpacker::new(&fs)?.unpack(&mut data)?;
-        let (got, bytes) = data
-            .finish()
-            .map_err(|e| UserError(format!("layer {}: {e}", diff_id.short())))?;
-        if let Some(b) = bar {
-            b.finish_and_clear();
-        }
-        if got != *diff_id {
-            bail!(
-                "layer {blob} should uncompress to DiffID {diff_id} but gives {got}: refusing it"
-            );
-        }
-        let mut msg = format!(
-            "layer {}: extracted ({} entries, {})",
-            diff_id.short(),
-            done.entries,
-            super::human(bytes)
-        );
-        if done.skipped_devices > 0 {
-            msg.push_str(&format!(
-                ", {} device nodes left out (not allowed here)",
-                done.skipped_devices
-            ));
-        }
-        rep.line(&msg);
+        // Rootless, in a user namespace with the caller's range: files keep their owners.
+        crate::userns::in_user_namespace(|| extract(&path, blob, diff_id, &fs, rep))?;
         self.moves.push((fs, dest));
         self.locks.push((lock, lock_path));
         Ok(true)
@@ -233,7 +203,20 @@ impl<'a> Staged<'a> {
             if to.exists() {
                 continue;
             }
-            std::fs::rename(from, to).map_err(|e| UserError(format!("{}: {e}", to.display())))?;
+            let mv = || {
+                std::fs::rename(from, to).map_err(|e| UserError(format!("{}: {e}", to.display())))
+            };
+            match std::fs::rename(from, to) {
+                Ok(()) => {}
+                // A layer whose root belongs to a subordinate id (its tar said so): moved as
+                // root of the user namespace that made it.
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::PermissionDenied && sys::geteuid() != 0 =>
+                {
+                    crate::userns::in_user_namespace(mv)?
+                }
+                Err(e) => bail!("{}: {e}", to.display()),
+            }
         }
         for (lock, path) in self.locks {
             drop(lock);
@@ -241,6 +224,41 @@ impl<'a> Staged<'a> {
         }
         Ok(())
     }
+}
+
+/// Extracts the blob at `path` into `fs`, checking that it uncompresses to `diff_id`.
+fn extract(path: &Path, blob: &Digest, diff_id: &Digest, fs: &Path, rep: &Report) -> Result<()> {
+    let f = std::fs::File::open(path).map_err(|e| UserError(format!("blob {blob}: {e}")))?;
+    let size = f.metadata().map_or(0, |m| m.len());
+    let bar = rep.bar(&format!("layer {}", diff_id.short()), size);
+    let mut data = Hashing::new(decompress(Progress {
+        inner: f,
+        bar: bar.clone(),
+    })?);
+    let done = Unpacker::new(fs)?.unpack(&mut data)?;
+    let (got, bytes) = data
+        .finish()
+        .map_err(|e| UserError(format!("layer {}: {e}", diff_id.short())))?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if got != *diff_id {
+        bail!("layer {blob} should uncompress to DiffID {diff_id} but gives {got}: refusing it");
+    }
+    let mut msg = format!(
+        "layer {}: extracted ({} entries, {})",
+        diff_id.short(),
+        done.entries,
+        super::human(bytes)
+    );
+    if done.skipped_devices > 0 {
+        msg.push_str(&format!(
+            ", {} device nodes left out (not allowed here)",
+            done.skipped_devices
+        ));
+    }
+    rep.line(&msg);
+    Ok(())
 }
 
 /// One image found in an archive or layout, its files on disk.

@@ -248,7 +248,7 @@ impl Store {
                 Err(_) => true,
             };
             if free {
-                let _ = remove_all(&p);
+                let _ = remove_tree(&p);
                 let _ = std::fs::remove_file(&lock);
             }
         }
@@ -433,7 +433,7 @@ impl Store {
                     continue;
                 }
                 freed += disk_usage(&e.path());
-                let _ = remove_all(&e.path());
+                let _ = remove_tree(&e.path());
             }
         }
         Ok(freed)
@@ -482,6 +482,21 @@ impl Store {
     }
 }
 
+/// Removes a file or tree of the store. Rootless, a tree may hold files of the caller's
+/// subordinate ids (a layer extracted with its owners, a container's writes): the removal
+/// is made as root of a user namespace with that range.
+pub fn remove_tree(p: &Path) -> Result<()> {
+    let run =
+        || remove_all(p).map_err(|e| UserError(format!("cannot remove '{}': {e}", p.display())));
+    if sys::geteuid() == 0 {
+        return run();
+    }
+    if remove_all(p).is_ok() {
+        return Ok(());
+    }
+    crate::userns::in_user_namespace(run)
+}
+
 /// A directory being made in `tmp/`, locked while this process lives.
 pub struct Temp {
     pub path: PathBuf,
@@ -490,7 +505,7 @@ pub struct Temp {
 
 impl Drop for Temp {
     fn drop(&mut self) {
-        let _ = remove_all(&self.path);
+        let _ = remove_tree(&self.path);
         let _ = std::fs::remove_file(self.path.with_extension("lock"));
     }
 }

@@ -111,7 +111,9 @@ impl Unpacker {
             sys::open_dir_path(dir).map_err(|e| UserError(format!("'{}': {e}", dir.display())))?;
         Ok(Unpacker {
             root,
-            can_chown: sys::fully_privileged(),
+            // Root, or root of a user namespace (where owners the namespace does not map
+            // are refused, and kept in the override xattr).
+            can_chown: sys::geteuid() == 0,
             dirs: Vec::new(),
         })
     }

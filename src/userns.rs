@@ -1,11 +1,32 @@
-//! Rootless runs: the user namespace and its id maps.
+//! Rootless work: a user namespace where the caller is root, with the caller's subordinate
+//! id range mapped when it has one. The runner enters one for a run; the store does its
+//! work in one (extracting layers whose files belong to other users, removing them).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::{pipe, unshare};
 use crate::error::{Result, UserError, bail};
 use crate::sys;
+
+fn pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    sys::pipe().map_err(|e| UserError(format!("pipe: {e}")))
+}
+
+fn unshare_user() -> Result<()> {
+    if let Err(e) = sys::unshare(libc::CLONE_NEWUSER) {
+        let why = match e.0 {
+            libc::ENOSPC => {
+                " (user namespaces are disabled or used up: see /proc/sys/user/max_user_namespaces)"
+            }
+            libc::EPERM => {
+                " (unprivileged user namespaces are disabled: see the sysctl kernel.unprivileged_userns_clone, or a security module's policy)"
+            }
+            _ => "",
+        };
+        bail!("cannot create a user namespace: {e}{why}");
+    }
+    Ok(())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct IdRange {
@@ -40,8 +61,9 @@ fn find_program(name: &str) -> Option<PathBuf> {
 
 /// Enters a new user namespace where the caller is root. With a subordinate id range and the
 /// setuid helpers, the whole range is mapped (ids 1.. inside); otherwise only the caller's own
-/// id, which is said once on stderr. Returns whether the full range is mapped.
-pub(super) fn enter_user_namespace() -> Result<bool> {
+/// id, which is said once on stderr (unless `quiet`). Returns whether the full range is
+/// mapped. The process must be single-threaded.
+pub fn enter_user_namespace(quiet: bool) -> Result<bool> {
     let (uid, gid) = sys::real_ids();
     let name = sys::user_name(uid);
     let read = |f: &str| std::fs::read_to_string(f).unwrap_or_default();
@@ -72,7 +94,7 @@ pub(super) fn enter_user_namespace() -> Result<bool> {
         }
         _ => None,
     };
-    let entered = unshare(libc::CLONE_NEWUSER, "a user namespace");
+    let entered = unshare_user();
     let mut full = false;
     if let Some((pid, wr)) = helper {
         if entered.is_ok() {
@@ -95,7 +117,7 @@ pub(super) fn enter_user_namespace() -> Result<bool> {
     if full {
         // Supplementary groups from outside are unmapped inside: drop them.
         let _ = sys::clear_groups();
-    } else {
+    } else if !quiet {
         let who = name.unwrap_or_else(|| uid.to_string());
         let why = match (ranges, &tools) {
             ((None, _), _) | ((_, None), _) => {
@@ -111,6 +133,40 @@ pub(super) fn enter_user_namespace() -> Result<bool> {
         );
     }
     Ok(full)
+}
+
+/// Runs `f` as root of a user namespace with the caller's range mapped (in a child process;
+/// its error comes back as the message), or at once when the caller is root already.
+pub fn in_user_namespace(f: impl FnOnce() -> Result<()>) -> Result<()> {
+    if sys::geteuid() == 0 {
+        return f();
+    }
+    let (rd, wr) = pipe()?;
+    match sys::fork() {
+        Err(e) => bail!("fork: {e}"),
+        Ok(sys::Forked::Child) => {
+            drop(rd);
+            let r = enter_user_namespace(true).and_then(|_| f());
+            let code = match r {
+                Ok(()) => 0,
+                Err(e) => {
+                    let _ = std::fs::File::from(wr).write_all(e.0.as_bytes());
+                    1
+                }
+            };
+            sys::exit_now(code);
+        }
+        Ok(sys::Forked::Parent(pid)) => {
+            drop(wr);
+            let mut msg = String::new();
+            let _ = std::fs::File::from(rd).read_to_string(&mut msg);
+            match sys::wait_status(pid) {
+                0 => Ok(()),
+                _ if !msg.is_empty() => Err(UserError(msg)),
+                n => bail!("the user namespace's worker ended with status {n}"),
+            }
+        }
+    }
 }
 
 fn map_ids(tool: &Path, pid: u32, own: u32, r: IdRange) -> bool {
