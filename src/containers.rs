@@ -20,6 +20,7 @@ pub struct ContainerArgs {
     pub env: Vec<(OsString, OsString)>,
     pub workdir: Option<PathBuf>,
     pub hostname: Option<String>,
+    pub user: Option<String>,
 }
 
 /// The image's config fields a container uses.
@@ -28,6 +29,7 @@ struct ImageConfig {
     cmd: Vec<String>,
     env: Vec<String>,
     workdir: Option<String>,
+    user: Option<String>,
 }
 
 fn image_config(store: &Store, img: &Image) -> Result<ImageConfig> {
@@ -46,6 +48,10 @@ fn image_config(store: &Store, img: &Image) -> Result<ImageConfig> {
         cmd: list(&c["Cmd"]),
         env: list(&c["Env"]),
         workdir: c["WorkingDir"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(String::from),
+        user: c["User"]
             .as_str()
             .filter(|s| !s.is_empty())
             .map(String::from),
@@ -109,6 +115,7 @@ pub fn create(store: &Store, a: &ContainerArgs) -> Result<Container> {
             .map(|w| w.to_string_lossy().into_owned())
             .or(cfg.workdir),
         hostname: a.hostname.clone().or_else(|| Some(id[..12].to_string())),
+        user: a.user.clone().or(cfg.user),
         created: now(),
         state: State::Created,
     };
@@ -153,6 +160,7 @@ pub fn start(store: &Store, c: &Container, req: RunRequest) -> Result<i32> {
         setenv: env,
         clean_env: true,
         chdir: req.chdir.or(c.workdir.as_ref().map(PathBuf::from)),
+        user: req.user.or(c.user.clone()),
         command: if req.command.is_empty() {
             c.command.iter().map(OsString::from).collect()
         } else {

@@ -82,6 +82,10 @@ enum Cmd {
         /// The hostname inside.
         #[arg(long)]
         hostname: Option<String>,
+        /// Who the command runs as: NAME, UID, or either with :GROUP (default: root, or the
+        /// image's User).
+        #[arg(long, short = 'u', value_name = "USER[:GROUP]")]
+        user: Option<String>,
         /// Set an environment variable (the caller's environment is passed on otherwise;
         /// an image's own for a container).
         #[arg(long, short = 'e', visible_alias = "env", value_name = "K=V")]
@@ -139,6 +143,8 @@ enum Cmd {
         workdir: Option<PathBuf>,
         #[arg(long)]
         hostname: Option<String>,
+        #[arg(long, short = 'u', value_name = "USER[:GROUP]")]
+        user: Option<String>,
         image: String,
         #[arg(allow_hyphen_values = true)]
         command: Vec<OsString>,
@@ -190,6 +196,7 @@ fn run_request(
     lowers: OsString,
     upper: Option<PathBuf>,
     hostname: Option<String>,
+    user: Option<String>,
     setenv: Vec<OsString>,
     chdir: Option<PathBuf>,
     bind: Vec<OsString>,
@@ -213,6 +220,7 @@ fn run_request(
         lower_spec: lowers,
         upper,
         hostname,
+        user,
         setenv: run::parse_envs(&setenv)?,
         chdir,
         binds,
@@ -247,6 +255,7 @@ fn run_image(
         env: Vec::new(),
         workdir: None,
         hostname: None,
+        user: req.user.clone(),
     };
     let c = containers::create(&store, &a)?;
     let r = containers::start(&store, &c, req);
@@ -313,6 +322,7 @@ fn store_command(root: Option<PathBuf>, cmd: Cmd) -> Result<(), UserError> {
             env,
             workdir,
             hostname,
+            user,
             image,
             command,
         } => {
@@ -323,6 +333,7 @@ fn store_command(root: Option<PathBuf>, cmd: Cmd) -> Result<(), UserError> {
                 env: run::parse_envs(&env)?,
                 workdir,
                 hostname,
+                user,
             };
             format!("{}\n", containers::create(&store, &a)?.id)
         }
@@ -466,6 +477,7 @@ fn main() -> ExitCode {
         rm,
         upper,
         hostname,
+        user,
         setenv,
         chdir,
         bind,
@@ -476,7 +488,7 @@ fn main() -> ExitCode {
     {
         let r = match lowers {
             Some(lowers) => run_request(
-                lowers, upper, hostname, setenv, chdir, bind, ro_bind, net, command,
+                lowers, upper, hostname, user, setenv, chdir, bind, ro_bind, net, command,
             )
             .and_then(run::run),
             None => run_image(
@@ -487,6 +499,7 @@ fn main() -> ExitCode {
                     OsString::new(),
                     upper,
                     hostname,
+                    user,
                     setenv,
                     chdir,
                     bind,

@@ -309,6 +309,10 @@ fn containers_keep_their_writes_and_do_not_see_each_other() {
     );
     assert_eq!(w.ok(&["start", "-a", "c1"]).trim(), "2");
     assert_eq!(w.ok(&["start", "c1"]).trim(), "3");
+    // --user, by number or by the container's /etc/passwd (www-data is 33 there).
+    assert_eq!(w.ok(&["run", "--rm", "-u", "33:33", "base", "id", "-u"]), "33\n");
+    assert_eq!(w.ok(&["run", "--rm", "-u", "www-data", "base", "id", "-g"]), "33\n");
+    w.refused(&["run", "--rm", "-u", "nobody-here", "base", "true"], "no user");
     let o = w.uf(&["run", "--name", "c2", "base", "cat", "/hello.txt"]);
     assert_eq!(o.status.code(), Some(1), "c2 sees c1's file");
     let o = w.uf(&[

@@ -1,7 +1,7 @@
 //! The init's side of a run: pid 1 of the container's pid namespace. It sets up the
 //! container's root, starts the command, reaps orphans and passes signals on.
 
-use std::ffi::{CString, OsString};
+use std::ffi::{CString, OsStr, OsString};
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -88,7 +88,15 @@ fn init(
     if let Err(e) = std::env::set_current_dir(&dir) {
         bail!("--chdir '{}': {e}", dir.display());
     }
-    let env = environment(req)?;
+    let ids = match &req.user {
+        Some(u) => Some(resolve_user(u)?),
+        None => None,
+    };
+    let mut env = environment(req)?;
+    if let Some((_, _, Some(home))) = &ids {
+        env.retain(|e| !e.as_bytes().starts_with(b"HOME="));
+        env.push(cstring(OsStr::new(&format!("HOME={home}")))?);
+    }
     let argv = req
         .command
         .iter()
@@ -97,7 +105,15 @@ fn init(
     let set = signal_set(true);
     let child = match sys::fork() {
         Err(e) => bail!("fork: {e}"),
-        Ok(sys::Forked::Child) => exec_command(&argv, &env),
+        Ok(sys::Forked::Child) => {
+            if let Some((uid, gid, _)) = ids
+                && let Err(e) = sys::become_user(uid, gid)
+            {
+                eprintln!("unionfuse run: cannot become {uid}:{gid}: {e}");
+                sys::exit_now(RUNNER_FAILED as i32);
+            }
+            exec_command(&argv, &env)
+        }
         Ok(sys::Forked::Parent(pid)) => pid,
     };
     drop(life);
@@ -148,6 +164,53 @@ fn environment(req: &RunRequest) -> Result<Vec<CString>> {
             cstring(&b)
         })
         .collect()
+}
+
+/// `NAME`, `UID`, `NAME:GROUP` or `UID:GID`, by the container's /etc/passwd and
+/// /etc/group (read after the pivot): the ids, and the user's home when it has an entry.
+fn resolve_user(spec: &str) -> Result<(u32, u32, Option<String>)> {
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let table = |f: &str| std::fs::read_to_string(f).unwrap_or_default();
+    let passwd = table("/etc/passwd");
+    let entry = passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 6 && (f[0] == user || f[2] == user)).then(|| f.clone())
+    });
+    let uid = match (&entry, user.parse::<u32>()) {
+        (Some(f), _) => f[2].parse().ok(),
+        (None, Ok(n)) => Some(n),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        UserError(format!(
+            "--user '{spec}': no user '{user}' in the container"
+        ))
+    })?;
+    let gid = match group {
+        None => entry
+            .as_ref()
+            .and_then(|f| f[3].parse().ok())
+            .unwrap_or(uid),
+        Some(g) => {
+            let groups = table("/etc/group");
+            groups
+                .lines()
+                .find_map(|l| {
+                    let f: Vec<&str> = l.split(':').collect();
+                    (f.len() >= 3 && f[0] == g)
+                        .then(|| f[2].parse().ok())
+                        .flatten()
+                })
+                .or_else(|| g.parse().ok())
+                .ok_or_else(|| {
+                    UserError(format!("--user '{spec}': no group '{g}' in the container"))
+                })?
+        }
+    };
+    Ok((uid, gid, entry.map(|f| f[5].to_string())))
 }
 
 /// In the command's process: default signal handling, then exec, searching the container's

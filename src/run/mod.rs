@@ -67,6 +67,9 @@ pub struct RunRequest {
     pub upper: Option<PathBuf>,
     pub hostname: Option<String>,
     pub setenv: Vec<(OsString, OsString)>,
+    /// Who the command runs as inside: `NAME`, `UID` or either with `:GROUP` (names from
+    /// the container's /etc/passwd and /etc/group); root by default.
+    pub user: Option<String>,
     /// Start from an empty environment (a container's: its image's and `setenv`), not the
     /// caller's.
     pub clean_env: bool,

@@ -144,6 +144,9 @@ pub struct Container {
     pub env: Vec<String>,
     pub workdir: Option<String>,
     pub hostname: Option<String>,
+    /// Who the command runs as (the image's User, or `--user`).
+    #[serde(default)]
+    pub user: Option<String>,
     pub created: i64,
     pub state: State,
 }

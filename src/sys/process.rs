@@ -285,6 +285,16 @@ pub fn clear_groups() -> Result<()> {
     check(unsafe { libc::setgroups(0, std::ptr::null()) }).map(drop)
 }
 
+/// Becomes `uid`:`gid` with no supplementary groups (all three ids: real, effective, saved).
+pub fn become_user(uid: u32, gid: u32) -> Result<()> {
+    // SAFETY: a count of 0 with a null list clears the supplementary groups.
+    check(unsafe { libc::setgroups(0, std::ptr::null()) })?;
+    // SAFETY: setresgid and setresuid take ids only.
+    check(unsafe { libc::setresgid(gid, gid, gid) })?;
+    // SAFETY: as above.
+    check(unsafe { libc::setresuid(uid, uid, uid) }).map(drop)
+}
+
 /// The login name of `uid` in the password database.
 pub fn user_name(uid: u32) -> Option<String> {
     let mut buf = vec![0u8; 4096];
