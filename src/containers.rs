@@ -159,6 +159,8 @@ pub fn start(store: &Store, c: &Container, req: RunRequest) -> Result<i32> {
         hostname: req.hostname.or(c.hostname.clone()),
         setenv: env,
         clean_env: true,
+        // Rootless, the store kept what it could not give in the override xattr.
+        override_stat: crate::sys::geteuid() != 0,
         chdir: req.chdir.or(c.workdir.as_ref().map(PathBuf::from)),
         user: req.user.or(c.user.clone()),
         command: if req.command.is_empty() {
@@ -257,7 +259,8 @@ pub fn inspect(store: &Store, what: &str) -> Result<String> {
     let v = if let Ok(img) = store.find_image(what) {
         let cfg: serde_json::Value =
             serde_json::from_slice(&store.read_blob(&img.id)?).unwrap_or_default();
-        serde_json::json!({ "Image": img, "Config": cfg })
+        let chains = crate::store::chain_ids(&img.layers);
+        serde_json::json!({ "Image": img, "ChainIDs": chains, "Config": cfg })
     } else {
         let c = store
             .find_container(what)

@@ -380,6 +380,7 @@ pub fn apply_options(p: &mut Options, opts: &OsStr, sloppy: bool) -> Result<()> 
                 Ok(n) if n > 0 => p.req.threads = Some(n),
                 _ => bail!("option '{s}': expected a positive number"),
             },
+            ("override_stat", None) => p.req.union.override_stat = true,
             ("whiteout", Some(v)) if text(v) == "oci" => p.req.union.oci_whiteouts = true,
             ("whiteout", Some(v)) if text(v) == "kernel" => p.req.union.oci_whiteouts = false,
             (k, None) if IGNORED.contains(&k) => {}

@@ -310,9 +310,18 @@ fn containers_keep_their_writes_and_do_not_see_each_other() {
     assert_eq!(w.ok(&["start", "-a", "c1"]).trim(), "2");
     assert_eq!(w.ok(&["start", "c1"]).trim(), "3");
     // --user, by number or by the container's /etc/passwd (www-data is 33 there).
-    assert_eq!(w.ok(&["run", "--rm", "-u", "33:33", "base", "id", "-u"]), "33\n");
-    assert_eq!(w.ok(&["run", "--rm", "-u", "www-data", "base", "id", "-g"]), "33\n");
-    w.refused(&["run", "--rm", "-u", "nobody-here", "base", "true"], "no user");
+    assert_eq!(
+        w.ok(&["run", "--rm", "-u", "33:33", "base", "id", "-u"]),
+        "33\n"
+    );
+    assert_eq!(
+        w.ok(&["run", "--rm", "-u", "www-data", "base", "id", "-g"]),
+        "33\n"
+    );
+    w.refused(
+        &["run", "--rm", "-u", "nobody-here", "base", "true"],
+        "no user",
+    );
     let o = w.uf(&["run", "--name", "c2", "base", "cat", "/hello.txt"]);
     assert_eq!(o.status.code(), Some(1), "c2 sees c1's file");
     let o = w.uf(&[
@@ -780,9 +789,11 @@ fn rootless_scenario(who: runenv::Who) {
         "/var/www/index",
         "/etc/shadow",
     ]);
+    // With a range, the owners themselves; without, the store keeps them in the override
+    // xattr, which the union shows: ids the namespace cannot map read as the overflow id.
     let want = match who {
         runenv::Who::SubIds => "33:33 644\n0:42 640\n",
-        _ => "0:0 644\n0:0 640\n",
+        _ => "65534:65534 644\n0:65534 640\n",
     };
     assert_eq!(owners, want, "{who:?}");
     let count = "echo x >> /count; chown 33 /count 2>/dev/null; wc -l < /count";
@@ -819,4 +830,144 @@ fn rootless_with_a_subordinate_range() {
 #[test]
 fn rootless_without_a_subordinate_range() {
     rootless_scenario(runenv::Who::SingleId);
+}
+
+#[test]
+fn the_override_xattr_gives_owner_and_mode() {
+    let Some(w) = World::new() else { return };
+    let l = w.path("lower");
+    mkdir(&l);
+    write(&l.join("f"), b"x");
+    setxattr(&l.join("f"), "user.containers.override_stat", b"33:44:0600");
+    write(&l.join("g"), b"y");
+    let mp = w.path("mnt");
+    mkdir(&mp);
+    {
+        let _m = UnionMount::with_args(&[&l], None, &mp, &["-o", "override_stat"]);
+        let md = std::fs::metadata(mp.join("f")).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (33, 44, 0o600));
+        assert_eq!(std::fs::metadata(mp.join("g")).unwrap().uid(), 0);
+    }
+    // Without the option the file's own owner shows.
+    let _m = UnionMount::new(&[&l], None, &mp);
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(mp.join("f")).unwrap().uid(), 0);
+}
+
+#[test]
+fn concurrent_loads_extract_each_layer_once() {
+    let Some(w) = World::new() else { return };
+    let (docker, oci, _) = build_images(&w);
+    w.ok(&["images"]);
+    let spawn = |src: &PathBuf| {
+        Command::new(bin())
+            .args(["load", "-i", src.to_str().unwrap()])
+            .env("UNIONFUSE_ROOT", w.store())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let children: Vec<_> = [&docker, &oci, &docker, &oci]
+        .into_iter()
+        .map(spawn)
+        .collect();
+    let mut extracted = 0;
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        extracted += String::from_utf8_lossy(&o.stderr)
+            .matches("extracted")
+            .count();
+    }
+    assert_eq!(extracted, 2, "each of the two layers extracted once");
+    assert_eq!(w.layers().len(), 2);
+    w.ok(&["store-check"]);
+}
+
+#[test]
+fn a_killed_commit_leaves_nothing_half_made() {
+    let Some(w) = World::new() else { return };
+    let rootfs = w.path("rootfs");
+    runenv::build_rootfs(&rootfs);
+    let tarball = w.path("rootfs.tar");
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&tarball)
+        .arg("."));
+    w.ok(&["import", tarball.to_str().unwrap(), "base"]);
+    w.ok(&[
+        "run",
+        "--name",
+        "c1",
+        "base",
+        "sh",
+        "-c",
+        "mkdir /big && for i in $(seq 60); do head -c 1000000 /dev/urandom > /big/$i; done",
+    ]);
+    let images_before = w.ok(&["images"]);
+    let mut killed = 0;
+    for delay in [20u64, 80, 200] {
+        let mut child = Command::new(bin())
+            .args(["commit", "c1", "big:1"])
+            .env("UNIONFUSE_ROOT", w.store())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        if child.try_wait().unwrap().is_none() {
+            killed += 1;
+            let _ = child.kill();
+            let _ = child.wait();
+            assert_eq!(
+                w.ok(&["images"]),
+                images_before,
+                "a killed commit made an image"
+            );
+            assert_eq!(w.layers().len(), 1, "a killed commit left a layer");
+        } else {
+            // It finished first: undo it for the next round.
+            let _ = child.wait();
+            w.ok(&["rmi", "big:1"]);
+            w.ok(&["prune"]);
+        }
+    }
+    w.ok(&["commit", "c1", "big:1"]);
+    w.ok(&["store-check"]);
+    assert_eq!(w.layers().len(), 2);
+    assert!(killed > 0, "no commit was killed in the middle");
+}
+
+#[test]
+fn a_full_disk_during_a_load_leaves_the_store_as_it_was() {
+    let Some(w) = World::new() else { return };
+    let (docker, _, _) = build_images(&w);
+    // A store on a filesystem too small for the image.
+    let small = w.path("small");
+    mkdir(&small);
+    run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=600k", "tmpfs"])
+        .arg(&small));
+    let _g = UnmountOnDrop(small.clone());
+    let o = Command::new(bin())
+        .args([
+            "--root",
+            small.to_str().unwrap(),
+            "load",
+            "-i",
+            docker.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a load into 600 kB succeeded");
+    assert!(err.contains("No space left"), "{err}");
+    for d in ["layers", "images", "tmp"] {
+        let left: Vec<_> = std::fs::read_dir(small.join(d)).unwrap().collect();
+        assert!(left.is_empty(), "{d}: {left:?}");
+    }
 }

@@ -70,6 +70,9 @@ pub struct RunRequest {
     /// Who the command runs as inside: `NAME`, `UID` or either with `:GROUP` (names from
     /// the container's /etc/passwd and /etc/group); root by default.
     pub user: Option<String>,
+    /// Show the owners and modes kept in `user.containers.override_stat` (layers extracted
+    /// without the privilege to give them).
+    pub override_stat: bool,
     /// Start from an empty environment (a container's: its image's and `setenv`), not the
     /// caller's.
     pub clean_env: bool,
@@ -213,6 +216,7 @@ fn mount_request(req: &RunRequest, lowers: Vec<PathBuf>, scratch: &Scratch) -> R
             upper,
             // A throw-away upper needs no flush to disk.
             volatile: scratch.temp_upper,
+            override_stat: req.override_stat,
             ..Default::default()
         },
         mountpoint: scratch.root(),

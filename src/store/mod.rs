@@ -225,10 +225,11 @@ impl Store {
     /// command (nobody holds its lock any more).
     pub fn temp(&self) -> Result<Temp> {
         let t = self.root.join("tmp").join(random_hex(16));
-        std::fs::create_dir(&t).map_err(io("cannot make", &t))?;
+        // The lock first: another command's clean-up leaves alone what is locked.
         let lock = std::fs::File::create(t.with_extension("lock"))
             .map_err(io("cannot make a lock in", &t))?;
         let _ = sys::flock(lock.as_fd(), libc::LOCK_EX | libc::LOCK_NB);
+        std::fs::create_dir(&t).map_err(io("cannot make", &t))?;
         Ok(Temp {
             path: t,
             _lock: lock,
@@ -608,6 +609,21 @@ pub fn ago(t: i64) -> String {
     }
 }
 
+/// The ChainIDs of a stack of layers (bottom first), as the OCI image spec defines them:
+/// the first layer's DiffID, then sha256 of "PARENT_CHAINID DIFFID": a layer's identity
+/// with everything under it.
+pub fn chain_ids(layers: &[LayerRef]) -> Vec<Digest> {
+    let mut out: Vec<Digest> = Vec::new();
+    for l in layers {
+        let next = match out.last() {
+            None => l.diff_id.clone(),
+            Some(p) => Digest::of(format!("{} {}", p, l.diff_id).as_bytes()),
+        };
+        out.push(next);
+    }
+    out
+}
+
 /// Images by layer, for sharing: how many images use each DiffID.
 pub fn layer_users(images: &[Image]) -> BTreeMap<Digest, usize> {
     let mut m = BTreeMap::new();
@@ -617,4 +633,30 @@ pub fn layer_users(images: &[Image]) -> BTreeMap<Digest, usize> {
         }
     }
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_ids_follow_the_oci_definition() {
+        let l = |h: &str| LayerRef {
+            diff_id: Digest(format!("sha256:{}", h.repeat(64))),
+            blob: Digest(String::new()),
+            media_type: String::new(),
+            size: 0,
+        };
+        let c = chain_ids(&[l("a"), l("b")]);
+        assert_eq!(c[0], l("a").diff_id);
+        let want = Digest::of(format!("{} {}", l("a").diff_id, l("b").diff_id).as_bytes());
+        assert_eq!(c[1], want);
+        assert_eq!(normalize_name("a/b").unwrap(), "a/b:latest");
+        assert_eq!(
+            normalize_name("localhost:5000/a").unwrap(),
+            "localhost:5000/a:latest"
+        );
+        assert_eq!(normalize_name("a:1").unwrap(), "a:1");
+        assert!(normalize_name("a b").is_err());
+    }
 }

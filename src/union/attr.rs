@@ -67,8 +67,35 @@ impl Union {
         if node.is_dir() && node.loc.read().dirs.len() > 1 {
             st.st_nlink = 1;
         }
+        if self.override_stat
+            && let Some((uid, gid, mode)) = self.stat_override(node)
+        {
+            (st.st_uid, st.st_gid) = (uid, gid);
+            st.st_mode = (st.st_mode & libc::S_IFMT) | (mode & 0o7777);
+        }
         (st.st_uid, st.st_gid) = self.ids.show(st.st_uid, st.st_gid);
         st
+    }
+
+    /// The owner and mode kept in `user.containers.override_stat` (`uid:gid:mode`, mode in
+    /// octal), where a layer was extracted by someone who could not give them: what
+    /// containers/storage and fuse-overlayfs write, and the image store rootless.
+    fn stat_override(&self, node: &Node) -> Option<(u32, u32, u32)> {
+        let v = node
+            .loc
+            .read()
+            .top()
+            .ok()?
+            .with_at(|d, n| sys::getxattr(d, n, c"user.containers.override_stat"))
+            .ok()??;
+        let s = std::str::from_utf8(&v).ok()?;
+        let mut f = s.trim().split(':');
+        let (u, g, m) = (f.next()?, f.next()?, f.next()?);
+        Some((
+            u.parse().ok()?,
+            g.parse().ok()?,
+            u32::from_str_radix(m.trim_start_matches("0o"), 8).ok()?,
+        ))
     }
 
     fn real_stat(&self, node: &Node) -> Result<libc::stat> {

@@ -51,6 +51,8 @@ pub struct UnionConfig {
     pub workdir: Option<PathBuf>,
     /// A read-only mount: nothing is written anywhere, not even the work dir.
     pub read_only: bool,
+    /// Show the owner and mode kept in `user.containers.override_stat` where a file has one.
+    pub override_stat: bool,
 }
 
 /// Who asks: new objects belong to the caller.
@@ -86,6 +88,7 @@ pub struct Union {
     hides_work: bool,
     volatile: bool,
     ids: ids::IdMap,
+    override_stat: bool,
     /// What whiteouts, opaque markers, redirects and link counts are written as.
     formats: whiteout::Formats,
     /// Told the inode number of a node whose attributes copy-up changed (the adapter drops
@@ -153,6 +156,7 @@ impl Union {
             hides_work: cfg.upper.is_some() && cfg.workdir.is_none(),
             volatile: cfg.volatile,
             ids: cfg.ids.clone(),
+            override_stat: cfg.override_stat,
             formats: whiteout::Formats::unprobed(cfg.oci_whiteouts),
             changed: std::sync::OnceLock::new(),
             _upper_lock: upper_lock,
