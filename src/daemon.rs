@@ -330,6 +330,17 @@ fn pid_alive(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
+/// What to do when an unmount is refused because the union is in use.
+fn busy_hint(busy: bool, mp: &Path) -> String {
+    if !busy {
+        return String::new();
+    }
+    format!(
+        " (a process still uses it: `fuser -vm {}` lists them; `umount -l` detaches it lazily)",
+        mp.display()
+    )
+}
+
 /// Unmounts a unionfuse mount and waits (up to `wait`) for its daemon to exit.
 pub fn umount(mountpoint: &Path, wait: Duration) -> Result<()> {
     let abs = if mountpoint.is_absolute() {
@@ -354,7 +365,11 @@ pub fn umount(mountpoint: &Path, wait: Duration) -> Result<()> {
         .and_then(|s| s.trim().parse().ok());
     if sys::geteuid() == 0 {
         if let Err(e) = sys::umount(&mp, 0) {
-            bail!("'{}': {e}", mp.display());
+            bail!(
+                "'{}': {e}{}",
+                mp.display(),
+                busy_hint(e.0 == libc::EBUSY, &mp)
+            );
         }
     } else {
         let out = std::process::Command::new("fusermount3")
@@ -363,11 +378,9 @@ pub fn umount(mountpoint: &Path, wait: Duration) -> Result<()> {
             .output()
             .map_err(|e| UserError(format!("fusermount3: {e}")))?;
         if !out.status.success() {
-            bail!(
-                "'{}': {}",
-                mp.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+            let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            let busy = msg.contains("busy");
+            bail!("'{}': {msg}{}", mp.display(), busy_hint(busy, &mp));
         }
     }
     if let Some(pid) = pid {

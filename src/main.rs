@@ -35,6 +35,7 @@ struct Cli {
 enum Cmd {
     /// Mount a union: LOWERS is a ':'-separated list, leftmost on top ('\:' escapes a ':').
     #[command(
+        override_usage = "unionfuse mount [OPTIONS] LOWERS [UPPER] MOUNTPOINT",
         after_help = "Examples:\n  unionfuse mount top:middle:bottom upper /mnt\n  unionfuse mount -f top:bottom /mnt      (read-only, in the foreground)\n  RUST_LOG=debug unionfuse mount -f l1:l2 upper /mnt"
     )]
     Mount {
@@ -103,7 +104,19 @@ enum Cmd {
         #[arg(long, value_name = "host|none", default_value = "host")]
         net: String,
         /// The command and its arguments (after `--`); for a container, IMAGE [COMMAND...].
-        #[arg(required = true, value_name = "COMMAND", allow_hyphen_values = true)]
+        #[arg(required = true, value_name = "COMMAND")]
+        command: Vec<OsString>,
+        /// Mount options, as for unionfuse mount -o (volatile, whiteout=oci, threads=N,
+        /// override_stat, uidmapping=..., gidmapping=...).
+        #[arg(short = 'o', value_name = "OPTIONS")]
+        options: Vec<String>,
+    },
+    /// Run a command (default: a shell) as root of a user namespace with the same id map as
+    /// a rootless run: to re-own a tree for a run, or remove an upper whose files belong to
+    /// subordinate ids.
+    #[command(trailing_var_arg = true)]
+    Unshare {
+        #[arg(allow_hyphen_values = true, value_name = "COMMAND")]
         command: Vec<OsString>,
     },
     /// Load images: a docker save tarball, an OCI image layout directory or an OCI archive.
@@ -385,7 +398,8 @@ fn store_command(root: Option<PathBuf>, cmd: Cmd) -> Result<(), UserError> {
         | Cmd::Umount { .. }
         | Cmd::Man { .. }
         | Cmd::Run { .. }
-        | Cmd::Start { .. } => {
+        | Cmd::Start { .. }
+        | Cmd::Unshare { .. } => {
             unreachable!("not a store command")
         }
     };
@@ -456,7 +470,28 @@ fn main() -> ExitCode {
             }
         };
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            // A run that could not start exits 125, as docker's does.
+            let is_run = argv.get(1).is_some_and(|a| a == "run" || a == "start");
+            if is_run && !matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::from(run::RUNNER_FAILED);
+            }
+            e.exit();
+        }
+    };
+    if let Cmd::Unshare { command } = &cli.cmd {
+        return match unionfuse::userns::unshare_command(command) {
+            Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+            Err(e) => {
+                eprintln!("unionfuse unshare: {e}");
+                ExitCode::from(run::RUNNER_FAILED)
+            }
+        };
+    }
     let root = cli.root.clone();
     if let Cmd::Start { container, .. } = &cli.cmd {
         let r = Store::open(root).and_then(|s| {
@@ -484,12 +519,17 @@ fn main() -> ExitCode {
         ro_bind,
         net,
         command,
+        options,
     } = cli.cmd
     {
         let r = match lowers {
             Some(lowers) => run_request(
                 lowers, upper, hostname, user, setenv, chdir, bind, ro_bind, net, command,
             )
+            .map(|r| run::RunRequest {
+                mount_options: options.clone(),
+                ..r
+            })
             .and_then(run::run),
             None => run_image(
                 root,
@@ -506,7 +546,11 @@ fn main() -> ExitCode {
                     ro_bind,
                     net,
                     command,
-                ),
+                )
+                .map(|r| run::RunRequest {
+                    mount_options: options.clone(),
+                    ..r
+                }),
             ),
         };
         return match r {

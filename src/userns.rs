@@ -169,6 +169,25 @@ pub fn in_user_namespace(f: impl FnOnce() -> Result<()>) -> Result<()> {
     }
 }
 
+/// `unionfuse unshare [COMMAND...]`: the command (default: the caller's shell) as root of a
+/// user namespace with the id map a rootless run has; its exit status.
+pub fn unshare_command(command: &[std::ffi::OsString]) -> Result<i32> {
+    if sys::geteuid() != 0 {
+        enter_user_namespace(false)?;
+    }
+    let mut argv: Vec<std::ffi::OsString> = command.to_vec();
+    if argv.is_empty() {
+        argv.push(std::env::var_os("SHELL").unwrap_or_else(|| "/bin/sh".into()));
+    }
+    let st = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .status()
+        .map_err(|e| UserError(format!("'{}': {e}", argv[0].to_string_lossy())))?;
+    Ok(sys::decode_status(
+        std::os::unix::process::ExitStatusExt::into_raw(st),
+    ))
+}
+
 fn map_ids(tool: &Path, pid: u32, own: u32, r: IdRange) -> bool {
     std::process::Command::new(tool)
         .args([pid, 0, own, 1, 1, r.start, r.count].map(|n| n.to_string()))

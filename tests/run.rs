@@ -641,11 +641,11 @@ fn bad_input_is_refused_cleanly(who: Who) {
                 "--lower",
                 root,
                 "--upper",
-                "/no/such/upper",
+                "/etc/passwd/upper",
                 "--",
                 "true",
             ],
-            "upper layer '/no/such/upper'",
+            "--upper '/etc/passwd/upper'",
         ),
         (
             &[

@@ -217,7 +217,9 @@ fn resolve_user(spec: &str) -> Result<(u32, u32, Option<String>)> {
 /// PATH. Never returns.
 fn exec_command(argv: &[CString], env: &[CString]) -> ! {
     sys::SigSet::of(&[]).set_mask();
-    sys::default_sigpipe();
+    // Dispositions a runner started with (SIGINT ignored by a script's background job)
+    // would stay across exec: the command gets the defaults.
+    sys::default_signals(&super::FORWARDED);
     let name = argv[0].as_bytes();
     let candidates: Vec<CString> = if name.contains(&b'/') {
         vec![argv[0].clone()]

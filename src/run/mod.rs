@@ -73,6 +73,8 @@ pub struct RunRequest {
     /// Show the owners and modes kept in `user.containers.override_stat` (layers extracted
     /// without the privilege to give them).
     pub override_stat: bool,
+    /// `-o` mount options for the union (the parser `unionfuse mount -o` uses).
+    pub mount_options: Vec<String>,
     /// Start from an empty environment (a container's: its image's and `setenv`), not the
     /// caller's.
     pub clean_env: bool,
@@ -139,6 +141,13 @@ pub fn run(req: RunRequest) -> Result<i32> {
         bail!("no command given (unionfuse run --lower L [--upper U] -- COMMAND [ARG...])");
     }
     let lowers = request::split_layers(&req.lower_spec)?;
+    // A first run of a container makes its upper.
+    if let Some(u) = &req.upper
+        && !u.exists()
+    {
+        std::fs::create_dir_all(u)
+            .map_err(|e| UserError(format!("--upper '{}': {e}", u.display())))?;
+    }
     let mut binds = Vec::new();
     for b in &req.binds {
         let src = std::fs::canonicalize(&b.src)
@@ -210,15 +219,29 @@ fn mount_request(req: &RunRequest, lowers: Vec<PathBuf>, scratch: &Scratch) -> R
         Some(u) => Some(u.clone()),
         None => Some(scratch.path.join("upper")),
     };
+    let mut o = request::Options::default();
+    for list in &req.mount_options {
+        request::apply_options(&mut o, OsStr::new(list), false)?;
+    }
+    if o.lower_spec.is_some() || o.req.union.upper.is_some() || o.workdir.is_some() {
+        bail!(
+            "-o: the layers of a run are --lower and --upper, not lowerdir=, upperdir=, workdir="
+        );
+    }
+    let (u, g) = (o.req.squash_uid, o.req.squash_gid);
+    o.req.union.ids.squash(u, g);
     let mreq = MountRequest {
         union: UnionConfig {
             lowers,
             upper,
             // A throw-away upper needs no flush to disk.
-            volatile: scratch.temp_upper,
-            override_stat: req.override_stat,
+            volatile: scratch.temp_upper || o.req.union.volatile,
+            override_stat: req.override_stat || o.req.union.override_stat,
+            oci_whiteouts: o.req.union.oci_whiteouts,
+            ids: o.req.union.ids,
             ..Default::default()
         },
+        threads: o.req.threads,
         mountpoint: scratch.root(),
         allow_other: Some(true),
         private: true,

@@ -249,11 +249,13 @@ impl SigSet {
     }
 }
 
-/// Restores the default action of SIGPIPE, which Rust's runtime ignores (an ignored signal
-/// stays ignored across exec).
-pub fn default_sigpipe() {
-    // SAFETY: SIG_DFL is a valid disposition; no handler code is installed.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+/// Restores the default action of SIGPIPE (which Rust's runtime ignores) and of `signals`:
+/// an ignored signal stays ignored across exec.
+pub fn default_signals(signals: &[i32]) {
+    for &s in signals.iter().chain([libc::SIGPIPE].iter()) {
+        // SAFETY: SIG_DFL is a valid disposition; no handler code is installed.
+        unsafe { libc::signal(s, libc::SIG_DFL) };
+    }
 }
 
 /// `unshare(2)`. `CLONE_NEWUSER` fails in a multi-threaded process.

@@ -1,0 +1,188 @@
+//! `unionfuse run` the way container users type it (#18, first part): unknown options are
+//! errors naming them (exit 125, as a run that could not start); `-o` takes the mount
+//! options; a fresh `--upper` is made; the command gets default signal dispositions even from
+//! a runner that ignores SIGINT; `unionfuse unshare` removes an upper whose files belong to
+//! subordinate ids; a busy unmount says how to find the user of the mount.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::process::Stdio;
+
+use common::runenv::{RunCtx, Who};
+use common::*;
+
+fn lower(ctx: &RunCtx) -> &OsStr {
+    ctx.rootfs.as_os_str()
+}
+
+#[test]
+fn unknown_options_and_bad_values_are_errors_with_status_125() {
+    let Some(ctx) = RunCtx::new(Who::Root) else {
+        return;
+    };
+    for (args, expect) in [
+        (vec!["--bogus"], "'--bogus'"),
+        (vec!["--name"], "a value is required"),
+        (
+            vec!["-o", "threads=0"],
+            "threads=0': expected a positive number",
+        ),
+        (vec!["-o", "frob"], "unknown mount option 'frob'"),
+        (vec!["-o", "lowerdir=/x"], "--lower and --upper"),
+    ] {
+        let mut c = ctx.command(&["run"]);
+        c.args(&args)
+            .arg("--lower")
+            .arg(lower(&ctx))
+            .args(["--", "true"]);
+        let o = c.stdin(Stdio::null()).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(125), "{args:?}: {err}");
+        assert!(err.contains(expect), "{args:?}: '{expect}' not in {err}");
+        ctx.assert_clean();
+    }
+    let o = std::process::Command::new(bin())
+        .arg("mount")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("Usage: unionfuse mount [OPTIONS] LOWERS [UPPER] MOUNTPOINT"),
+        "{err}"
+    );
+}
+
+fn options_reach_the_union(who: Who) {
+    let Some(ctx) = RunCtx::new(who) else { return };
+    let up = ctx.dir.path().join("fresh/upper");
+    // Not there yet: made, as a first run of a container expects.
+    let mut c = ctx.command(&["run", "-o", "whiteout=oci,volatile", "--lower"]);
+    c.arg(lower(&ctx)).arg("--upper").arg(&up).args([
+        "--",
+        "/bin/sh",
+        "-c",
+        "rm /etc/passwd && echo ok",
+    ]);
+    let o = c.stdin(Stdio::null()).output().unwrap();
+    assert!(
+        o.status.success(),
+        "{who:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "ok\n");
+    // whiteout=oci: the deletion is a .wh. file, not a character device.
+    let wh = up.join("etc/.wh.passwd");
+    assert!(wh.is_file(), "{who:?}: {:?}", names(&up.join("etc")));
+    ctx.assert_clean();
+}
+
+#[test]
+fn mount_options_reach_the_union_as_root() {
+    options_reach_the_union(Who::Root);
+}
+
+#[test]
+fn mount_options_reach_the_union_rootless() {
+    options_reach_the_union(Who::SubIds);
+}
+
+#[test]
+fn an_ignored_sigint_is_not_inherited_by_the_command() {
+    let Some(ctx) = RunCtx::new(Who::Root) else {
+        return;
+    };
+    // The runner starts with SIGINT ignored (a script's background job); the command must
+    // still die of the SIGINT it sends itself.
+    let script = format!(
+        "trap '' INT; exec {} run --lower {} -- /bin/sh -c 'kill -INT $$; echo survived'",
+        shared_bin_path(),
+        ctx.rootfs.display()
+    );
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .env("TMPDIR", &ctx.tmp)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "",
+        "the command ignored SIGINT"
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    ctx.assert_clean();
+}
+
+fn shared_bin_path() -> String {
+    common::runenv::shared_bin().display().to_string()
+}
+
+#[test]
+fn unshare_removes_an_upper_with_subordinate_owners() {
+    let Some(ctx) = RunCtx::new(Who::SubIds) else {
+        return;
+    };
+    let up = ctx.mkdir("up");
+    let o = ctx.sh(
+        &[OsStr::new("--upper"), up.as_os_str()],
+        "mkdir /d && touch /d/f && chown -R 33:33 /d",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // As the user, the files of sub-ids cannot go.
+    let rm = ctx
+        .program(OsStr::new("rm"))
+        .arg("-rf")
+        .arg(&up)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!rm.success() && up.join("d/f").exists());
+    // In the user namespace they can.
+    let o = ctx
+        .command(&["unshare", "--", "rm", "-rf"])
+        .arg(&up)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!up.exists());
+    // Its exit status is the command's.
+    let o = ctx
+        .command(&["unshare", "--", "sh", "-c", "id -u; exit 7"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "0\n");
+}
+
+#[test]
+fn a_busy_unmount_says_how_to_find_the_user() {
+    if !require_root() {
+        return;
+    }
+    let t = scratch();
+    let (l, mp) = (t.path().join("l"), t.path().join("mp"));
+    mkdir(&l);
+    mkdir(&mp);
+    let _m = UnionMount::new(&[&l], None, &mp);
+    let mut holder = std::process::Command::new("sleep")
+        .arg("30")
+        .current_dir(&mp)
+        .spawn()
+        .unwrap();
+    let o = unionfuse(&[OsStr::new("umount"), mp.as_os_str()]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a busy union was unmounted");
+    assert!(
+        err.contains("fuser -vm") && err.contains("umount -l"),
+        "{err}"
+    );
+}
