@@ -8,22 +8,49 @@ mod common;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::runenv::{processes_mentioning, shared_bin};
 use common::{UnmountOnDrop, is_mounted, mkdir, require_root, run, scratch, wait_until, write};
 
-/// mount(8) finds helpers in /sbin: link them to this build's binary, once.
-fn install_helper() {
-    static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
+/// mount(8) finds helpers in /sbin: they are linked to this build's binary while a test
+/// needs them, and what was there before is put back when the last such test ends.
+struct Helper;
+
+const HELPERS: [&str; 2] = ["/sbin/mount.fuse.unionfuse", "/sbin/mount.unionfuse"];
+
+/// Tests using the helper, and what the helper paths held before (a link's target).
+static USERS: std::sync::Mutex<(usize, Vec<Option<PathBuf>>)> =
+    std::sync::Mutex::new((0, Vec::new()));
+
+fn install_helper() -> Helper {
+    let mut u = USERS.lock().unwrap_or_else(|e| e.into_inner());
+    if u.0 == 0 {
+        u.1 = HELPERS.iter().map(|h| std::fs::read_link(h).ok()).collect();
         let o = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/mount-helper/install"))
             .arg(shared_bin())
             .output()
             .unwrap();
         assert!(o.status.success(), "mount-helper/install: {o:?}");
-    });
+    }
+    u.0 += 1;
+    Helper
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let mut u = USERS.lock().unwrap_or_else(|e| e.into_inner());
+        u.0 -= 1;
+        if u.0 > 0 {
+            return;
+        }
+        for (h, before) in HELPERS.iter().zip(u.1.iter()) {
+            let _ = std::fs::remove_file(h);
+            if let Some(t) = before {
+                let _ = std::os::unix::fs::symlink(t, h);
+            }
+        }
+    }
 }
 
 struct Layers {
@@ -131,7 +158,7 @@ fn mount_t_fuse_unionfuse_and_umount() {
     if !require_root() {
         return;
     }
-    install_helper();
+    let _helper = install_helper();
     let l = layers();
     let _g = UnmountOnDrop(l.mp.clone());
     ok(&run(Command::new("mount")
@@ -147,7 +174,7 @@ fn mount_t_unionfuse_with_only_lowers_is_read_only() {
     if !require_root() {
         return;
     }
-    install_helper();
+    let _helper = install_helper();
     let l = layers();
     let _g = UnmountOnDrop(l.mp.clone());
     let opts = format!("lowerdir={}:{}", l.l1.display(), l.l2.display());
@@ -168,7 +195,7 @@ fn fstab_line_with_mount_a() {
     if !require_root() {
         return;
     }
-    install_helper();
+    let _helper = install_helper();
     let l = layers();
     let other = l.dir.path().join("other");
     mkdir(&other);
@@ -209,7 +236,7 @@ fn helper_refuses_bad_options_and_mounts_nothing() {
     if !require_root() {
         return;
     }
-    install_helper();
+    let _helper = install_helper();
     let l = layers();
     let _g = UnmountOnDrop(l.mp.clone());
     let lower_only = format!("lowerdir={}", l.l1.display());

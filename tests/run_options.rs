@@ -186,3 +186,41 @@ fn a_busy_unmount_says_how_to_find_the_user() {
         "{err}"
     );
 }
+
+fn environment_inside(who: Who) {
+    let Some(ctx) = RunCtx::new(who) else { return };
+    let script = "echo $PATH; echo $HOME; echo $HOSTNAME; echo $KEEP";
+    let mut c = ctx.command(&["run", "--hostname", "box", "--lower"]);
+    c.arg(lower(&ctx))
+        .args(["--", "/bin/sh", "-c", script])
+        .env("PATH", "/caller/bin:/usr/bin:/bin")
+        .env("HOME", "/home/caller")
+        .env("KEEP", "kept");
+    let o = c.stdin(Stdio::null()).output().unwrap();
+    assert!(
+        o.status.success(),
+        "{who:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n/root\nbox\nkept\n",
+        "{who:?}"
+    );
+    let mut c = ctx.command(&["run", "-e", "PATH=/bin", "-e", "HOME=/h", "--lower"]);
+    c.arg(lower(&ctx))
+        .args(["--", "/bin/sh", "-c", "echo $PATH $HOME"]);
+    let o = c.stdin(Stdio::null()).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "/bin /h\n", "{who:?}");
+    ctx.assert_clean();
+}
+
+#[test]
+fn the_environment_inside_is_a_containers_as_root() {
+    environment_inside(Who::Root);
+}
+
+#[test]
+fn the_environment_inside_is_a_containers_rootless() {
+    environment_inside(Who::SingleId);
+}

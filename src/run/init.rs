@@ -93,7 +93,10 @@ fn init(
         None => None,
     };
     let mut env = environment(req)?;
-    if let Some((_, _, Some(home))) = &ids {
+    let home_given = req.setenv.iter().any(|(k, _)| k == "HOME");
+    if let Some((_, _, Some(home))) = &ids
+        && !home_given
+    {
         env.retain(|e| !e.as_bytes().starts_with(b"HOME="));
         env.push(cstring(OsStr::new(&format!("HOME={home}")))?);
     }
@@ -136,25 +139,31 @@ fn reap_until(child: i32, set: &sys::SigSet) -> i32 {
     }
 }
 
+/// The command's environment: the caller's (a container of an image: only `TERM`), but
+/// with the standard `PATH` and root's `HOME` (a rootless caller's `PATH` lacks the sbin
+/// directories root needs inside), `HOSTNAME` when one is given; `--setenv` over all.
 fn environment(req: &RunRequest) -> Result<Vec<CString>> {
-    let mut vars: Vec<(OsString, OsString)> = if req.clean_env {
-        // A container's own, with the terminal type the caller has.
-        std::env::vars_os().filter(|(k, _)| k == "TERM").collect()
-    } else {
-        std::env::vars_os().collect()
-    };
+    let own = ["PATH", "HOME", "HOSTNAME"];
+    let mut vars: Vec<(OsString, OsString)> = std::env::vars_os()
+        .filter(|(k, _)| {
+            if req.clean_env {
+                k == "TERM"
+            } else {
+                !own.iter().any(|o| k == o)
+            }
+        })
+        .collect();
+    vars.push((
+        "PATH".into(),
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+    ));
+    vars.push(("HOME".into(), "/root".into()));
+    if let Some(h) = &req.hostname {
+        vars.push(("HOSTNAME".into(), h.into()));
+    }
     for (k, v) in &req.setenv {
         vars.retain(|(x, _)| x != k);
         vars.push((k.clone(), v.clone()));
-    }
-    if !vars.iter().any(|(k, _)| k == "PATH") {
-        vars.push((
-            "PATH".into(),
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-        ));
-    }
-    if req.clean_env && !vars.iter().any(|(k, _)| k == "HOME") {
-        vars.push(("HOME".into(), "/root".into()));
     }
     vars.iter()
         .map(|(k, v)| {
