@@ -133,6 +133,11 @@ pub fn create(store: &Store, a: &ContainerArgs) -> Result<Container> {
 /// Runs a container in the foreground, with its own writable layer: the same one at every
 /// start. Returns the command's status, which is kept in the container's record.
 pub fn start(store: &Store, c: &Container, req: RunRequest) -> Result<i32> {
+    start_keeping(store, c, req, true)
+}
+
+/// `start`; with `keep` false (a `run --rm`) the exit is not recorded.
+fn start_keeping(store: &Store, c: &Container, req: RunRequest, keep: bool) -> Result<i32> {
     let img = store.find_image(c.image.hex())?;
     let lock = store.lock_container(c)?;
     // The runner's pid, for stop.
@@ -171,9 +176,11 @@ pub fn start(store: &Store, c: &Container, req: RunRequest) -> Result<i32> {
         ..req
     };
     let r = run::run(req);
-    let mut rec = store.find_container(&c.id)?;
-    rec.state = State::Exited(*r.as_ref().unwrap_or(&(run::RUNNER_FAILED as i32)));
-    store.put_container(&rec)?;
+    if keep {
+        let mut rec = store.find_container(&c.id)?;
+        rec.state = State::Exited(*r.as_ref().unwrap_or(&(run::RUNNER_FAILED as i32)));
+        store.put_container(&rec)?;
+    }
     drop(lock);
     r
 }
@@ -300,6 +307,13 @@ pub fn diff(store: &Store, c: &Container) -> Result<String> {
         .iter()
         .map(|ch| format!("{} {}\n", ch.kind, ch.path))
         .collect())
+}
+
+/// `run --rm`: the container started, then removed (its exit not recorded).
+pub fn run_once(store: &Store, c: &Container, req: RunRequest) -> Result<i32> {
+    let r = start_keeping(store, c, req, false);
+    remove_after_run(store, c);
+    r
 }
 
 /// Used by `rm` of `run --rm`.

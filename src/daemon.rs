@@ -115,6 +115,8 @@ impl Daemon {
         let pid = self.pid;
         let _ = sys::kill(pid, libc::SIGTERM);
         let end = Instant::now() + Duration::from_secs(20);
+        // It usually ends within a millisecond: short naps first, a run's exit waits on this.
+        let mut nap = Duration::from_micros(100);
         loop {
             if !matches!(sys::waitpid(pid, libc::WNOHANG), Ok(None)) {
                 return;
@@ -125,7 +127,8 @@ impl Daemon {
                 sys::wait_status(pid);
                 return;
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(nap);
+            nap = (nap * 2).min(Duration::from_millis(5));
         }
     }
 }

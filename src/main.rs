@@ -271,11 +271,10 @@ fn run_image(
         user: req.user.clone(),
     };
     let c = containers::create(&store, &a)?;
-    let r = containers::start(&store, &c, req);
     if rm {
-        containers::remove_after_run(&store, &c);
+        return containers::run_once(&store, &c, req);
     }
-    r
+    containers::start(&store, &c, req)
 }
 
 /// `-o` options, through the parser every front end shares. The layers are the command's

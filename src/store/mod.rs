@@ -359,8 +359,11 @@ impl Store {
         Ok(out)
     }
 
+    /// A container's record: not synced (its state changes at every start and exit; a
+    /// crash keeps the record before or after the change).
     pub fn put_container(&self, c: &Container) -> Result<()> {
-        write_json(&self.container_dir(&c.id).join("config.json"), c)
+        let data = serde_json::to_vec_pretty(c).map_err(|e| UserError(e.to_string()))?;
+        write_replacing(&self.container_dir(&c.id).join("config.json"), &data, false)
     }
 
     /// A container by name, id or id prefix.
@@ -559,11 +562,19 @@ pub fn disk_usage(p: &Path) -> u64 {
 
 /// Writes a file whole or not at all: a temporary beside it, synced, renamed into place.
 pub fn write_atomic(p: &Path, data: &[u8]) -> Result<()> {
+    write_replacing(p, data, true)
+}
+
+/// As `write_atomic`; without `sync`, a crash may lose the new content (never leave a
+/// half-written one): for records rewritten all the time, a container's state.
+fn write_replacing(p: &Path, data: &[u8], sync: bool) -> Result<()> {
     let tmp = p.with_extension(format!("tmp-{}", random_hex(6)));
     let r = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
+        if sync {
+            f.sync_all()?;
+        }
         std::fs::rename(&tmp, p)
     })();
     if r.is_err() {
