@@ -980,3 +980,37 @@ fn a_full_disk_during_a_load_leaves_the_store_as_it_was() {
         assert!(left.is_empty(), "{d}: {left:?}");
     }
 }
+
+#[test]
+fn sparse_files_stay_sparse() {
+    let Some(w) = World::new() else { return };
+    let root = w.path("sparse");
+    mkdir(&root);
+    // 64 MiB with 8 KiB of data in the middle.
+    let f = std::fs::File::create(root.join("holes")).unwrap();
+    f.set_len(64 << 20).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&[7u8; 8192], 32 << 20).unwrap();
+    drop(f);
+    let tarball = w.path("sparse.tar");
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("--sparse")
+        .arg("-cf")
+        .arg(&tarball)
+        .arg("."));
+    w.ok(&["import", tarball.to_str().unwrap(), "sparse"]);
+    let p = w.layers()[0].join("holes");
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(&p).unwrap();
+    assert_eq!(md.len(), 64 << 20);
+    assert!(
+        md.blocks() * 512 < 1 << 20,
+        "{} bytes allocated",
+        md.blocks() * 512
+    );
+    let data = std::fs::read(&p).unwrap();
+    assert!(data[(32 << 20)..(32 << 20) + 8192].iter().all(|&b| b == 7));
+    assert_eq!(data.iter().filter(|&&b| b != 0).count(), 8192);
+}

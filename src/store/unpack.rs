@@ -196,7 +196,7 @@ impl Unpacker {
                     0o600,
                 )?;
                 let mut f = std::fs::File::from(fd);
-                std::io::copy(e, &mut f).map_err(|err| Fail::Sys(err.into()))?;
+                copy_sparse(e, &mut f).map_err(|err| Fail::Sys(err.into()))?;
             }
             T::Symlink => {
                 let target = e
@@ -292,6 +292,42 @@ impl Unpacker {
         };
         sys::utimensat(dir, name.unwrap_or(c""), &[t, t])
     }
+}
+
+/// Copies a file's data, leaving blocks of zeros as holes (a sparse file of the layer, which
+/// the tar reader gives as zeros, stays sparse).
+fn copy_sparse(r: &mut impl Read, f: &mut std::fs::File) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    const BLOCK: usize = 4096;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut len: u64 = 0;
+    loop {
+        let mut n = 0;
+        // Whole buffers, so blocks stay aligned to the file's.
+        while n < buf.len() {
+            match r.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        for chunk in buf[..n].chunks(BLOCK) {
+            if chunk.iter().all(|&b| b == 0) {
+                f.seek(SeekFrom::Current(chunk.len() as i64))?;
+            } else {
+                f.write_all(chunk)?;
+            }
+        }
+        len += n as u64;
+        if n < buf.len() {
+            break;
+        }
+    }
+    f.set_len(len)
 }
 
 /// The PAX xattrs of an entry (`SCHILY.xattr.NAME`): `user.*` and `security.*` kept; the
