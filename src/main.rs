@@ -91,6 +91,9 @@ enum Cmd {
         /// an image's own for a container).
         #[arg(long, short = 'e', visible_alias = "env", value_name = "K=V")]
         setenv: Vec<OsString>,
+        /// Environment variables from a file of K=V lines (before -e).
+        #[arg(long = "env-file", value_name = "FILE")]
+        env_file: Vec<PathBuf>,
         /// The working directory inside (default /, or the image's).
         #[arg(long, short = 'w', visible_alias = "workdir", value_name = "DIR")]
         chdir: Option<PathBuf>,
@@ -513,6 +516,7 @@ fn main() -> ExitCode {
         hostname,
         user,
         setenv,
+        env_file,
         chdir,
         bind,
         ro_bind,
@@ -521,6 +525,24 @@ fn main() -> ExitCode {
         options,
     } = cli.cmd
     {
+        // The files' variables first: -e overrides them.
+        let mut all = Vec::new();
+        for f in &env_file {
+            match run::read_env_file(f) {
+                Ok(vars) => all.extend(vars.into_iter().map(|(k, v)| {
+                    let mut kv = k;
+                    kv.push("=");
+                    kv.push(v);
+                    kv
+                })),
+                Err(e) => {
+                    eprintln!("unionfuse run: {e}");
+                    return ExitCode::from(run::RUNNER_FAILED);
+                }
+            }
+        }
+        all.extend(setenv);
+        let setenv = all;
         let r = match lowers {
             Some(lowers) => run_request(
                 lowers, upper, hostname, user, setenv, chdir, bind, ro_bind, net, command,

@@ -59,6 +59,20 @@ fn find_program(name: &str) -> Option<PathBuf> {
         .find(|p| sys::is_executable(p))
 }
 
+/// Whether host uid `uid` will be mapped in a rootless run's user namespace: the caller's
+/// own, or in its subordinate range (when the setuid helpers are there to map it).
+pub fn maps_uid(uid: u32) -> bool {
+    let (me, _) = sys::real_ids();
+    if uid == me {
+        return true;
+    }
+    let name = sys::user_name(me);
+    let text = std::fs::read_to_string("/etc/subuid").unwrap_or_default();
+    let helpers = find_program("newuidmap").is_some();
+    subid_range(&text, name.as_deref(), me)
+        .is_some_and(|r| helpers && uid >= r.start && uid - r.start < r.count)
+}
+
 /// Enters a new user namespace where the caller is root. With a subordinate id range and the
 /// setuid helpers, the whole range is mapped (ids 1.. inside); otherwise only the caller's own
 /// id, which is said once on stderr (unless `quiet`). Returns whether the full range is

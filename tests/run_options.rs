@@ -224,3 +224,42 @@ fn the_environment_inside_is_a_containers_as_root() {
 fn the_environment_inside_is_a_containers_rootless() {
     environment_inside(Who::SingleId);
 }
+
+#[test]
+fn env_files_and_a_warning_for_lowers_a_rootless_run_cannot_map() {
+    let Some(ctx) = RunCtx::new(Who::SingleId) else {
+        return;
+    };
+    let env = ctx.dir.path().join("vars.env");
+    std::fs::write(&env, "# comment\n\nA=from-file\nB=b\n").unwrap();
+    ctx.give(&env);
+    let mut c = ctx.command(&["run", "--env-file"]);
+    c.arg(&env)
+        .args(["-e", "B=from-e", "--lower"])
+        .arg(lower(&ctx))
+        .args(["--", "/bin/sh", "-c", "echo $A $B"]);
+    let o = c.stdin(Stdio::null()).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "from-file from-e\n");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("cannot map"), "{err}");
+    // A lower made by root: said once, with the fix.
+    let rooted = ctx.dir.path().join("rooted");
+    std::fs::create_dir(&rooted).unwrap();
+    run(std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&ctx.rootfs)
+        .arg(rooted.join("fs")));
+    let fs = rooted.join("fs");
+    run(std::process::Command::new("chown")
+        .args(["-R", "0:0"])
+        .arg(&fs));
+    let mut c = ctx.command(&["run", "--lower"]);
+    c.arg(&fs).args(["--", "/bin/true"]);
+    let o = c.stdin(Stdio::null()).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("cannot map") && err.contains("import"),
+        "{err}"
+    );
+    ctx.assert_clean();
+}

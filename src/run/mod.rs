@@ -121,6 +121,17 @@ pub fn parse_env(spec: &OsStr) -> Result<(OsString, OsString)> {
     }
 }
 
+/// The `K=V` lines of an env file (blank lines and `#` comments skipped), as `--env-file`.
+pub fn read_env_file(path: &Path) -> Result<Vec<(OsString, OsString)>> {
+    let text = std::fs::read(path)
+        .map_err(|e| UserError(format!("--env-file '{}': {e}", path.display())))?;
+    text.split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .filter(|l| !l.is_empty() && !l.starts_with(b"#"))
+        .map(|l| parse_env(OsStr::from_bytes(l)))
+        .collect()
+}
+
 /// Every `K=V` of a list.
 pub fn parse_envs(specs: &[OsString]) -> Result<Vec<(OsString, OsString)>> {
     specs.iter().map(|e| parse_env(e)).collect()
@@ -169,6 +180,9 @@ pub fn run(req: RunRequest) -> Result<i32> {
         );
     }
     let rootless = sys::geteuid() != 0;
+    if rootless {
+        warn_unmapped_owners(&lowers);
+    }
 
     let scratch = Scratch::create(req.upper.is_none())?;
     // The layers are checked once, here, before any namespace exists.
@@ -180,6 +194,37 @@ pub fn run(req: RunRequest) -> Result<i32> {
         let _ = std::fs::remove_dir_all(&scratch.path);
     }
     r
+}
+
+/// Rootless, a lower whose files belong to ids the run's user namespace cannot map shows
+/// them as 65534 and cannot change them (a tree made by root): said once, with the fix.
+/// Only the top of each layer is looked at.
+fn warn_unmapped_owners(lowers: &[PathBuf]) {
+    use std::os::unix::fs::MetadataExt;
+    for l in lowers {
+        let mut uids: Vec<u32> = std::fs::symlink_metadata(l)
+            .map(|m| m.uid())
+            .into_iter()
+            .collect();
+        if let Ok(rd) = std::fs::read_dir(l) {
+            uids.extend(
+                rd.flatten()
+                    .take(64)
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.uid()),
+            );
+        }
+        if let Some(u) = uids.into_iter().find(|&u| !crate::userns::maps_uid(u)) {
+            eprintln!(
+                "unionfuse run: lower layer '{}' holds files of uid {u}, which a rootless run cannot map: \
+                 they show as 65534 and cannot be changed (have it owned by you, or import it into the \
+                 image store, which keeps owners: tar -C '{}' -c . | unionfuse import /dev/stdin NAME)",
+                l.display(),
+                l.display()
+            );
+            return;
+        }
+    }
 }
 
 /// The run's own directory: the union's mountpoint, and the temporary upper if none is given.
