@@ -113,6 +113,18 @@ enum Cmd {
         /// override_stat, uidmapping=..., gidmapping=...).
         #[arg(short = 'o', value_name = "OPTIONS")]
         options: Vec<String>,
+        /// Give the command a terminal of the container's own (relayed to this one), even
+        /// when standard input is not a terminal. The default when standard input and
+        /// output are the caller's terminal.
+        #[arg(short = 't', long)]
+        tty: bool,
+        /// Never give the command a terminal: it gets the caller's standard streams as
+        /// they are.
+        #[arg(long = "no-tty", conflicts_with = "tty")]
+        no_tty: bool,
+        /// Accepted for docker's -it: standard input always reaches the command.
+        #[arg(short = 'i', long, hide = true)]
+        interactive: bool,
     },
     /// Run a command (default: a shell) as root of a user namespace with the same id map as
     /// a rootless run: to re-own a tree for a run, or remove an upper whose files belong to
@@ -523,8 +535,16 @@ fn main() -> ExitCode {
         net,
         command,
         options,
+        tty,
+        no_tty,
+        interactive: _,
     } = cli.cmd
     {
+        let tty = match (tty, no_tty) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        };
         // The files' variables first: -e overrides them.
         let mut all = Vec::new();
         for f in &env_file {
@@ -549,6 +569,7 @@ fn main() -> ExitCode {
             )
             .map(|r| run::RunRequest {
                 mount_options: options.clone(),
+                tty,
                 ..r
             })
             .and_then(run::run),
@@ -570,6 +591,7 @@ fn main() -> ExitCode {
                 )
                 .map(|r| run::RunRequest {
                     mount_options: options.clone(),
+                    tty,
                     ..r
                 }),
             ),

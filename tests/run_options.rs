@@ -263,3 +263,202 @@ fn env_files_and_a_warning_for_lowers_a_rootless_run_cannot_map() {
     );
     ctx.assert_clean();
 }
+
+/// A pseudo-terminal for a runner: the test holds the master side, the runner gets the
+/// other end as its controlling terminal, as a login shell would.
+struct Pty {
+    master: std::fs::File,
+    term: std::fs::File,
+}
+
+impl Pty {
+    fn new(rows: u16, cols: u16) -> Pty {
+        use std::os::fd::FromRawFd;
+        // SAFETY (test): plain libc calls on fds this test owns; ptsname_r writes into buf.
+        unsafe {
+            let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+            assert!(m >= 0);
+            assert_eq!(libc::grantpt(m), 0);
+            assert_eq!(libc::unlockpt(m), 0);
+            let mut buf = [0 as libc::c_char; 64];
+            assert_eq!(libc::ptsname_r(m, buf.as_mut_ptr(), buf.len()), 0);
+            let s = libc::open(
+                buf.as_ptr(),
+                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+            );
+            assert!(s >= 0);
+            let p = Pty {
+                master: std::fs::File::from_raw_fd(m),
+                term: std::fs::File::from_raw_fd(s),
+            };
+            p.resize(rows, cols);
+            p
+        }
+    }
+
+    fn resize(&self, rows: u16, cols: u16) {
+        use std::os::fd::AsRawFd;
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY (test): ws is a live winsize.
+        assert_eq!(
+            unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) },
+            0
+        );
+    }
+
+    /// Whether the runner's terminal is back in canonical mode (not left raw).
+    fn canonical(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        // SAFETY (test): t is a live termios the call fills in.
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::tcgetattr(self.term.as_raw_fd(), &mut t) }, 0);
+        t.c_lflag & libc::ICANON != 0 && t.c_lflag & libc::ECHO != 0
+    }
+
+    /// `cmd` started on the terminal, as the leader of a session it controls.
+    fn spawn(&self, cmd: &mut std::process::Command) -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        for_stdio(cmd, &self.term);
+        // SAFETY (test): setsid and ioctl are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                if libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.spawn().unwrap()
+    }
+
+    /// Types `keys`, then reads what the terminal shows until `until` appears (or 20 s).
+    fn send(&mut self, keys: &str, until: &str) -> String {
+        use std::io::{Read, Write};
+        use std::os::fd::AsRawFd;
+        self.master.write_all(keys.as_bytes()).unwrap();
+        let mut seen = Vec::new();
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::time::Instant::now() < end {
+            let mut p = libc::pollfd {
+                fd: self.master.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY (test): one live pollfd.
+            if unsafe { libc::poll(&mut p, 1, 100) } <= 0 {
+                continue;
+            }
+            let mut b = [0u8; 4096];
+            match self.master.read(&mut b) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&b[..n]),
+            }
+            if String::from_utf8_lossy(&seen).contains(until) {
+                break;
+            }
+        }
+        let s = String::from_utf8_lossy(&seen).into_owned();
+        assert!(s.contains(until), "'{until}' not shown after {keys:?}: {s}");
+        s
+    }
+}
+
+fn for_stdio(cmd: &mut std::process::Command, term: &std::fs::File) {
+    cmd.stdin(term.try_clone().unwrap())
+        .stdout(term.try_clone().unwrap())
+        .stderr(term.try_clone().unwrap());
+}
+
+/// An interactive run on a terminal: the command's terminal is one of the container's own
+/// (`tty` names it, `[ -t 0 ]` holds, `ps` shows it), sized as the caller's and resized with
+/// it; job control works (a background job, ^C to a foreground one), `su` to another user
+/// keeps it; the exit status comes through and the caller's terminal is left as it was.
+fn a_terminal_inside(who: Who) {
+    let Some(ctx) = RunCtx::new(who) else { return };
+    let mut pty = Pty::new(33, 101);
+    let mut c = ctx.command(&["run", "--lower"]);
+    c.arg(lower(&ctx)).args(["--", "/bin/sh", "-i"]);
+    let mut child = pty.spawn(&mut c);
+    // Marks computed by the shell, so the echo of the typed line does not match them.
+    pty.send("echo M$((1+1))\n", "M2");
+    let s = pty.send(
+        "tty; [ -t 0 ] && [ -t 1 ] && echo T$((2+2)); stty size\n",
+        "T4",
+    );
+    assert!(s.contains("/dev/pts/0"), "{who:?}: {s}");
+    assert!(!s.contains("not a tty"), "{who:?}: {s}");
+    let s = pty.send("stty size; echo S$((0+1))\n", "S1");
+    assert!(s.contains("33 101"), "{who:?}: {s}");
+    let s = pty.send("ps -o pid,tty,comm; echo P$((3+3))\n", "P6");
+    assert!(
+        s.lines().any(|l| l.contains(" sh") && !l.contains(" ? ")),
+        "{who:?}: the shell has no terminal in ps: {s}"
+    );
+    let s = pty.send("sleep 60 &\njobs; echo J$((4+4))\n", "J8");
+    assert!(
+        s.contains("Running") && s.contains("sleep 60"),
+        "{who:?}: {s}"
+    );
+    pty.send("kill %1; echo K$((5+5))\n", "K10");
+    // ^C reaches the foreground job through the container's terminal.
+    let t0 = std::time::Instant::now();
+    pty.send("sleep 30\n", "sleep 30");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    pty.send("\x03", "#");
+    pty.send("echo C$((6+6))\n", "C12");
+    assert!(
+        t0.elapsed().as_secs() < 20,
+        "{who:?}: ^C did not stop sleep"
+    );
+    if who == Who::Root {
+        let s = pty.send("su user -c 'tty; id -u'; echo U$((7+7))\n", "U14");
+        assert!(s.contains("/dev/pts/0") && s.contains("1000"), "{s}");
+    }
+    pty.resize(40, 120);
+    let s = pty.send("sleep 0.2; stty size; echo R$((8+8))\n", "R16");
+    assert!(s.contains("40 120"), "{who:?}: resize not passed on: {s}");
+    pty.send("exit 7\n", "exit 7");
+    let st = child.wait().unwrap();
+    assert_eq!(st.code(), Some(7), "{who:?}");
+    assert!(
+        pty.canonical(),
+        "{who:?}: the terminal was left in raw mode"
+    );
+    ctx.assert_clean();
+}
+
+#[test]
+fn an_interactive_run_has_a_terminal_inside_as_root() {
+    a_terminal_inside(Who::Root);
+}
+
+#[test]
+fn an_interactive_run_has_a_terminal_inside_rootless() {
+    a_terminal_inside(Who::SubIds);
+}
+
+/// `--no-tty` keeps the caller's streams; `-t` gives a terminal without one outside.
+#[test]
+fn tty_can_be_forced_or_refused() {
+    let Some(ctx) = RunCtx::new(Who::Root) else {
+        return;
+    };
+    let o = ctx.sh(&["-t"], "tty; [ -t 0 ] && echo yes");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("/dev/pts/0") && out.contains("yes"), "{out}");
+    let mut pty = Pty::new(24, 80);
+    let mut c = ctx.command(&["run", "--no-tty", "--lower"]);
+    c.arg(lower(&ctx))
+        .args(["--", "/bin/sh", "-c", "tty || echo N$((2+3))"]);
+    let mut child = pty.spawn(&mut c);
+    let s = pty.send("", "N5");
+    assert!(s.contains("not a tty"), "{s}");
+    assert!(child.wait().unwrap().success());
+    ctx.assert_clean();
+}

@@ -3,7 +3,7 @@
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use super::rootfs::{self, RealHost};
@@ -106,9 +106,20 @@ fn init(
         .map(|a| cstring(a))
         .collect::<Result<Vec<_>>>()?;
     let set = signal_set(true);
+    let pty = if req.tty == Some(true) {
+        Some(terminal(ids.as_ref().map(|(uid, _, _)| *uid))?)
+    } else {
+        None
+    };
     let child = match sys::fork() {
         Err(e) => bail!("fork: {e}"),
         Ok(sys::Forked::Child) => {
+            if let Some((_, term)) = &pty
+                && let Err(e) = take_terminal(term.as_fd())
+            {
+                eprintln!("unionfuse run: cannot give the command its terminal: {e}");
+                sys::exit_now(RUNNER_FAILED as i32);
+            }
             if let Some((uid, gid, _)) = ids
                 && let Err(e) = sys::become_user(uid, gid)
             {
@@ -120,7 +131,142 @@ fn init(
         Ok(sys::Forked::Parent(pid)) => pid,
     };
     drop(life);
-    Ok(reap_until(child, &set))
+    Ok(match pty {
+        Some((master, term)) => {
+            drop(term);
+            relay_until(child, &set, master)
+        }
+        None => reap_until(child, &set),
+    })
+}
+
+/// A terminal of the container's devpts for the command (given to its user, as a login
+/// does), sized as the caller's: (master, terminal).
+fn terminal(uid: Option<u32>) -> Result<(OwnedFd, OwnedFd)> {
+    let (master, term, _) =
+        sys::open_pty().map_err(|e| UserError(format!("cannot open a terminal inside: {e}")))?;
+    if let Some(uid) = uid {
+        let _ = sys::fchown(term.as_fd(), uid, u32::MAX);
+    }
+    let size = sys::window_size(0).unwrap_or([24, 80, 0, 0]);
+    let _ = sys::set_window_size(master.as_fd(), size);
+    Ok((master, term))
+}
+
+/// In the command's process: a session of its own whose controlling terminal is `term`,
+/// which becomes its standard input, output and error.
+fn take_terminal(term: std::os::fd::BorrowedFd<'_>) -> Result<()> {
+    sys::setsid();
+    sys::set_controlling_terminal(term)
+        .and_then(|()| (0..3).try_for_each(|fd| sys::dup_onto(term, fd)))
+        .map_err(|e| UserError(e.to_string()))
+}
+
+/// [`reap_until`] for a command on a terminal of its own: also copies what the caller types
+/// to the terminal and what the command writes there to the caller's standard output, and
+/// passes window size changes on (the kernel then tells the command with SIGWINCH).
+fn relay_until(child: i32, set: &sys::SigSet, master: OwnedFd) -> i32 {
+    let Ok(sfd) = set.signal_fd() else {
+        return reap_until(child, set);
+    };
+    let m = master.as_raw_fd();
+    let _ = sys::set_nonblocking(master.as_fd());
+    let (mut stdin_open, mut master_open) = (true, true);
+    let mut to_master: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let mut fds = vec![(sfd.as_raw_fd(), libc::POLLIN)];
+        if master_open {
+            let out = if to_master.is_empty() {
+                0
+            } else {
+                libc::POLLOUT
+            };
+            fds.push((m, libc::POLLIN | out));
+        }
+        // Typed input waits while the command does not read what came before.
+        let reading = stdin_open && to_master.len() < buf.len();
+        if reading {
+            fds.push((0, libc::POLLIN));
+        }
+        let Ok(rev) = sys::poll(&fds, -1) else {
+            return reap_until(child, set);
+        };
+        if rev[0] != 0 {
+            while let Some((sig, sent)) = sys::read_signal(sfd.as_fd()) {
+                match sig {
+                    libc::SIGCHLD => {
+                        while let Ok(Some((pid, st))) = sys::waitpid(-1, libc::WNOHANG) {
+                            if pid == child {
+                                if master_open {
+                                    drain(m, &mut buf);
+                                }
+                                return sys::decode_status(st);
+                            }
+                        }
+                    }
+                    libc::SIGWINCH => {
+                        if let Some(size) = sys::window_size(0) {
+                            let _ = sys::set_window_size(master.as_fd(), size);
+                        }
+                    }
+                    _ if sent => {
+                        let _ = sys::kill(child, sig);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if master_open {
+            let r = rev[1];
+            if r & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+                match sys::read(m, &mut buf) {
+                    Ok(0) => master_open = false,
+                    Ok(n) => write_all(1, &buf[..n]),
+                    Err(e) if e.0 == libc::EAGAIN => {}
+                    // EIO: no process holds the terminal open any more.
+                    Err(_) => master_open = false,
+                }
+            }
+            if master_open && r & libc::POLLOUT != 0 {
+                match sys::write(m, &to_master) {
+                    Ok(n) => {
+                        to_master.drain(..n);
+                    }
+                    Err(e) if e.0 == libc::EAGAIN => {}
+                    Err(_) => to_master.clear(),
+                }
+            }
+        }
+        if reading && rev.last().is_some_and(|r| *r != 0) {
+            let room = buf.len() - to_master.len();
+            let mut chunk = vec![0u8; room];
+            match sys::read(0, &mut chunk) {
+                Ok(0) | Err(_) => stdin_open = false,
+                Ok(n) => to_master.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+/// What the command wrote before it ended, to the caller.
+fn drain(master: i32, buf: &mut [u8]) {
+    while let Ok(n) = sys::read(master, buf) {
+        if n == 0 {
+            break;
+        }
+        write_all(1, &buf[..n]);
+    }
+}
+
+/// All of `data` to `fd`; output nobody reads any more is dropped.
+fn write_all(fd: i32, mut data: &[u8]) {
+    while !data.is_empty() {
+        match sys::write(fd, data) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => data = &data[n..],
+        }
+    }
 }
 
 /// The init's loop: reaps every child (orphans land here), passes signals on to the command,

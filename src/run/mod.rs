@@ -82,6 +82,9 @@ pub struct RunRequest {
     pub binds: Vec<Bind>,
     pub net: Net,
     pub command: Vec<OsString>,
+    /// A terminal of the container's own for the command, relayed to the caller's
+    /// (`None`: when standard input and output are the caller's terminal).
+    pub tty: Option<bool>,
 }
 
 /// `SRC:DST` (or `SRC` alone for the same path inside); `\:` escapes a colon.
@@ -184,6 +187,12 @@ pub fn run(req: RunRequest) -> Result<i32> {
         warn_unmapped_owners(&lowers);
     }
 
+    let mut req = req;
+    // An interactive run on a terminal: the command gets a terminal of its own.
+    req.tty = Some(
+        req.tty
+            .unwrap_or_else(|| sys::is_foreground_terminal(0) && sys::is_terminal(1)),
+    );
     let scratch = Scratch::create(req.upper.is_none())?;
     // The layers are checked once, here, before any namespace exists.
     let r = mount_request(&req, lowers, &scratch)
@@ -320,6 +329,12 @@ fn run_in(
         .and_then(|()| init::start(req, binds, scratch, full_ids));
     let code = match r {
         Ok((init, ns_ready)) => {
+            // The init relays the caller's keys as they are typed (^C and ^Z included) to
+            // the command's terminal, where they take effect; the caller's mode comes back
+            // when the run ends.
+            let _raw = (req.tty == Some(true) && sys::is_foreground_terminal(0))
+                .then(|| sys::RawMode::enter(0).ok())
+                .flatten();
             // Once the init has a mount namespace of its own, this one (the daemon's) lets
             // go of the host's other mounts.
             let mut b = [0u8; 1];

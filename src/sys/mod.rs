@@ -1,5 +1,5 @@
 //! The one syscall floor: every `unsafe` of the crate lives under this module, one file per
-//! family of calls (`fs`, `xattr`, `copy`, `mount`, `process`), each re-exported here so the
+//! family of calls (`fs`, `xattr`, `copy`, `mount`, `process`, `term`), each re-exported here so the
 //! rest of the crate says `sys::openat` whatever the family.
 //!
 //! Safety contract, which every `unsafe` block below relies on and states in its `SAFETY:`
@@ -138,10 +138,12 @@ mod copy;
 mod fs;
 mod mount;
 mod process;
+mod term;
 mod xattr;
 
 pub use copy::*;
 pub use fs::*;
 pub use mount::*;
 pub use process::*;
+pub use term::*;
 pub use xattr::*;

@@ -233,6 +233,15 @@ impl SigSet {
         unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
     }
 
+    /// A non-blocking signalfd for these signals (which the caller keeps blocked).
+    pub fn signal_fd(&self) -> Result<OwnedFd> {
+        // SAFETY: self.0 is an initialized set; -1 asks for a new fd.
+        let fd =
+            check(unsafe { libc::signalfd(-1, &self.0, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) })?;
+        // SAFETY: fd was just made and is owned by nobody else.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
     /// Waits for one of these (blocked) signals; returns it and whether a process sent it
     /// (rather than the kernel, as for a terminal's ^C or a window change).
     pub fn wait_info(&self) -> (i32, bool) {
