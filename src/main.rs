@@ -32,6 +32,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once per process: the size of its largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Cmd {
     /// Mount a union: LOWERS is a ':'-separated list, leftmost on top ('\:' escapes a ':').
     #[command(
@@ -122,6 +124,18 @@ enum Cmd {
         /// they are.
         #[arg(long = "no-tty", conflicts_with = "tty")]
         no_tty: bool,
+        /// Every capability, no seccomp filter, nothing of /proc and /sys masked.
+        #[arg(long)]
+        privileged: bool,
+        /// Keep a capability beyond the default fourteen (NET_ADMIN, SYS_PTRACE…; ALL).
+        #[arg(long = "cap-add", value_name = "CAP")]
+        cap_add: Vec<String>,
+        /// Drop a capability of the default fourteen (ALL: every one).
+        #[arg(long = "cap-drop", value_name = "CAP")]
+        cap_drop: Vec<String>,
+        /// no-new-privileges (set-id programs gain nothing), seccomp=unconfined (no filter).
+        #[arg(long = "security-opt", value_name = "OPT")]
+        security_opt: Vec<String>,
         /// Accepted for docker's -it: standard input always reaches the command.
         #[arg(short = 'i', long, hide = true)]
         interactive: bool,
@@ -538,8 +552,24 @@ fn main() -> ExitCode {
         tty,
         no_tty,
         interactive: _,
+        privileged,
+        cap_add,
+        cap_drop,
+        security_opt,
     } = cli.cmd
     {
+        let profile = match run::profile::Profile::from_options(
+            privileged,
+            &cap_add,
+            &cap_drop,
+            &security_opt,
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("unionfuse run: {e}");
+                return ExitCode::from(run::RUNNER_FAILED);
+            }
+        };
         let tty = match (tty, no_tty) {
             (true, _) => Some(true),
             (_, true) => Some(false),
@@ -570,6 +600,7 @@ fn main() -> ExitCode {
             .map(|r| run::RunRequest {
                 mount_options: options.clone(),
                 tty,
+                profile: profile.clone(),
                 ..r
             })
             .and_then(run::run),
@@ -592,6 +623,7 @@ fn main() -> ExitCode {
                 .map(|r| run::RunRequest {
                     mount_options: options.clone(),
                     tty,
+                    profile,
                     ..r
                 }),
             ),

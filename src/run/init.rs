@@ -6,6 +6,11 @@ use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+use std::collections::HashSet;
+
+use caps::{CapSet, Capability};
+
+use super::profile;
 use super::rootfs::{self, RealHost};
 use super::{
     Bind, CANNOT_EXEC, NOT_FOUND, Net, RUNNER_FAILED, RunRequest, Scratch, cstring, make_private,
@@ -79,8 +84,8 @@ fn init(
     let _ = std::fs::File::from(ns_ready).write_all(b"1");
     let root = sys::open_dir_path(&scratch.root())
         .map_err(|e| UserError(format!("the union's root: {e}")))?;
-    let mut host = RealHost::new(root);
-    rootfs::setup(&mut host, binds, full_ids)?;
+    let mut host = RealHost::new(root, scratch.root());
+    rootfs::setup(&mut host, binds, full_ids, !req.profile.privileged)?;
     host.pivot()?;
     drop(host);
     let dir = req.chdir.clone().unwrap_or_else(|| PathBuf::from("/"));
@@ -105,12 +110,34 @@ fn init(
         .iter()
         .map(|a| cstring(a))
         .collect::<Result<Vec<_>>>()?;
+    let filters: Vec<Vec<libc::sock_filter>> = req
+        .profile
+        .filters()?
+        .into_iter()
+        .map(|p| {
+            p.into_iter()
+                .map(|i| libc::sock_filter {
+                    code: i.code,
+                    jt: i.jt,
+                    jf: i.jf,
+                    k: i.k,
+                })
+                .collect()
+        })
+        .collect();
     let set = signal_set(true);
     let pty = if req.tty == Some(true) {
         Some(terminal(ids.as_ref().map(|(uid, _, _)| *uid))?)
     } else {
         None
     };
+    profile::confine(
+        &mut RealConfine {
+            filters: &filters,
+            cgroups: &req.cgroup_procs,
+        },
+        &req.profile,
+    )?;
     let child = match sys::fork() {
         Err(e) => bail!("fork: {e}"),
         Ok(sys::Forked::Child) => {
@@ -138,6 +165,56 @@ fn init(
         }
         None => reap_until(child, &set),
     })
+}
+
+/// The confinement's real calls, in the init just before it starts the command.
+struct RealConfine<'a> {
+    filters: &'a [Vec<libc::sock_filter>],
+    /// `cgroup.procs` of the run's cgroups, opened by the runner on the host.
+    cgroups: &'a [std::sync::Arc<OwnedFd>],
+}
+
+impl profile::Confine for RealConfine<'_> {
+    fn join_cgroups(&mut self) -> Result<()> {
+        for fd in self.cgroups {
+            sys::write(fd.as_raw_fd(), b"0")
+                .map_err(|e| UserError(format!("cannot join the container's cgroup: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn bound(&mut self, keep: &HashSet<Capability>) -> Result<()> {
+        let known = caps::runtime::thread_all_supported();
+        for c in known.difference(keep) {
+            caps::drop(None, CapSet::Bounding, *c)
+                .map_err(|e| UserError(format!("cannot drop {c} from the bounding set: {e}")))?;
+        }
+        // Without the ambient set (an old kernel) there is nothing to clear.
+        let _ = caps::clear(None, CapSet::Ambient);
+        Ok(())
+    }
+
+    fn no_new_privs(&mut self) -> Result<()> {
+        sys::no_new_privs().map_err(|e| UserError(format!("no-new-privileges: {e}")))
+    }
+
+    fn seccomp(&mut self) -> Result<()> {
+        for f in self.filters {
+            sys::seccomp_filter(f)
+                .map_err(|e| UserError(format!("cannot install the seccomp filter: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn set_caps(&mut self, keep: &HashSet<Capability>) -> Result<()> {
+        let known = caps::runtime::thread_all_supported();
+        let keep: HashSet<Capability> = keep.intersection(&known).copied().collect();
+        for set in [CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
+            caps::set(None, set, &keep)
+                .map_err(|e| UserError(format!("cannot set the capabilities: {e}")))?;
+        }
+        Ok(())
+    }
 }
 
 /// A terminal of the container's devpts for the command (given to its user, as a login

@@ -13,6 +13,7 @@
 //!   the command, reaps zombies and forwards signals. Its exit ends every process of the run.
 
 mod init;
+pub mod profile;
 mod rootfs;
 
 use std::ffi::{CString, OsStr, OsString};
@@ -85,6 +86,10 @@ pub struct RunRequest {
     /// A terminal of the container's own for the command, relayed to the caller's
     /// (`None`: when standard input and output are the caller's terminal).
     pub tty: Option<bool>,
+    /// How the command is confined (Docker's default unless asked otherwise).
+    pub profile: profile::Profile,
+    /// `cgroup.procs` of the cgroups the command joins (made by the runner).
+    pub cgroup_procs: Vec<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 /// `SRC:DST` (or `SRC` alone for the same path inside); `\:` escapes a colon.

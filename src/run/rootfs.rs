@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
-use super::{Bind, cstring};
+use super::{Bind, cstring, profile};
 use crate::error::{Result, UserError, bail};
 use crate::sys::{self, Errno};
 
@@ -20,6 +20,11 @@ pub(super) trait Host {
     /// Makes the mount at `path`, and every mount below it, read-only.
     fn make_readonly(&mut self, path: &Path) -> std::result::Result<(), Errno>;
     fn symlink(&mut self, to: &str, path: &Path) -> std::result::Result<(), Errno>;
+    /// Whether `path` exists, and is a directory (`None`: it does not exist).
+    fn probe(&mut self, path: &Path) -> Option<bool>;
+    /// Binds the mount at `path` onto itself (recursively), so it can be made read-only on
+    /// its own.
+    fn rebind(&mut self, path: &Path) -> std::result::Result<(), Errno>;
 }
 
 /// One mount: `src` on `path` (inside the container).
@@ -33,7 +38,13 @@ pub(super) struct Mount<'a> {
 
 /// Mounts a container needs, and the binds asked for (parents first), in the root `host`
 /// stands for. `full_ids`: the whole id range is mapped (so the `tty` group exists).
-pub(super) fn setup(host: &mut impl Host, binds: &[Bind], full_ids: bool) -> Result<()> {
+/// `mask`: the kernel's sensitive files are hidden or read-only (not for --privileged).
+pub(super) fn setup(
+    host: &mut impl Host,
+    binds: &[Bind],
+    full_ids: bool,
+    mask: bool,
+) -> Result<()> {
     let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
     mount_at(
         host,
@@ -67,6 +78,10 @@ pub(super) fn setup(host: &mut impl Host, binds: &[Bind], full_ids: bool) -> Res
             .map_err(|e| fail("cannot mount /sys", e))?;
         host.make_readonly(sys_)
             .map_err(|e| fail("cannot make /sys read-only", e))?;
+    }
+
+    if mask {
+        mask_kernel_files(host)?;
     }
 
     mount_at(
@@ -144,6 +159,43 @@ pub(super) fn setup(host: &mut impl Host, binds: &[Bind], full_ids: bool) -> Res
     Ok(())
 }
 
+/// The OCI runtime default: `/dev/null` over sensitive files of `/proc` and `/sys`, an empty
+/// read-only tmpfs over such directories, and the kernel's tunables read-only.
+fn mask_kernel_files(host: &mut impl Host) -> Result<()> {
+    let fail = |p: &str, e: Errno| UserError(format!("cannot mask {p} in the container: {e}"));
+    for p in profile::MASKED {
+        let path = Path::new(p);
+        let m = match host.probe(path) {
+            None => continue,
+            Some(true) => Mount {
+                src: OsStr::new("tmpfs"),
+                path,
+                fstype: Some("tmpfs"),
+                flags: libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                data: Some("size=4k,mode=555"),
+            },
+            Some(false) => Mount {
+                src: OsStr::new("/dev/null"),
+                path,
+                fstype: None,
+                flags: libc::MS_BIND,
+                data: None,
+            },
+        };
+        host.mount(&m).map_err(|e| fail(p, e))?;
+    }
+    for p in profile::READ_ONLY {
+        let path = Path::new(p);
+        if host.probe(path).is_none() {
+            continue;
+        }
+        host.rebind(path)
+            .and_then(|()| host.make_readonly(path))
+            .map_err(|e| fail(p, e))?;
+    }
+    Ok(())
+}
+
 /// Mounts `src` on `at`, made first if missing (a directory for a fresh filesystem, an
 /// empty file for a bound device node).
 fn mount_at(
@@ -172,11 +224,14 @@ fn mount_at(
 /// it were `/`, so nothing in the union can point a mount outside of it.
 pub(super) struct RealHost {
     root: OwnedFd,
+    /// The root's path in the init's namespace, for the one call that needs a path as its
+    /// source (a bind of a directory of the fresh /proc).
+    root_path: PathBuf,
 }
 
 impl RealHost {
-    pub(super) fn new(root: OwnedFd) -> RealHost {
-        RealHost { root }
+    pub(super) fn new(root: OwnedFd, root_path: PathBuf) -> RealHost {
+        RealHost { root, root_path }
     }
 
     fn open(&self, path: &Path) -> std::result::Result<OwnedFd, Errno> {
@@ -250,6 +305,33 @@ impl Host for RealHost {
         sys::make_tree_readonly(self.open(path)?.as_fd())
     }
 
+    fn probe(&mut self, path: &Path) -> Option<bool> {
+        let fd = self.open(path).ok()?;
+        sys::fstat(fd.as_fd())
+            .ok()
+            .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+    }
+
+    fn rebind(&mut self, path: &Path) -> std::result::Result<(), Errno> {
+        // A bind whose source is a /proc/self/fd link into the fresh /proc is refused
+        // (ENOENT): the source goes by path, checked to be what the fd resolved inside the
+        // root (no process runs in the container yet to change it in between).
+        let fd = self.open(path)?;
+        let by_path = self.root_path.join(path.strip_prefix("/").unwrap_or(path));
+        let (a, b) = (sys::fstat(fd.as_fd())?, sys::lstat_path(&by_path)?);
+        if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino) {
+            return Err(Errno(libc::EXDEV));
+        }
+        let at = sys::fd_path(fd.as_fd());
+        sys::mount(
+            by_path.as_os_str(),
+            at.as_os_str(),
+            None,
+            libc::MS_BIND | libc::MS_REC,
+            None,
+        )
+    }
+
     fn symlink(&mut self, to: &str, path: &Path) -> std::result::Result<(), Errno> {
         let parent = self.parent_of(path)?;
         let to = cstring(OsStr::new(to)).map_err(|_| Errno(libc::EINVAL))?;
@@ -305,6 +387,22 @@ mod tests {
                 .push(format!("symlink {} -> {to}", path.display()));
             Ok(())
         }
+        fn probe(&mut self, path: &Path) -> Option<bool> {
+            let p = path.to_str().unwrap();
+            // A kernel without these.
+            if p.ends_with("timer_stats") || p.ends_with("asound") {
+                return None;
+            }
+            Some(
+                !["kcore", "keys", "_list", "_stats", "_debug", "trigger"]
+                    .iter()
+                    .any(|f| p.ends_with(f)),
+            )
+        }
+        fn rebind(&mut self, path: &Path) -> std::result::Result<(), Errno> {
+            self.calls.push(format!("rebind {}", path.display()));
+            Ok(())
+        }
     }
 
     fn bind(src: &str, dst: &str, read_only: bool) -> Bind {
@@ -325,7 +423,7 @@ mod tests {
     #[test]
     fn the_standard_mounts_and_dev_nodes() {
         let mut h = Recording::default();
-        setup(&mut h, &[], true).unwrap();
+        setup(&mut h, &[], true, false).unwrap();
         let c = &h.calls;
         assert!(index(c, "mount proc proc on /proc") < index(c, "mount sysfs sysfs on /sys ro"));
         assert!(!c.iter().any(|l| l.starts_with("readonly")), "{c:#?}");
@@ -342,12 +440,44 @@ mod tests {
     }
 
     #[test]
+    fn kernel_files_are_masked_after_proc_and_sys_are_there() {
+        let mut h = Recording::default();
+        setup(&mut h, &[], true, true).unwrap();
+        let c = &h.calls;
+        let sys_ = index(c, "mount sysfs sysfs on /sys ro");
+        for f in [
+            "/proc/kcore",
+            "/proc/keys",
+            "/proc/timer_list",
+            "/proc/sched_debug",
+        ] {
+            assert!(index(c, &format!("mount bind /dev/null on {f}")) > sys_);
+        }
+        for d in ["/proc/acpi", "/proc/scsi", "/sys/firmware"] {
+            assert!(index(c, &format!("mount tmpfs tmpfs on {d} ro")) > sys_);
+        }
+        for r in ["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus"] {
+            let b = index(c, &format!("rebind {r}"));
+            assert_eq!(c[b + 1], format!("readonly {r}"), "{c:#?}");
+        }
+        assert!(!c.iter().any(|l| l.contains("timer_stats")), "{c:#?}");
+        // --privileged: nothing masked.
+        let mut h = Recording::default();
+        setup(&mut h, &[], true, false).unwrap();
+        assert!(
+            !h.calls
+                .iter()
+                .any(|l| l.contains("kcore") || l.starts_with("rebind"))
+        );
+    }
+
+    #[test]
     fn sys_falls_back_to_a_read_only_bind() {
         let mut h = Recording {
             refuse_fstype: Some("sysfs"),
             ..Default::default()
         };
-        setup(&mut h, &[], false).unwrap();
+        setup(&mut h, &[], false, false).unwrap();
         let c = &h.calls;
         let b = index(c, "mount rbind /sys on /sys");
         assert_eq!(c[b + 1], "readonly /sys", "{c:#?}");
@@ -361,7 +491,7 @@ mod tests {
             bind("/h/a", "/a", false),
             bind("/h/b", "/a/b", true),
         ];
-        setup(&mut h, &binds, false).unwrap();
+        setup(&mut h, &binds, false, false).unwrap();
         let c = &h.calls;
         let (a, b, cc) = (
             index(c, "mount rbind /h/a on /a"),

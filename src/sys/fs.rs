@@ -464,3 +464,13 @@ pub fn open_in_root(root: BorrowedFd<'_>, path: &std::path::Path) -> Result<Owne
     // SAFETY: the fd was just made and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
+
+/// `lstat(2)` of a path.
+pub fn lstat_path(path: &std::path::Path) -> Result<libc::stat> {
+    let p = cstr(path.as_os_str())?;
+    // SAFETY: stat is plain data that lstat fills in whole before it is read.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: p is NUL-terminated and st is a live stat.
+    check(unsafe { libc::lstat(p.as_ptr(), &mut st) })?;
+    Ok(st)
+}

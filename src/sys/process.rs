@@ -387,3 +387,30 @@ pub fn loopback_up() -> Result<()> {
     // SAFETY: as above, for SIOCSIFFLAGS.
     check(unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) }).map(drop)
 }
+
+/// `PR_SET_NO_NEW_PRIVS`: exec can never give this process or its children more privileges
+/// (set-id bits and file capabilities are ignored).
+pub fn no_new_privs() -> Result<()> {
+    // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments, no pointer.
+    check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }).map(drop)
+}
+
+/// Installs a seccomp filter program on this thread (and what it forks and execs). Without
+/// no-new-privileges the kernel asks for CAP_SYS_ADMIN in this user namespace.
+pub fn seccomp_filter(prog: &[libc::sock_filter]) -> Result<()> {
+    let fprog = libc::sock_fprog {
+        len: prog.len() as libc::c_ushort,
+        filter: prog.as_ptr().cast_mut(),
+    };
+    // SAFETY: fprog points at prog's live instructions with their count; the kernel copies
+    // them before the call returns.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &fprog as *const libc::sock_fprog,
+        ) as libc::c_int
+    })
+    .map(drop)
+}
