@@ -21,6 +21,7 @@ pub struct ContainerArgs {
     pub workdir: Option<PathBuf>,
     pub hostname: Option<String>,
     pub user: Option<String>,
+    pub host: run::HostOptions,
 }
 
 /// The image's config fields a container uses.
@@ -116,6 +117,9 @@ pub fn create(store: &Store, a: &ContainerArgs) -> Result<Container> {
             .or(cfg.workdir),
         hostname: a.hostname.clone().or_else(|| Some(id[..12].to_string())),
         user: a.user.clone().or(cfg.user),
+        host: a.host.clone(),
+        started: None,
+        reason: None,
         created: now(),
         state: State::Created,
     };
@@ -142,6 +146,11 @@ fn start_keeping(store: &Store, c: &Container, req: RunRequest, keep: bool) -> R
     let lock = store.lock_container(c)?;
     // The runner's pid, for stop.
     let _ = (&lock).write_all(format!("{}\n", std::process::id()).as_bytes());
+    if keep {
+        let mut rec = store.find_container(&c.id)?;
+        rec.started = Some(now());
+        store.put_container(&rec)?;
+    }
     let mut spec = OsString::new();
     for (i, l) in store.lowers(&img).iter().enumerate() {
         if i > 0 {
@@ -168,6 +177,8 @@ fn start_keeping(store: &Store, c: &Container, req: RunRequest, keep: bool) -> R
         override_stat: crate::sys::geteuid() != 0,
         chdir: req.chdir.or(c.workdir.as_ref().map(PathBuf::from)),
         user: req.user.or(c.user.clone()),
+        host: c.host.clone(),
+        pid_file: Some(store.container_dir(&c.id).join("init.pid")),
         command: if req.command.is_empty() {
             c.command.iter().map(OsString::from).collect()
         } else {
@@ -175,14 +186,19 @@ fn start_keeping(store: &Store, c: &Container, req: RunRequest, keep: bool) -> R
         },
         ..req
     };
-    let r = run::run(req);
+    let r = run::run_outcome(req);
     if keep {
         let mut rec = store.find_container(&c.id)?;
-        rec.state = State::Exited(*r.as_ref().unwrap_or(&(run::RUNNER_FAILED as i32)));
+        rec.state = State::Exited(r.as_ref().map_or(run::RUNNER_FAILED as i32, |o| o.code));
+        rec.reason = r
+            .as_ref()
+            .ok()
+            .filter(|o| o.oom_killed)
+            .map(|_| "OOMKilled".to_string());
         store.put_container(&rec)?;
     }
     drop(lock);
-    r
+    r.map(|o| o.code)
 }
 
 /// A layer directory in a `:`-separated list.
@@ -197,34 +213,13 @@ fn escape_layer(p: &Path) -> OsString {
     std::os::unix::ffi::OsStringExt::from_vec(out)
 }
 
-/// `stop`: asks a running container's runner to end it (SIGTERM, passed to the command).
-pub fn stop(store: &Store, c: &Container) -> Result<()> {
-    if !store.is_running(c) {
-        bail!("container '{}' is not running", c.name);
-    }
-    let pid: i32 = std::fs::read_to_string(store.container_dir(&c.id).join("lock"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| UserError(format!("container '{}': no runner pid", c.name)))?;
-    crate::sys::kill(pid, libc::SIGTERM)
-        .map_err(|e| UserError(format!("container '{}': {e}", c.name)))?;
-    for _ in 0..200 {
-        if !store.is_running(c) {
-            return Ok(());
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let _ = crate::sys::kill(pid, libc::SIGKILL);
-    Ok(())
-}
-
 /// `rm [-f]`: the container and its writable layer.
 pub fn remove(store: &Store, c: &Container, force: bool) -> Result<()> {
     if store.is_running(c) {
         if !force {
             bail!("container '{}' is running: stop it first, or rm -f", c.name);
         }
-        stop(store, c)?;
+        crate::background::kill(store, c, libc::SIGKILL)?;
     }
     let _l = store.lock()?;
     crate::store::remove_tree(&store.container_dir(&c.id))

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use unionfuse::background;
 use unionfuse::containers;
 use unionfuse::daemon;
 use unionfuse::error::UserError;
@@ -136,9 +137,27 @@ enum Cmd {
         /// no-new-privileges (set-id programs gain nothing), seccomp=unconfined (no filter).
         #[arg(long = "security-opt", value_name = "OPT")]
         security_opt: Vec<String>,
-        /// Accepted for docker's -it: standard input always reaches the command.
-        #[arg(short = 'i', long, hide = true)]
+        /// Memory limit (64m, 1g…): past it the kernel's OOM killer ends the command.
+        #[arg(long, short = 'm', value_name = "SIZE", allow_hyphen_values = true)]
+        memory: Option<String>,
+        /// Memory plus swap (-1: unlimited swap; default: twice --memory).
+        #[arg(long = "memory-swap", value_name = "SIZE", allow_hyphen_values = true)]
+        memory_swap: Option<String>,
+        /// CPU time, in CPUs (0.5: half of one).
+        #[arg(long, value_name = "N", allow_hyphen_values = true)]
+        cpus: Option<String>,
+        /// Relative CPU weight (1024 is the default of everything else).
+        #[arg(long = "cpu-shares", short = 'c', value_name = "N")]
+        cpu_shares: Option<u64>,
+        /// Most processes and threads at once (-1: unlimited).
+        #[arg(long = "pids-limit", value_name = "N", allow_hyphen_values = true)]
+        pids_limit: Option<i64>,
+        /// Standard input reaches the command (always, attached; with -d, through attach).
+        #[arg(short = 'i', long)]
         interactive: bool,
+        /// An image run: start the container in the background and print its id.
+        #[arg(short = 'd', long)]
+        detach: bool,
     },
     /// Run a command (default: a shell) as root of a user namespace with the same id map as
     /// a rootless run: to re-own a tree for a run, or remove an upper whose files belong to
@@ -193,16 +212,58 @@ enum Cmd {
     },
     /// Start a container, attached: its writable layer is the one of its earlier runs.
     Start {
-        /// Attached (the default: the command runs in this terminal).
+        /// Attached: the command runs in this terminal, and start ends with it. Without
+        /// -a or -i the container starts in the background.
         #[arg(short, long)]
         attach: bool,
-        /// Interactive (stdin passed on; the default).
+        /// Interactive and attached (stdin passed on).
         #[arg(short, long)]
         interactive: bool,
         container: String,
     },
     /// Stop a running container.
-    Stop { container: String },
+    Stop {
+        /// Seconds between SIGTERM and SIGKILL.
+        #[arg(short = 't', long = "time", default_value_t = 10)]
+        time: u64,
+        container: String,
+    },
+    /// Send a signal to a running container (KILL ends it at once; others go to its command).
+    Kill {
+        #[arg(short, long, default_value = "KILL")]
+        signal: String,
+        container: String,
+    },
+    /// What a background container wrote (-f: and what it writes next, until it ends).
+    Logs {
+        #[arg(short, long)]
+        follow: bool,
+        container: String,
+    },
+    /// Follow a background container's output, and pass it what you type when it was
+    /// started with -i (Ctrl-P Ctrl-Q detaches on a terminal).
+    Attach { container: String },
+    /// Run another command in a running container (its namespaces, root, user and profile).
+    #[command(trailing_var_arg = true)]
+    Exec {
+        /// Accepted for docker's -it: standard input always reaches the command.
+        #[arg(short, long)]
+        interactive: bool,
+        /// A terminal of the container's own (the default when stdin and stdout are a terminal).
+        #[arg(short, long)]
+        tty: bool,
+        #[arg(long, short = 'e', value_name = "K=V")]
+        env: Vec<OsString>,
+        #[arg(long, short = 'u', value_name = "USER[:GROUP]")]
+        user: Option<String>,
+        #[arg(long, short = 'w', value_name = "DIR")]
+        workdir: Option<PathBuf>,
+        container: String,
+        #[arg(required = true, allow_hyphen_values = true, value_name = "COMMAND")]
+        command: Vec<OsString>,
+    },
+    /// The processes of a running container.
+    Top { container: String },
     /// List containers (-a: also those not running).
     Ps {
         #[arg(short, long)]
@@ -276,7 +337,7 @@ fn run_request(
 fn run_image(
     root: Option<PathBuf>,
     name: Option<String>,
-    rm: bool,
+    (rm, detach, interactive): (bool, bool, bool),
     req: Result<run::RunRequest, UserError>,
 ) -> Result<i32, UserError> {
     let mut req = req?;
@@ -298,8 +359,19 @@ fn run_image(
         workdir: None,
         hostname: None,
         user: req.user.clone(),
+        host: req.host.clone(),
     };
     let c = containers::create(&store, &a)?;
+    if detach {
+        // No terminal of the caller's: a terminal inside only with -t.
+        let req = run::RunRequest {
+            tty: Some(req.tty == Some(true)),
+            ..req
+        };
+        background::start_detached(&store, &c, req, interactive, rm)?;
+        println!("{}", c.id);
+        return Ok(0);
+    }
     if rm {
         return containers::run_once(&store, &c, req);
     }
@@ -375,13 +447,26 @@ fn store_command(root: Option<PathBuf>, cmd: Cmd) -> Result<(), UserError> {
                 workdir,
                 hostname,
                 user,
+                host: run::HostOptions::default(),
             };
             format!("{}\n", containers::create(&store, &a)?.id)
         }
-        Cmd::Stop { container } => {
-            containers::stop(&store, &store.find_container(&container)?)?;
+        Cmd::Stop { time, container } => {
+            let c = store.find_container(&container)?;
+            background::stop(&store, &c, std::time::Duration::from_secs(time))?;
+            format!("{}\n", c.name)
+        }
+        Cmd::Kill { signal, container } => {
+            let c = store.find_container(&container)?;
+            background::kill(&store, &c, background::parse_signal(&signal)?)?;
+            format!("{}\n", c.name)
+        }
+        Cmd::Logs { follow, container } => {
+            let c = store.find_container(&container)?;
+            background::logs(&store, &c, follow, &mut std::io::stdout().lock())?;
             String::new()
         }
+        Cmd::Top { container } => background::top(&store, &store.find_container(&container)?)?,
         Cmd::Ps { all } => show::ps(&store, all)?,
         Cmd::Rm {
             force,
@@ -427,6 +512,8 @@ fn store_command(root: Option<PathBuf>, cmd: Cmd) -> Result<(), UserError> {
         | Cmd::Man { .. }
         | Cmd::Run { .. }
         | Cmd::Start { .. }
+        | Cmd::Attach { .. }
+        | Cmd::Exec { .. }
         | Cmd::Unshare { .. } => {
             unreachable!("not a store command")
         }
@@ -521,18 +608,61 @@ fn main() -> ExitCode {
         };
     }
     let root = cli.root.clone();
-    if let Cmd::Start { container, .. } = &cli.cmd {
-        let r = Store::open(root).and_then(|s| {
+    let code_of = |what: &str, r: Result<i32, UserError>| match r {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("unionfuse {what}: {e}");
+            ExitCode::from(run::RUNNER_FAILED)
+        }
+    };
+    if let Cmd::Start {
+        container,
+        attach,
+        interactive,
+    } = &cli.cmd
+    {
+        let r = Store::open(root.clone()).and_then(|s| {
             let c = s.find_container(container)?;
-            containers::start(&s, &c, containers::base_request())
-        });
-        return match r {
-            Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
-            Err(e) => {
-                eprintln!("unionfuse start: {e}");
-                ExitCode::from(run::RUNNER_FAILED)
+            if *attach || *interactive {
+                return containers::start(&s, &c, containers::base_request());
             }
-        };
+            let req = run::RunRequest {
+                tty: Some(false),
+                ..containers::base_request()
+            };
+            background::start_detached(&s, &c, req, false, false)?;
+            println!("{}", c.name);
+            Ok(0)
+        });
+        return code_of("start", r);
+    }
+    if let Cmd::Attach { container } = &cli.cmd {
+        let r = Store::open(root.clone())
+            .and_then(|s| background::attach(&s, &s.find_container(container)?));
+        return code_of("attach", r);
+    }
+    if let Cmd::Exec {
+        interactive: _,
+        tty,
+        env,
+        user,
+        workdir,
+        container,
+        command,
+    } = &cli.cmd
+    {
+        let r = Store::open(root.clone()).and_then(|s| {
+            let c = s.find_container(container)?;
+            let a = background::ExecArgs {
+                command: command.clone(),
+                env: run::parse_envs(env)?,
+                user: user.clone(),
+                workdir: workdir.clone(),
+                tty: tty.then_some(true),
+            };
+            background::exec(&s, &c, a)
+        });
+        return code_of("exec", r);
     }
     if let Cmd::Run {
         lowers,
@@ -551,25 +681,40 @@ fn main() -> ExitCode {
         options,
         tty,
         no_tty,
-        interactive: _,
+        interactive,
+        detach,
         privileged,
         cap_add,
         cap_drop,
         security_opt,
+        memory,
+        memory_swap,
+        cpus,
+        cpu_shares,
+        pids_limit,
     } = cli.cmd
     {
-        let profile = match run::profile::Profile::from_options(
+        let host = run::HostOptions {
             privileged,
-            &cap_add,
-            &cap_drop,
-            &security_opt,
-        ) {
-            Ok(p) => p,
-            Err(e) => {
-                eprintln!("unionfuse run: {e}");
-                return ExitCode::from(run::RUNNER_FAILED);
-            }
+            cap_add,
+            cap_drop,
+            security_opt,
+            memory,
+            memory_swap,
+            cpus,
+            cpu_shares,
+            pids_limit,
         };
+        if let Err(e) = host.check() {
+            eprintln!("unionfuse run: {e}");
+            return ExitCode::from(run::RUNNER_FAILED);
+        }
+        if detach && lowers.is_some() {
+            eprintln!(
+                "unionfuse run: -d starts a container of an image (run -d IMAGE): a --lower run lives as long as its runner"
+            );
+            return ExitCode::from(run::RUNNER_FAILED);
+        }
         let tty = match (tty, no_tty) {
             (true, _) => Some(true),
             (_, true) => Some(false),
@@ -600,14 +745,14 @@ fn main() -> ExitCode {
             .map(|r| run::RunRequest {
                 mount_options: options.clone(),
                 tty,
-                profile: profile.clone(),
+                host: host.clone(),
                 ..r
             })
             .and_then(run::run),
             None => run_image(
                 root,
                 name,
-                rm,
+                (rm, detach, interactive),
                 run_request(
                     OsString::new(),
                     upper,
@@ -623,7 +768,7 @@ fn main() -> ExitCode {
                 .map(|r| run::RunRequest {
                     mount_options: options.clone(),
                     tty,
-                    profile,
+                    host,
                     ..r
                 }),
             ),

@@ -317,7 +317,7 @@ fn containers_keep_their_writes_and_do_not_see_each_other() {
         "1"
     );
     assert_eq!(w.ok(&["start", "-a", "c1"]).trim(), "2");
-    assert_eq!(w.ok(&["start", "c1"]).trim(), "3");
+    assert_eq!(w.ok(&["start", "-i", "c1"]).trim(), "3");
     // --user, by number or by the container's /etc/passwd (www-data is 33 there).
     assert_eq!(
         w.ok(&["run", "--rm", "-u", "33:33", "base", "id", "-u"]),
@@ -810,7 +810,7 @@ fn rootless_scenario(who: runenv::Who) {
         ok(&["run", "--name", "c1", "base", "sh", "-c", count]).trim(),
         "1"
     );
-    assert_eq!(ok(&["start", "c1"]).trim(), "2");
+    assert_eq!(ok(&["start", "-a", "c1"]).trim(), "2");
     assert_eq!(
         uf(&["run", "--name", "c2", "base", "cat", "/count"])
             .status

@@ -80,8 +80,6 @@ fn init(
     }
     unshare(libc::CLONE_NEWNS, "the container's mount namespace")?;
     make_private()?;
-    // The runner's namespace may now let go of what this one still needs (binds, /dev).
-    let _ = std::fs::File::from(ns_ready).write_all(b"1");
     let root = sys::open_dir_path(&scratch.root())
         .map_err(|e| UserError(format!("the union's root: {e}")))?;
     let mut host = RealHost::new(root, scratch.root());
@@ -110,21 +108,7 @@ fn init(
         .iter()
         .map(|a| cstring(a))
         .collect::<Result<Vec<_>>>()?;
-    let filters: Vec<Vec<libc::sock_filter>> = req
-        .profile
-        .filters()?
-        .into_iter()
-        .map(|p| {
-            p.into_iter()
-                .map(|i| libc::sock_filter {
-                    code: i.code,
-                    jt: i.jt,
-                    jf: i.jf,
-                    k: i.k,
-                })
-                .collect()
-        })
-        .collect();
+    let filters = req.profile.programs()?;
     let set = signal_set(true);
     let pty = if req.tty == Some(true) {
         Some(terminal(ids.as_ref().map(|(uid, _, _)| *uid))?)
@@ -138,6 +122,9 @@ fn init(
         },
         &req.profile,
     )?;
+    // The container is ready: the runner's namespace may let go of what this one still
+    // needed (binds, /dev), and `exec` may enter it.
+    let _ = std::fs::File::from(ns_ready).write_all(b"1");
     let child = match sys::fork() {
         Err(e) => bail!("fork: {e}"),
         Ok(sys::Forked::Child) => {
@@ -168,10 +155,10 @@ fn init(
 }
 
 /// The confinement's real calls, in the init just before it starts the command.
-struct RealConfine<'a> {
-    filters: &'a [Vec<libc::sock_filter>],
+pub(super) struct RealConfine<'a> {
+    pub(super) filters: &'a [Vec<libc::sock_filter>],
     /// `cgroup.procs` of the run's cgroups, opened by the runner on the host.
-    cgroups: &'a [std::sync::Arc<OwnedFd>],
+    pub(super) cgroups: &'a [std::sync::Arc<OwnedFd>],
 }
 
 impl profile::Confine for RealConfine<'_> {
@@ -219,7 +206,7 @@ impl profile::Confine for RealConfine<'_> {
 
 /// A terminal of the container's devpts for the command (given to its user, as a login
 /// does), sized as the caller's: (master, terminal).
-fn terminal(uid: Option<u32>) -> Result<(OwnedFd, OwnedFd)> {
+pub(super) fn terminal(uid: Option<u32>) -> Result<(OwnedFd, OwnedFd)> {
     let (master, term, _) =
         sys::open_pty().map_err(|e| UserError(format!("cannot open a terminal inside: {e}")))?;
     if let Some(uid) = uid {
@@ -232,7 +219,7 @@ fn terminal(uid: Option<u32>) -> Result<(OwnedFd, OwnedFd)> {
 
 /// In the command's process: a session of its own whose controlling terminal is `term`,
 /// which becomes its standard input, output and error.
-fn take_terminal(term: std::os::fd::BorrowedFd<'_>) -> Result<()> {
+pub(super) fn take_terminal(term: std::os::fd::BorrowedFd<'_>) -> Result<()> {
     sys::setsid();
     sys::set_controlling_terminal(term)
         .and_then(|()| (0..3).try_for_each(|fd| sys::dup_onto(term, fd)))
@@ -242,7 +229,7 @@ fn take_terminal(term: std::os::fd::BorrowedFd<'_>) -> Result<()> {
 /// [`reap_until`] for a command on a terminal of its own: also copies what the caller types
 /// to the terminal and what the command writes there to the caller's standard output, and
 /// passes window size changes on (the kernel then tells the command with SIGWINCH).
-fn relay_until(child: i32, set: &sys::SigSet, master: OwnedFd) -> i32 {
+pub(super) fn relay_until(child: i32, set: &sys::SigSet, master: OwnedFd) -> i32 {
     let Ok(sfd) = set.signal_fd() else {
         return reap_until(child, set);
     };
@@ -348,7 +335,7 @@ fn write_all(fd: i32, mut data: &[u8]) {
 
 /// The init's loop: reaps every child (orphans land here), passes signals on to the command,
 /// and ends with the command's status. Its exit kills whatever else still runs inside.
-fn reap_until(child: i32, set: &sys::SigSet) -> i32 {
+pub(super) fn reap_until(child: i32, set: &sys::SigSet) -> i32 {
     loop {
         while let Ok(Some((pid, st))) = sys::waitpid(-1, libc::WNOHANG) {
             if pid == child {
@@ -365,7 +352,7 @@ fn reap_until(child: i32, set: &sys::SigSet) -> i32 {
 /// The command's environment: the caller's (a container of an image: only `TERM`), but
 /// with the standard `PATH` and root's `HOME` (a rootless caller's `PATH` lacks the sbin
 /// directories root needs inside), `HOSTNAME` when one is given; `--setenv` over all.
-fn environment(req: &RunRequest) -> Result<Vec<CString>> {
+pub(super) fn environment(req: &RunRequest) -> Result<Vec<CString>> {
     let own = ["PATH", "HOME", "HOSTNAME"];
     let mut vars: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(k, _)| {
@@ -400,7 +387,7 @@ fn environment(req: &RunRequest) -> Result<Vec<CString>> {
 
 /// `NAME`, `UID`, `NAME:GROUP` or `UID:GID`, by the container's /etc/passwd and
 /// /etc/group (read after the pivot): the ids, and the user's home when it has an entry.
-fn resolve_user(spec: &str) -> Result<(u32, u32, Option<String>)> {
+pub(super) fn resolve_user(spec: &str) -> Result<(u32, u32, Option<String>)> {
     let (user, group) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
@@ -447,7 +434,7 @@ fn resolve_user(spec: &str) -> Result<(u32, u32, Option<String>)> {
 
 /// In the command's process: default signal handling, then exec, searching the container's
 /// PATH. Never returns.
-fn exec_command(argv: &[CString], env: &[CString]) -> ! {
+pub(super) fn exec_command(argv: &[CString], env: &[CString]) -> ! {
     sys::SigSet::of(&[]).set_mask();
     // Dispositions a runner started with (SIGINT ignored by a script's background job)
     // would stay across exec: the command gets the defaults.

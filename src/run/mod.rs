@@ -12,6 +12,8 @@
 //!   in the union, binds what was asked, pivots into the union, detaches the old root, starts
 //!   the command, reaps zombies and forwards signals. Its exit ends every process of the run.
 
+pub mod cgroup;
+pub mod exec;
 mod init;
 pub mod profile;
 mod rootfs;
@@ -86,10 +88,66 @@ pub struct RunRequest {
     /// A terminal of the container's own for the command, relayed to the caller's
     /// (`None`: when standard input and output are the caller's terminal).
     pub tty: Option<bool>,
-    /// How the command is confined (Docker's default unless asked otherwise).
+    /// Confinement and limits as asked for (checked when the run starts).
+    pub host: HostOptions,
+    /// How the command is confined: made from `host` by [`run`].
     pub profile: profile::Profile,
+    /// Where the init's pid is written once the container is ready (and removed at its
+    /// end): how `exec`, `top` and `stop` find a running container.
+    pub pid_file: Option<PathBuf>,
     /// `cgroup.procs` of the cgroups the command joins (made by the runner).
     pub cgroup_procs: Vec<std::sync::Arc<std::os::fd::OwnedFd>>,
+}
+
+/// The run's confinement and limits as its options give them: kept in a container's record,
+/// so every start of it gets the same.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct HostOptions {
+    pub privileged: bool,
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+    pub security_opt: Vec<String>,
+    pub memory: Option<String>,
+    pub memory_swap: Option<String>,
+    pub cpus: Option<String>,
+    pub cpu_shares: Option<u64>,
+    pub pids_limit: Option<i64>,
+}
+
+impl HostOptions {
+    pub fn profile(&self) -> Result<profile::Profile> {
+        profile::Profile::from_options(
+            self.privileged,
+            &self.cap_add,
+            &self.cap_drop,
+            &self.security_opt,
+        )
+    }
+
+    pub fn limits(&self) -> Result<cgroup::Limits> {
+        cgroup::Limits::from_options(
+            self.memory.as_deref(),
+            self.memory_swap.as_deref(),
+            self.cpus.as_deref(),
+            self.cpu_shares,
+            self.pids_limit,
+        )
+    }
+
+    /// Every option checked, before anything starts.
+    pub fn check(&self) -> Result<()> {
+        self.profile().and(self.limits()).map(drop)
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// The command's status, as [`sys::decode_status`] gives it.
+    pub code: i32,
+    /// The OOM killer killed a process of the run (its memory limit was reached).
+    pub oom_killed: bool,
 }
 
 /// `SRC:DST` (or `SRC` alone for the same path inside); `\:` escapes a colon.
@@ -156,6 +214,11 @@ fn pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
 
 /// Runs the request; returns the command's exit status (128+N when killed by signal N).
 pub fn run(req: RunRequest) -> Result<i32> {
+    run_outcome(req).map(|o| o.code)
+}
+
+/// [`run`], saying also whether the OOM killer ended it.
+pub fn run_outcome(req: RunRequest) -> Result<Outcome> {
     if req.command.is_empty() {
         bail!("no command given (unionfuse run --lower L [--upper U] -- COMMAND [ARG...])");
     }
@@ -193,21 +256,48 @@ pub fn run(req: RunRequest) -> Result<i32> {
     }
 
     let mut req = req;
+    req.profile = req.host.profile()?;
+    let limits = req.host.limits()?;
     // An interactive run on a terminal: the command gets a terminal of its own.
     req.tty = Some(
         req.tty
             .unwrap_or_else(|| sys::is_foreground_terminal(0) && sys::is_terminal(1)),
     );
+    // The cgroups are made on the host, before any namespace: rootless, only where the
+    // tree is delegated to the caller.
+    let name = req.hostname.clone().unwrap_or_else(|| "run".into());
+    let mut cg = match cgroup::Cgroup::create(&name, &limits) {
+        Ok(cg) => cg,
+        Err(e) if rootless => {
+            eprintln!("unionfuse run: {e}; running without limits");
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    if let Some(cg) = &cg {
+        req.cgroup_procs = cg.procs.clone();
+    }
     let scratch = Scratch::create(req.upper.is_none())?;
     // The layers are checked once, here, before any namespace exists.
     let r = mount_request(&req, lowers, &scratch)
         .and_then(|m| run_in(&req, m, &binds, rootless, &scratch));
+    req.cgroup_procs.clear();
+    let oom_killed = cg.as_ref().is_some_and(|c| c.oom_killed());
+    if let Some(c) = cg.as_mut() {
+        c.remove();
+    }
+    if oom_killed {
+        eprintln!(
+            "unionfuse run: out of memory: the kernel's OOM killer ended a process of the run (--memory {})",
+            req.host.memory.as_deref().unwrap_or("?")
+        );
+    }
     // The daemon removes the scratch directory once it has unmounted; this is for failures
     // before the daemon started, and for a daemon that had to be killed.
     if scratch.path.exists() {
         let _ = std::fs::remove_dir_all(&scratch.path);
     }
-    r
+    r.map(|code| Outcome { code, oom_killed })
 }
 
 /// Rootless, a lower whose files belong to ids the run's user namespace cannot map shows
@@ -343,10 +433,18 @@ fn run_in(
             // Once the init has a mount namespace of its own, this one (the daemon's) lets
             // go of the host's other mounts.
             let mut b = [0u8; 1];
-            if matches!(std::fs::File::from(ns_ready).read(&mut b), Ok(1)) {
+            let ready = matches!(std::fs::File::from(ns_ready).read(&mut b), Ok(1));
+            if ready && let Some(p) = &req.pid_file {
+                let _ = std::fs::write(p, format!("{init}\n"));
+            }
+            if ready {
                 drop_host_mounts(&scratch.root());
             }
-            Ok(wait_forwarding(init))
+            let code = wait_forwarding(init);
+            if let Some(p) = &req.pid_file {
+                let _ = std::fs::remove_file(p);
+            }
+            Ok(code)
         }
         Err(e) => Err(e),
     };

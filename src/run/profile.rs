@@ -310,6 +310,26 @@ impl Profile {
     }
 }
 
+impl Profile {
+    /// [`Profile::filters`] as the kernel takes them.
+    pub fn programs(&self) -> Result<Vec<Vec<libc::sock_filter>>> {
+        Ok(self
+            .filters()?
+            .into_iter()
+            .map(|p| {
+                p.into_iter()
+                    .map(|i| libc::sock_filter {
+                        code: i.code,
+                        jt: i.jt,
+                        jf: i.jf,
+                        k: i.k,
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+}
+
 /// The steps that confine the command's process, after every mount and before its exec.
 pub(super) trait Confine {
     fn join_cgroups(&mut self) -> Result<()>;

@@ -149,6 +149,15 @@ pub struct Container {
     pub user: Option<String>,
     pub created: i64,
     pub state: State,
+    /// Confinement and limits, the same at every start.
+    #[serde(default)]
+    pub host: crate::run::HostOptions,
+    /// When the current (or last) run started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<i64>,
+    /// Why the last run ended, when not of itself ("OOMKilled").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The process's view of the store: its root directory.

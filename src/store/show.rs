@@ -152,7 +152,13 @@ pub fn ps(store: &Store, all: bool) -> Result<String> {
 
 pub fn status(c: &Container, running: bool) -> String {
     if running {
-        return "running".into();
+        return match c.started {
+            Some(t) => {
+                let up = crate::store::ago(t);
+                format!("up {}", up.strip_suffix(" ago").unwrap_or(&up))
+            }
+            None => "running".into(),
+        };
     }
     match c.state {
         State::Created => "created".into(),

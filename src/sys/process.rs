@@ -414,3 +414,12 @@ pub fn seccomp_filter(prog: &[libc::sock_filter]) -> Result<()> {
     })
     .map(drop)
 }
+
+/// Makes the directory at `fd` this process's root and working directory (`chroot`).
+pub fn enter_root(fd: BorrowedFd<'_>) -> Result<()> {
+    // SAFETY: fchdir takes no pointers; "." is NUL-terminated.
+    unsafe {
+        check(libc::fchdir(fd.as_raw_fd()))?;
+        check(libc::chroot(c".".as_ptr())).map(drop)
+    }
+}

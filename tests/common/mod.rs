@@ -4,6 +4,7 @@
 
 pub mod model;
 pub mod ops;
+pub mod pty;
 pub mod runenv;
 pub mod view;
 
