@@ -167,6 +167,24 @@ enum Cmd {
         #[arg(allow_hyphen_values = true, value_name = "COMMAND")]
         command: Vec<OsString>,
     },
+    /// Pull an image from a registry (alpine, library/alpine:3.20, localhost:5000/app:1,
+    /// registry.example/team/app@sha256:...). Layers already in the store are not fetched.
+    Pull {
+        reference: String,
+        /// os/arch[/variant] of a multi-platform image (default: this machine's).
+        #[arg(long)]
+        platform: Option<String>,
+        /// false: plain HTTP and any certificate (plain HTTP is otherwise for localhost only).
+        #[arg(long = "tls-verify", value_name = "BOOL")]
+        tls_verify: Option<bool>,
+    },
+    /// Push an image of the store to a registry (REF: where; default: the image's name).
+    Push {
+        image: String,
+        reference: Option<String>,
+        #[arg(long = "tls-verify", value_name = "BOOL")]
+        tls_verify: Option<bool>,
+    },
     /// Load images: a docker save tarball, an OCI image layout directory or an OCI archive.
     Load {
         /// The archive or directory.
@@ -402,6 +420,33 @@ fn store_command(root: Option<PathBuf>, cmd: Cmd) -> Result<(), UserError> {
     let store = Store::open(root)?;
     let out = match cmd {
         Cmd::Load { input } => containers::load_images(&store, &input)?,
+        Cmd::Pull {
+            reference,
+            platform,
+            tls_verify,
+        } => {
+            let o = unionfuse::store::registry::Options {
+                tls_verify,
+                platform,
+            };
+            let img =
+                unionfuse::store::registry::pull(&store, &reference, &o, &load::Report::new())?;
+            format!("{}\n", img.id)
+        }
+        Cmd::Push {
+            image,
+            reference,
+            tls_verify,
+        } => {
+            let o = unionfuse::store::registry::Options {
+                tls_verify,
+                platform: None,
+            };
+            let to = reference.unwrap_or_else(|| image.clone());
+            let d =
+                unionfuse::store::registry::push(&store, &image, &to, &o, &load::Report::new())?;
+            format!("{to}@{d}\n")
+        }
         Cmd::Import { tarball, name } => {
             let img = load::import(&store, &tarball, &name, &load::Report::new())?;
             format!("{}\n", img.id)

@@ -433,6 +433,24 @@ fn parse_time(s: &str) -> Option<i64> {
     Some(days * 86400 + h * 3600 + mi * 60 + se)
 }
 
+/// Brings in an image whose blobs are files already here (a pull's downloads): the config,
+/// and the layers' blobs with their digests, checked again as a load checks them.
+pub(crate) fn bring_in_blobs(
+    store: &Store,
+    names: Vec<String>,
+    config: (PathBuf, Digest),
+    layers: Vec<(PathBuf, Digest)>,
+    rep: &Report,
+) -> Result<Image> {
+    let f = Found {
+        names,
+        config: config.0,
+        config_digest: Some(config.1),
+        layers: layers.into_iter().map(|(p, d)| (p, Some(d))).collect(),
+    };
+    bring_in(store, f, rep)
+}
+
 /// Brings one found image in: its blobs checked and stored, its layers extracted (once).
 fn bring_in(store: &Store, f: Found, rep: &Report) -> Result<Image> {
     let mut st = Staged::new(store)?;

@@ -15,6 +15,7 @@
 
 pub mod commit;
 pub mod load;
+pub mod registry;
 pub mod save;
 pub mod show;
 pub mod unpack;

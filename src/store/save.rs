@@ -114,17 +114,7 @@ fn write<W: Write>(
                     "size": size,
                 }));
             }
-            let manifest = serde_json::to_vec(&serde_json::json!({
-                "schemaVersion": 2,
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "config": {
-                    "mediaType": "application/vnd.oci.image.config.v1+json",
-                    "digest": img.id.0,
-                    "size": config_size,
-                },
-                "layers": layers,
-            }))
-            .map_err(err)?;
+            let manifest = oci_manifest(img, config_size, &layers)?;
             let md = Digest::of(&manifest);
             out.bytes(&format!("blobs/sha256/{}", md.hex()), &manifest)?;
             let mut desc = serde_json::json!({
@@ -173,4 +163,24 @@ fn write<W: Write>(
         }
     }
     out.tar.into_inner().map_err(err)?.flush().map_err(err)
+}
+
+/// The OCI manifest of `img` (its blobs' descriptors given): the same bytes for save and push,
+/// so an image keeps its manifest digest wherever it goes.
+pub(crate) fn oci_manifest(
+    img: &Image,
+    config_size: u64,
+    layers: &[serde_json::Value],
+) -> Result<Vec<u8>> {
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": img.id.0,
+            "size": config_size,
+        },
+        "layers": layers,
+    }))
+    .map_err(err)
 }

@@ -1,0 +1,279 @@
+//! `pull` and `push` through an OCI distribution registry, with `oci-client`. Its async
+//! runtime lives only inside these two calls (a current-thread tokio runtime, built and
+//! dropped here): no process that later forks or unshares ever runs one.
+//!
+//! A pull downloads into the store's `tmp/` (each blob verified against its digest as it
+//! streams), then brings the image in exactly as `load` does: checked again, extracted once,
+//! moved into place last. Layers the store already has are not downloaded. A push uploads
+//! the blobs the registry lacks, then the same manifest `save` writes, so the image keeps its
+//! digests.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use futures_util::StreamExt;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+
+use super::load::{Report, bring_in_blobs};
+use super::{Digest, Image, Store};
+use crate::error::{Result, UserError, bail};
+
+/// Downloads at once.
+const PARALLEL: usize = 3;
+
+/// How to reach registries.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `Some(false)`: plain HTTP and any certificate (`--tls-verify=false`). Plain HTTP is
+    /// otherwise only for localhost.
+    pub tls_verify: Option<bool>,
+    /// `os/arch[/variant]` of a multi-platform image (default: this machine's).
+    pub platform: Option<String>,
+}
+
+fn reference(s: &str) -> Result<Reference> {
+    Reference::from_str(s).map_err(|e| UserError(format!("'{s}' is not an image reference: {e}")))
+}
+
+/// The name an image pulled by `r` gets in the store, as users type it.
+fn local_name(r: &Reference) -> String {
+    let mut name = if r.registry() == "docker.io" {
+        r.repository()
+            .strip_prefix("library/")
+            .unwrap_or(r.repository())
+            .to_string()
+    } else {
+        format!("{}/{}", r.registry(), r.repository())
+    };
+    match (r.tag(), r.digest()) {
+        (Some(t), _) => name.push_str(&format!(":{t}")),
+        (None, Some(d)) => name.push_str(&format!("@{d}")),
+        (None, None) => name.push_str(":latest"),
+    }
+    name
+}
+
+fn is_local(registry: &str) -> bool {
+    let host = registry.rsplit_once(':').map_or(registry, |(h, _)| h);
+    matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+}
+
+fn client(r: &Reference, o: &Options) -> Client {
+    let registry = r.resolve_registry().to_string();
+    let insecure = o.tls_verify == Some(false);
+    let mut cfg = ClientConfig {
+        protocol: if insecure || is_local(&registry) {
+            ClientProtocol::HttpsExcept(vec![registry])
+        } else {
+            ClientProtocol::Https
+        },
+        accept_invalid_certificates: insecure,
+        connect_timeout: Some(std::time::Duration::from_secs(15)),
+        read_timeout: Some(std::time::Duration::from_secs(60)),
+        ..ClientConfig::default()
+    };
+    if let Some(p) = &o.platform {
+        let want: Vec<String> = p.split('/').map(String::from).collect();
+        cfg.platform_resolver = Some(Box::new(move |entries| {
+            entries
+                .iter()
+                .find(|e| {
+                    e.platform.as_ref().is_some_and(|pl| {
+                        pl.os.to_string() == want[0]
+                            && want
+                                .get(1)
+                                .is_none_or(|a| pl.architecture.to_string() == *a)
+                            && want
+                                .get(2)
+                                .is_none_or(|v| pl.variant.as_deref() == Some(v.as_str()))
+                    })
+                })
+                .map(|e| e.digest.clone())
+        }));
+    }
+    Client::new(cfg)
+}
+
+/// One line for what the registry said.
+fn registry_error(r: &Reference, e: oci_client::errors::OciDistributionError) -> UserError {
+    use oci_client::errors::OciDistributionError as E;
+    let reg = r.resolve_registry();
+    let what = match &e {
+        E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => {
+            format!("unauthorized at {reg}")
+        }
+        E::ImageManifestNotFoundError(_) => format!("no image '{r}' at {reg}"),
+        E::ServerError { code: 404, .. } => format!("no image '{r}' at {reg}"),
+        E::ServerError { code: 429, .. } => format!("{reg} is rate limiting: try again later"),
+        E::RequestError(re) if re.is_connect() || re.is_timeout() => {
+            format!("cannot reach {reg}: {re}")
+        }
+        E::UnsupportedMediaTypeError(m) => format!("unsupported media type '{m}' at {reg}"),
+        E::DigestError(_) => {
+            format!("{reg} sent content that does not match its digest: refused ({e})")
+        }
+        E::RegistryError { envelope, .. }
+            if envelope
+                .errors
+                .iter()
+                .any(|x| format!("{:?}", x.code).contains("Unknown")) =>
+        {
+            format!("no image '{r}' at {reg}")
+        }
+        _ => format!("{reg}: {e}"),
+    };
+    UserError(what)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| UserError(format!("cannot start the network runtime: {e}")))
+}
+
+/// `pull REF`: the image into the store, under the name it was asked by.
+pub fn pull(store: &Store, reference_s: &str, o: &Options, rep: &Report) -> Result<Image> {
+    let r = reference(reference_s)?;
+    let c = client(&r, o);
+    let auth = RegistryAuth::Anonymous;
+    let t = store.temp()?;
+    let rt = runtime()?;
+    let (config, layers) = rt.block_on(async {
+        let (manifest, _digest, config) = c
+            .pull_manifest_and_config(&r, &auth)
+            .await
+            .map_err(|e| registry_error(&r, e))?;
+        let config_digest = Digest::parse(&manifest.config.digest)?;
+        if Digest::of(config.as_bytes()) != config_digest {
+            bail!(
+                "{}: the image config does not match its digest {config_digest}: refused",
+                r.resolve_registry()
+            );
+        }
+        let config_path = t.path.join(config_digest.hex());
+        std::fs::write(&config_path, config.as_bytes()).map_err(|e| UserError(e.to_string()))?;
+        for l in &manifest.layers {
+            if !(l.media_type.contains("layer") && l.media_type.contains("tar")) {
+                bail!("unsupported layer media type '{}' in '{r}'", l.media_type);
+            }
+        }
+        // Each layer: the store's blob, or a download (a few at once).
+        let jobs = manifest.layers.iter().map(|l| {
+            let (c, r, t) = (&c, &r, &t);
+            async move {
+                let d = Digest::parse(&l.digest)?;
+                let have = store.blob_path(&d);
+                if have.is_file() {
+                    rep.line(&format!("blob {}: already exists", d.short()));
+                    return Ok::<_, UserError>((have, d));
+                }
+                let path = t.path.join(d.hex());
+                let f = tokio::fs::File::create(&path)
+                    .await
+                    .map_err(|e| UserError(format!("{}: {e}", path.display())))?;
+                c.pull_blob(r, l, f)
+                    .await
+                    .map_err(|e| registry_error(r, e))?;
+                rep.line(&format!(
+                    "blob {}: downloaded ({} bytes)",
+                    d.short(),
+                    l.size
+                ));
+                Ok((path, d))
+            }
+        });
+        let mut got: Vec<(usize, (PathBuf, Digest))> = futures_util::stream::iter(jobs.enumerate())
+            .map(|(i, j)| async move { j.await.map(|x| (i, x)) })
+            .buffer_unordered(PARALLEL)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_>>()?;
+        got.sort_by_key(|(i, _)| *i);
+        Ok::<_, UserError>((
+            (config_path, config_digest),
+            got.into_iter().map(|(_, x)| x).collect::<Vec<_>>(),
+        ))
+    })?;
+    drop(rt);
+    // Checked again while extracted; moved into the store only when all of it is right.
+    bring_in_blobs(store, vec![local_name(&r)], config, layers, rep)
+}
+
+/// `push IMAGE REF`: the blobs the registry lacks, then the manifest. Returns its digest.
+pub fn push(
+    store: &Store,
+    image: &str,
+    reference_s: &str,
+    o: &Options,
+    rep: &Report,
+) -> Result<Digest> {
+    let img = store.find_image(image)?;
+    let r = reference(reference_s)?;
+    let c = client(&r, o);
+    let auth = RegistryAuth::Anonymous;
+    let read = |d: &Digest| {
+        std::fs::read(store.blob_path(d)).map_err(|e| UserError(format!("blob {d}: {e}")))
+    };
+    let mut layers = Vec::new();
+    for l in &img.layers {
+        let size = std::fs::metadata(store.blob_path(&l.blob)).map_or(l.size, |m| m.len());
+        layers.push(serde_json::json!({
+            "mediaType": l.media_type,
+            "digest": l.blob.0,
+            "size": size,
+        }));
+    }
+    let config_size = std::fs::metadata(store.blob_path(&img.id)).map_or(0, |m| m.len());
+    let manifest = super::save::oci_manifest(&img, config_size, &layers)?;
+    let digest = Digest::of(&manifest);
+    let rt = runtime()?;
+    rt.block_on(async {
+        c.store_auth_if_needed(r.resolve_registry(), &auth).await;
+        let blobs = img
+            .layers
+            .iter()
+            .map(|l| l.blob.clone())
+            .chain([img.id.clone()]);
+        for d in blobs {
+            let exists = c
+                .blob_exists(&r, &d.0)
+                .await
+                .map_err(|e| registry_error(&r, e))?;
+            if exists {
+                rep.line(&format!("blob {}: already exists", d.short()));
+                continue;
+            }
+            let data = read(&d)?;
+            let n = data.len();
+            c.push_blob(&r, data, &d.0)
+                .await
+                .map_err(|e| registry_error(&r, e))?;
+            rep.line(&format!("blob {}: pushed ({n} bytes)", d.short()));
+        }
+        let ct = http::HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json");
+        c.push_manifest_raw(&r, manifest, ct)
+            .await
+            .map_err(|e| registry_error(&r, e))?;
+        Ok::<_, UserError>(())
+    })?;
+    Ok(digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_as_users_type_them() {
+        let n = |s: &str| local_name(&reference(s).unwrap());
+        assert_eq!(n("alpine"), "alpine:latest");
+        assert_eq!(n("library/alpine:3.20"), "alpine:3.20");
+        assert_eq!(n("localhost:5000/app:1"), "localhost:5000/app:1");
+        assert_eq!(n("quay.io/team/app:2"), "quay.io/team/app:2");
+        assert!(is_local("127.0.0.1:5000") && is_local("localhost") && !is_local("quay.io"));
+    }
+}

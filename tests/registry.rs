@@ -1,0 +1,421 @@
+//! Pull and push through a real registry (#17, first part): Debian's `docker-registry` (the
+//! `distribution` server) started by the test on 127.0.0.1 with a temporary config and
+//! storage, without authentication. unionfuse pushes and podman pulls and runs; skopeo pushes
+//! and unionfuse pulls and runs; digests survive the round trip; a base layer is fetched
+//! once; a proxy that corrupts a byte or cuts the connection leaves the store without any of
+//! it; unknown images and unreachable registries are one-line errors.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::*;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A registry process of this test; killed (by pid) and reaped when dropped.
+struct Registry {
+    child: Child,
+    addr: String,
+    log: PathBuf,
+}
+
+impl Registry {
+    fn start(dir: &Path) -> Registry {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                dir.join("registry-data").display()
+            ),
+        )
+        .unwrap();
+        let log = dir.join("registry.log");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(dir.join("registry.err")).unwrap())
+            .spawn()
+            .expect("docker-registry (scripts/setup installs it)");
+        assert!(
+            wait_until(Duration::from_secs(20), || TcpStream::connect(&addr)
+                .is_ok()),
+            "the registry did not start: {}",
+            std::fs::read_to_string(dir.join("registry.err")).unwrap_or_default()
+        );
+        Registry { child, addr, log }
+    }
+
+    /// How many times a blob was fetched (GET) from any repository.
+    fn blob_gets(&self, digest: &str) -> usize {
+        let err = self.log.with_file_name("registry.err");
+        [&self.log, &err]
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .flat_map(|t| t.lines().map(String::from).collect::<Vec<_>>())
+            .filter(|l| {
+                l.contains("\"GET /v2/")
+                    && l.contains(&format!("/blobs/{digest}"))
+                    && l.contains("\" 200 ")
+            })
+            .count()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a proxy does to the registry's answers.
+#[derive(Clone, Copy)]
+enum Harm {
+    /// Flips the byte at this offset of a connection's answers.
+    Flip(usize),
+    /// Closes the connection after this many bytes of answers.
+    Cut(usize),
+}
+
+/// A TCP proxy in front of `to`, harming what flows back; stops when dropped.
+struct Proxy {
+    addr: String,
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    fn start(to: &str, harm: Harm) -> Proxy {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (to, s) = (to.to_string(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let Ok((down, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                down.set_nonblocking(false).unwrap();
+                let up = TcpStream::connect(&to).unwrap();
+                let (mut d2, mut u2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let mut b = [0u8; 8192];
+                    let mut down = down;
+                    while let Ok(n) = down.read(&mut b) {
+                        if n == 0 || u2.write_all(&b[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = u2.shutdown(std::net::Shutdown::Both);
+                });
+                std::thread::spawn(move || {
+                    let mut up = up;
+                    let mut b = [0u8; 8192];
+                    let mut seen = 0usize;
+                    while let Ok(n) = up.read(&mut b) {
+                        if n == 0 {
+                            break;
+                        }
+                        let mut n = n;
+                        match harm {
+                            Harm::Flip(at) if seen <= at && at < seen + n => b[at - seen] ^= 0xff,
+                            Harm::Cut(at) if seen + n > at => n = at.saturating_sub(seen),
+                            _ => {}
+                        }
+                        if d2.write_all(&b[..n]).is_err() {
+                            break;
+                        }
+                        seen += n;
+                        if matches!(harm, Harm::Cut(at) if seen >= at) {
+                            break;
+                        }
+                    }
+                    let _ = d2.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Proxy { addr, stop }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+struct World {
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    fn new() -> Option<World> {
+        if !require_root() {
+            return None;
+        }
+        Some(World { dir: scratch() })
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn uf(&self, store: &str, args: &[&str]) -> Output {
+        Command::new(bin())
+            .args(args)
+            .env("UNIONFUSE_ROOT", self.path(store))
+            .env("TMPDIR", self.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, store: &str, args: &[&str]) -> String {
+        let o = self.uf(store, args);
+        assert!(
+            o.status.success(),
+            "unionfuse {args:?}: {:?}\n{}{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+    }
+
+    fn refused(&self, store: &str, args: &[&str], expect: &str) {
+        let o = self.uf(store, args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?} was accepted");
+        assert!(err.contains(expect), "{args:?}: '{expect}' not in {err}");
+        // Progress lines may come first; the error is one line.
+        assert_eq!(
+            err.lines().filter(|l| l.starts_with("unionfuse")).count(),
+            1,
+            "{args:?}: {err}"
+        );
+    }
+
+    /// A store with `base` (busybox) and `app:1` (base plus a committed /hello).
+    fn images(&self, store: &str) {
+        let rootfs = self.path("rootfs");
+        if !rootfs.exists() {
+            common::runenv::build_rootfs(&rootfs);
+            run(Command::new("tar")
+                .arg("-C")
+                .arg(&rootfs)
+                .arg("-czf")
+                .arg(self.path("rootfs.tgz"))
+                .arg("."));
+        }
+        self.ok(
+            store,
+            &["import", self.path("rootfs.tgz").to_str().unwrap(), "base"],
+        );
+        self.ok(
+            store,
+            &["run", "--name", "c", "base", "sh", "-c", "echo hi > /hello"],
+        );
+        self.ok(store, &["commit", "c", "app:1"]);
+    }
+
+    /// The store's images, layers and blobs (what a refused pull must leave as it was).
+    fn contents(&self, store: &str) -> Vec<String> {
+        let mut v = Vec::new();
+        for d in ["images", "layers", "blobs/sha256"] {
+            if let Ok(rd) = std::fs::read_dir(self.path(store).join(d)) {
+                v.extend(
+                    rd.flatten()
+                        .map(|e| format!("{d}/{}", e.file_name().to_string_lossy())),
+                );
+            }
+        }
+        v.sort();
+        v
+    }
+
+    fn podman(&self, args: &[&str]) -> String {
+        let conf = self.path("containers.conf");
+        std::fs::write(
+            &conf,
+            "[containers]\ndefault_ulimits = []\nnetns = \"host\"\n[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+        )
+        .unwrap();
+        let o = Command::new("timeout")
+            .arg("180")
+            .arg("podman")
+            .arg("--root")
+            .arg(self.path("pgraph"))
+            .arg("--runroot")
+            .arg(self.path("prun"))
+            .args(["--storage-driver", "vfs"])
+            .args(args)
+            .env("CONTAINERS_CONF", &conf)
+            .env("TMPDIR", self.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "podman {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg(self.path("pgraph/vfs"))
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn image_id(w: &World, store: &str, name: &str) -> String {
+    let out = w.ok(store, &["inspect", name]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    v["Image"]["id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn push_and_pull_round_trip_with_podman_and_skopeo() {
+    let Some(w) = World::new() else { return };
+    let reg = Registry::start(w.dir.path());
+    let r = &reg.addr;
+    w.images("a");
+    // unionfuse pushes; the registry's manifest digest is the one push printed.
+    let pushed = w.ok("a", &["push", "app:1", &format!("{r}/app:1")]);
+    let digest = pushed
+        .split('@')
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let inspect = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--tls-verify=false",
+            &format!("docker://{r}/app:1"),
+        ])
+        .output()
+        .unwrap();
+    let inspect = String::from_utf8_lossy(&inspect.stdout);
+    assert!(inspect.contains(&digest), "{digest} not in {inspect}");
+    // podman pulls and runs it.
+    let out = w.podman(&[
+        "run",
+        "--rm",
+        "--tls-verify=false",
+        &format!("{r}/app:1"),
+        "cat",
+        "/hello",
+    ]);
+    assert_eq!(out, "hi\n");
+    // unionfuse pulls it into another store: the same image id, and it runs.
+    w.ok("a", &["push", "base", &format!("{r}/base:1")]);
+    let first = w.ok("b", &["pull", &format!("{r}/base:1")]);
+    assert!(first.contains("downloaded"), "{first}");
+    let second = w.ok("b", &["pull", &format!("{r}/app:1")]);
+    assert!(
+        second.contains("already exists"),
+        "the base layer again: {second}"
+    );
+    assert_eq!(
+        image_id(&w, "a", "app:1"),
+        image_id(&w, "b", &format!("{r}/app:1"))
+    );
+    assert_eq!(
+        w.ok(
+            "b",
+            &["run", "--rm", &format!("{r}/app:1"), "cat", "/hello"]
+        )
+        .lines()
+        .last(),
+        Some("hi")
+    );
+    // The base layer's blob went over the wire once for store b (and once for podman's pull
+    // of app, which has it too).
+    let base_layer = inspect
+        .split("\"Layers\": [")
+        .nth(1)
+        .and_then(|s| s.split('"').nth(1))
+        .unwrap()
+        .to_string();
+    assert_eq!(reg.blob_gets(&base_layer), 2, "GETs of {base_layer}");
+    // Pushed again from b: every blob is there already.
+    let again = w.ok("b", &["push", &format!("{r}/app:1")]);
+    assert!(!again.contains("pushed ("), "{again}");
+    assert!(again.contains(&digest), "the same manifest: {again}");
+    // skopeo pushes (unionfuse's save of it), unionfuse pulls and runs it.
+    let archive = w.path("app.tar");
+    w.ok("a", &["save", "app:1", "-o", archive.to_str().unwrap()]);
+    let o = Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("oci-archive:{}", archive.display()))
+        .arg(format!("docker://{r}/by-skopeo:2"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    w.ok("c", &["pull", &format!("{r}/by-skopeo:2")]);
+    assert_eq!(
+        w.ok(
+            "c",
+            &["run", "--rm", &format!("{r}/by-skopeo:2"), "cat", "/hello"]
+        )
+        .lines()
+        .last(),
+        Some("hi")
+    );
+    w.ok("c", &["store-check"]);
+}
+
+#[test]
+fn bad_registries_and_bad_content_leave_the_store_unchanged() {
+    let Some(w) = World::new() else { return };
+    let reg = Registry::start(w.dir.path());
+    let r = reg.addr.clone();
+    w.images("a");
+    w.ok("a", &["push", "app:1", &format!("{r}/app:1")]);
+    std::fs::create_dir_all(w.path("b")).unwrap();
+    let empty = w.contents("b");
+    w.refused("b", &["pull", &format!("{r}/app:nosuch")], "no image");
+    w.refused("b", &["pull", &format!("{r}/nosuch:1")], "no image");
+    let closed = format!("127.0.0.1:{}", free_port());
+    w.refused("b", &["pull", &format!("{closed}/app:1")], "cannot reach");
+    w.refused("b", &["pull", "UPPER/Case:1"], "not an image reference");
+    // A byte flipped in the layer's blob: refused for its digest, nothing kept.
+    let flip = Proxy::start(&r, Harm::Flip(100_000));
+    w.refused("b", &["pull", &format!("{}/app:1", flip.addr)], "digest");
+    assert_eq!(w.contents("b"), empty);
+    // The connection cut in the middle of the blob: an error, nothing kept; the next pull
+    // (straight from the registry) completes and the store checks out.
+    let cut = Proxy::start(&r, Harm::Cut(200_000));
+    let o = w.uf("b", &["pull", &format!("{}/app:1", cut.addr)]);
+    assert!(!o.status.success());
+    assert_eq!(w.contents("b"), empty);
+    w.ok("b", &["pull", &format!("{r}/app:1")]);
+    w.ok("b", &["store-check"]);
+    assert!(w.ok("b", &["images"]).contains("app"));
+    drop((flip, cut));
+}
