@@ -185,6 +185,19 @@ enum Cmd {
         #[arg(long = "tls-verify", value_name = "BOOL")]
         tls_verify: Option<bool>,
     },
+    /// Keep credentials for a registry (checked with it first), where podman keeps them.
+    Login {
+        registry: String,
+        #[arg(short, long)]
+        username: String,
+        /// Read the password from standard input (one line).
+        #[arg(long = "password-stdin")]
+        password_stdin: bool,
+        #[arg(long = "tls-verify", value_name = "BOOL")]
+        tls_verify: Option<bool>,
+    },
+    /// Forget the credentials kept for a registry.
+    Logout { registry: String },
     /// Load images: a docker save tarball, an OCI image layout directory or an OCI archive.
     Load {
         /// The archive or directory.
@@ -420,6 +433,36 @@ fn store_command(root: Option<PathBuf>, cmd: Cmd) -> Result<(), UserError> {
     let store = Store::open(root)?;
     let out = match cmd {
         Cmd::Load { input } => containers::load_images(&store, &input)?,
+        Cmd::Login {
+            registry,
+            username,
+            password_stdin,
+            tls_verify,
+        } => {
+            if !password_stdin {
+                return Err(UserError(
+                    "give the password on standard input: unionfuse login --password-stdin -u USER REGISTRY".into(),
+                ));
+            }
+            let mut pw = String::new();
+            std::io::stdin()
+                .read_line(&mut pw)
+                .map_err(|e| UserError(format!("the password: {e}")))?;
+            let pw = pw.trim_end_matches(['\n', '\r']);
+            let o = unionfuse::store::registry::Options {
+                tls_verify,
+                platform: None,
+            };
+            let f = unionfuse::store::registry::login(&registry, &username, pw, &o)?;
+            format!("Login Succeeded (kept in {})\n", f.display())
+        }
+        Cmd::Logout { registry } => {
+            if unionfuse::store::auth::forget(&registry)? {
+                format!("Removed login credentials for {registry}\n")
+            } else {
+                return Err(UserError(format!("not logged in to {registry}")));
+            }
+        }
         Cmd::Pull {
             reference,
             platform,

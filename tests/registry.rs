@@ -34,13 +34,31 @@ struct Registry {
 
 impl Registry {
     fn start(dir: &Path) -> Registry {
+        Registry::start_with(dir, "")
+    }
+
+    /// With htpasswd Basic authentication: `user` / `secret`.
+    fn start_with_auth(dir: &Path) -> Registry {
+        let htpasswd = dir.join("htpasswd");
+        let hash = bcrypt::hash("secret", 5).unwrap();
+        std::fs::write(&htpasswd, format!("user:{hash}\n")).unwrap();
+        Registry::start_with(
+            dir,
+            &format!(
+                "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+                htpasswd.display()
+            ),
+        )
+    }
+
+    fn start_with(dir: &Path, extra: &str) -> Registry {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let config = dir.join("registry.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n{extra}",
                 dir.join("registry-data").display()
             ),
         )
@@ -92,6 +110,8 @@ enum Harm {
     Flip(usize),
     /// Closes the connection after this many bytes of answers.
     Cut(usize),
+    /// Sends nothing more after this many bytes, and keeps the connection open.
+    Stall(usize),
 }
 
 /// A TCP proxy in front of `to`, harming what flows back; stops when dropped.
@@ -137,7 +157,9 @@ impl Proxy {
                         let mut n = n;
                         match harm {
                             Harm::Flip(at) if seen <= at && at < seen + n => b[at - seen] ^= 0xff,
-                            Harm::Cut(at) if seen + n > at => n = at.saturating_sub(seen),
+                            Harm::Cut(at) | Harm::Stall(at) if seen + n > at => {
+                                n = at.saturating_sub(seen)
+                            }
                             _ => {}
                         }
                         if d2.write_all(&b[..n]).is_err() {
@@ -145,6 +167,10 @@ impl Proxy {
                         }
                         seen += n;
                         if matches!(harm, Harm::Cut(at) if seen >= at) {
+                            break;
+                        }
+                        if matches!(harm, Harm::Stall(at) if seen >= at) {
+                            std::thread::sleep(Duration::from_secs(120));
                             break;
                         }
                     }
@@ -179,13 +205,22 @@ impl World {
     }
 
     fn uf(&self, store: &str, args: &[&str]) -> Output {
-        Command::new(bin())
-            .args(args)
+        self.uf_in(store, args, b"")
+    }
+
+    /// With `input` on standard input, and the credentials file of this test.
+    fn uf_in(&self, store: &str, args: &[&str], input: &[u8]) -> Output {
+        let mut c = Command::new(bin());
+        c.args(args)
+            .env("REGISTRY_AUTH_FILE", self.path("auth.json"))
             .env("UNIONFUSE_ROOT", self.path(store))
             .env("TMPDIR", self.dir.path())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let _ = child.stdin.take().unwrap().write_all(input);
+        child.wait_with_output().unwrap()
     }
 
     fn ok(&self, store: &str, args: &[&str]) -> String {
@@ -414,8 +449,72 @@ fn bad_registries_and_bad_content_leave_the_store_unchanged() {
     let o = w.uf("b", &["pull", &format!("{}/app:1", cut.addr)]);
     assert!(!o.status.success());
     assert_eq!(w.contents("b"), empty);
+    // kill -9 while a blob is half downloaded: nothing kept.
+    let stall = Proxy::start(&r, Harm::Stall(200_000));
+    let mut pull = Command::new(bin())
+        .args(["pull", &format!("{}/app:1", stall.addr)])
+        .env("UNIONFUSE_ROOT", w.path("b"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(pull.try_wait().unwrap(), None, "the stalled pull ended");
+    pull.kill().unwrap();
+    pull.wait().unwrap();
+    assert_eq!(w.contents("b"), empty);
     w.ok("b", &["pull", &format!("{r}/app:1")]);
     w.ok("b", &["store-check"]);
     assert!(w.ok("b", &["images"]).contains("app"));
-    drop((flip, cut));
+    drop((flip, cut, stall));
+}
+
+#[test]
+fn login_keeps_credentials_where_podman_reads_them() {
+    let Some(w) = World::new() else { return };
+    let reg = Registry::start_with_auth(w.dir.path());
+    let r = &reg.addr;
+    let rootfs = w.path("rootfs");
+    common::runenv::build_rootfs(&rootfs);
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(w.path("r.tar"))
+        .arg("."));
+    w.ok("a", &["import", w.path("r.tar").to_str().unwrap(), "base"]);
+    let to = format!("{r}/base:1");
+    w.refused("a", &["push", "base", &to], "unauthorized");
+    let o = w.uf_in(
+        "a",
+        &["login", "-u", "user", "--password-stdin", r],
+        b"wrong\n",
+    );
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("wrong user name or password"));
+    assert!(!w.path("auth.json").exists(), "bad credentials were kept");
+    let o = w.uf_in(
+        "a",
+        &["login", "-u", "user", "--password-stdin", r],
+        b"secret\n",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The file podman reads: skopeo (same library) uses it for the same registry.
+    let auth = std::fs::read_to_string(w.path("auth.json")).unwrap();
+    assert!(
+        auth.contains(r.as_str()) && auth.contains("auths"),
+        "{auth}"
+    );
+    w.ok("a", &["push", "base", &to]);
+    let o = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--authfile"])
+        .arg(w.path("auth.json"))
+        .arg(format!("docker://{to}"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    w.ok("b", &["pull", &to]);
+    w.ok("b", &["logout", r]);
+    w.refused("b", &["pull", &to], "unauthorized");
+    w.refused("b", &["logout", r], "not logged in");
 }

@@ -13,6 +13,7 @@
 //!   last, so a crash leaves leftovers (removed by the next command) and never a half-made
 //!   layer or record in use.
 
+pub mod auth;
 pub mod commit;
 pub mod load;
 pub mod registry;

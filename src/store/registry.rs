@@ -102,11 +102,29 @@ fn registry_error(r: &Reference, e: oci_client::errors::OciDistributionError) ->
     let reg = r.resolve_registry();
     let what = match &e {
         E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => {
-            format!("unauthorized at {reg}")
+            format!("unauthorized at {reg} (unionfuse login {reg})")
+        }
+        E::ServerError {
+            code: 401 | 403, ..
+        } => {
+            format!("unauthorized at {reg} (unionfuse login {reg})")
         }
         E::ImageManifestNotFoundError(_) => format!("no image '{r}' at {reg}"),
         E::ServerError { code: 404, .. } => format!("no image '{r}' at {reg}"),
         E::ServerError { code: 429, .. } => format!("{reg} is rate limiting: try again later"),
+        E::RequestError(re)
+            if re
+                .status()
+                .is_some_and(|s| s.as_u16() == 401 || s.as_u16() == 403) =>
+        {
+            format!("unauthorized at {reg} (unionfuse login {reg})")
+        }
+        E::RequestError(re) if re.status().is_some_and(|s| s.as_u16() == 404) => {
+            format!("no image '{r}' at {reg}")
+        }
+        E::RequestError(re) if re.status().is_some_and(|s| s.as_u16() == 429) => {
+            format!("{reg} is rate limiting: try again later")
+        }
         E::RequestError(re) if re.is_connect() || re.is_timeout() => {
             format!("cannot reach {reg}: {re}")
         }
@@ -127,6 +145,45 @@ fn registry_error(r: &Reference, e: oci_client::errors::OciDistributionError) ->
     UserError(what)
 }
 
+/// The credentials kept for `r`'s registry (by `login`, podman's or docker's), if any.
+fn auth_for(r: &Reference) -> RegistryAuth {
+    super::auth::lookup(r.registry())
+        .or_else(|| super::auth::lookup(r.resolve_registry()))
+        .map_or(RegistryAuth::Anonymous, |(u, p)| RegistryAuth::Basic(u, p))
+}
+
+/// `login REGISTRY`: checks `user`/`password` with the registry (a manifest request it
+/// answers 401 to strangers), then keeps them where podman keeps them. Returns the file.
+pub fn login(registry: &str, user: &str, password: &str, o: &Options) -> Result<PathBuf> {
+    let r = reference(&format!("{registry}/library/unionfuse-login-probe:latest"))?;
+    let c = client(&r, o);
+    let auth = RegistryAuth::Basic(user.to_string(), password.to_string());
+    let rt = runtime()?;
+    let answer = rt.block_on(async {
+        c.auth(&r, &auth, oci_client::RegistryOperation::Pull)
+            .await?;
+        c.pull_manifest_raw(&r, &auth, &["application/vnd.oci.image.manifest.v1+json"])
+            .await
+    });
+    use oci_client::errors::OciDistributionError as E;
+    match answer {
+        Ok(_) => {}
+        Err(E::AuthenticationFailure(_) | E::UnauthorizedError { .. }) => {
+            bail!("{registry}: wrong user name or password for '{user}'")
+        }
+        Err(E::ServerError { code: 401, .. }) => {
+            bail!("{registry}: wrong user name or password for '{user}'")
+        }
+        Err(E::RequestError(e)) if e.is_connect() || e.is_timeout() => {
+            bail!("cannot reach {registry}: {e}")
+        }
+        // Anything else came from a registry that accepted the credentials (the probe's
+        // repository does not exist).
+        Err(_) => {}
+    }
+    super::auth::store(registry, user, password)
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -138,7 +195,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 pub fn pull(store: &Store, reference_s: &str, o: &Options, rep: &Report) -> Result<Image> {
     let r = reference(reference_s)?;
     let c = client(&r, o);
-    let auth = RegistryAuth::Anonymous;
+    let auth = auth_for(&r);
     let t = store.temp()?;
     let rt = runtime()?;
     let (config, layers) = rt.block_on(async {
@@ -214,7 +271,7 @@ pub fn push(
     let img = store.find_image(image)?;
     let r = reference(reference_s)?;
     let c = client(&r, o);
-    let auth = RegistryAuth::Anonymous;
+    let auth = auth_for(&r);
     let read = |d: &Digest| {
         std::fs::read(store.blob_path(d)).map_err(|e| UserError(format!("blob {d}: {e}")))
     };
