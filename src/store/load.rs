@@ -17,6 +17,8 @@ use crate::sys;
 /// Tells the user how each layer went: a progress bar on a terminal, one line otherwise.
 pub struct Report {
     bars: bool,
+    /// Several bars at once (parallel downloads) drawn without garbling each other.
+    multi: indicatif::MultiProgress,
 }
 
 impl Report {
@@ -24,10 +26,11 @@ impl Report {
         use std::io::IsTerminal;
         Report {
             bars: std::io::stderr().is_terminal(),
+            multi: indicatif::MultiProgress::new(),
         }
     }
 
-    fn bar(&self, what: &str, total: u64) -> Option<indicatif::ProgressBar> {
+    pub(crate) fn bar(&self, what: &str, total: u64) -> Option<indicatif::ProgressBar> {
         if !self.bars {
             return None;
         }
@@ -38,11 +41,13 @@ impl Report {
             b.set_style(st.progress_chars("=> "));
         }
         b.set_message(what.to_string());
-        Some(b)
+        Some(self.multi.add(b))
     }
 
     pub fn line(&self, msg: &str) {
-        eprintln!("{msg}");
+        if !self.bars || self.multi.println(msg).is_err() {
+            eprintln!("{msg}");
+        }
     }
 }
 

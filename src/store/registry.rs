@@ -231,9 +231,17 @@ pub fn pull(store: &Store, reference_s: &str, o: &Options, rep: &Report) -> Resu
                 let f = tokio::fs::File::create(&path)
                     .await
                     .map_err(|e| UserError(format!("{}: {e}", path.display())))?;
-                c.pull_blob(r, l, f)
+                let bar = rep.bar(&format!("blob {}", d.short()), l.size.max(0) as u64);
+                let out = Counting {
+                    inner: f,
+                    bar: bar.clone(),
+                };
+                c.pull_blob(r, l, out)
                     .await
                     .map_err(|e| registry_error(r, e))?;
+                if let Some(b) = bar {
+                    b.finish_and_clear();
+                }
                 rep.line(&format!(
                     "blob {}: downloaded ({} bytes)",
                     d.short(),
@@ -318,6 +326,40 @@ pub fn push(
         Ok::<_, UserError>(())
     })?;
     Ok(digest)
+}
+
+/// A download's destination that moves its progress bar.
+struct Counting<W> {
+    inner: W,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counting<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let (std::task::Poll::Ready(Ok(n)), Some(b)) = (&r, &self.bar) {
+            b.inc(*n as u64);
+        }
+        r
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]
