@@ -78,15 +78,7 @@ pub fn start_detached(
                     drop((out_wr, alive_wr));
                     // Not the caller's streams: who waits for their end must not wait for
                     // the container's.
-                    if let Ok(null) = std::fs::OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .open("/dev/null")
-                    {
-                        for fd in 0..3 {
-                            let _ = sys::dup_onto(null.as_fd(), fd);
-                        }
-                    }
+                    crate::daemon::redirect_stdio_to_null();
                     keep_log(out_rd, &log);
                     sys::exit_now(0);
                 }

@@ -179,7 +179,9 @@ pub fn start(c: Checked) -> Result<Daemon> {
     }
 }
 
-fn redirect_stdio_to_null() {
+/// Points stdin, stdout and stderr at /dev/null: a process that outlives its caller must not
+/// keep the caller's streams open.
+pub(crate) fn redirect_stdio_to_null() {
     if let Ok(null) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

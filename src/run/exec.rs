@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 
 use super::init::{self, RealConfine};
-use super::{RUNNER_FAILED, cstring, profile, signal_set};
+use super::{cstring, profile, signal_set};
 use crate::error::{Result, UserError, bail};
 use crate::sys;
 
@@ -145,27 +145,21 @@ pub fn exec(req: ExecRequest) -> Result<i32> {
         Err(e) => bail!("fork: {e}"),
         Ok(sys::Forked::Child) => {
             sys::set_parent_death_signal(libc::SIGKILL);
-            if let Some((_, term)) = &pty
-                && let Err(e) = init::take_terminal(term.as_fd())
-            {
-                eprintln!("unionfuse exec: cannot give the command its terminal: {e}");
-                sys::exit_now(RUNNER_FAILED as i32);
-            }
-            let mut real = RealConfine {
-                filters: &filters,
-                cgroups: &[],
+            let confine = || {
+                let mut real = RealConfine {
+                    filters: &filters,
+                    cgroups: &[],
+                };
+                profile::confine(&mut real, &req.profile)
             };
-            if let Err(e) = profile::confine(&mut real, &req.profile) {
-                eprintln!("unionfuse exec: {e}");
-                sys::exit_now(RUNNER_FAILED as i32);
-            }
-            if let Some((uid, gid, _)) = ids
-                && let Err(e) = sys::become_user(uid, gid)
-            {
-                eprintln!("unionfuse exec: cannot become {uid}:{gid}: {e}");
-                sys::exit_now(RUNNER_FAILED as i32);
-            }
-            init::exec_command(&argv, &env)
+            init::command_process(
+                "exec",
+                pty.as_ref().map(|(_, t)| t.as_fd()),
+                confine,
+                ids.as_ref().map(|(u, g, _)| (*u, *g)),
+                &argv,
+                &env,
+            )
         }
         Ok(sys::Forked::Parent(pid)) => pid,
     };

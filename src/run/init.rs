@@ -127,21 +127,14 @@ fn init(
     let _ = std::fs::File::from(ns_ready).write_all(b"1");
     let child = match sys::fork() {
         Err(e) => bail!("fork: {e}"),
-        Ok(sys::Forked::Child) => {
-            if let Some((_, term)) = &pty
-                && let Err(e) = take_terminal(term.as_fd())
-            {
-                eprintln!("unionfuse run: cannot give the command its terminal: {e}");
-                sys::exit_now(RUNNER_FAILED as i32);
-            }
-            if let Some((uid, gid, _)) = ids
-                && let Err(e) = sys::become_user(uid, gid)
-            {
-                eprintln!("unionfuse run: cannot become {uid}:{gid}: {e}");
-                sys::exit_now(RUNNER_FAILED as i32);
-            }
-            exec_command(&argv, &env)
-        }
+        Ok(sys::Forked::Child) => command_process(
+            "run",
+            pty.as_ref().map(|(_, t)| t.as_fd()),
+            || Ok(()),
+            ids.as_ref().map(|(u, g, _)| (*u, *g)),
+            &argv,
+            &env,
+        ),
         Ok(sys::Forked::Parent(pid)) => pid,
     };
     drop(life);
@@ -204,6 +197,37 @@ impl profile::Confine for RealConfine<'_> {
     }
 }
 
+/// The command's process, just forked (by the init for `run`, by `exec`): its terminal,
+/// then `confine`, then its user, then the exec. Never returns; a step that fails ends it
+/// with [`RUNNER_FAILED`], said as `unionfuse WHAT: ...`.
+pub(super) fn command_process(
+    what: &str,
+    term: Option<std::os::fd::BorrowedFd<'_>>,
+    confine: impl FnOnce() -> Result<()>,
+    user: Option<(u32, u32)>,
+    argv: &[CString],
+    env: &[CString],
+) -> ! {
+    let fail = |msg: String| -> ! {
+        eprintln!("unionfuse {what}: {msg}");
+        sys::exit_now(RUNNER_FAILED as i32)
+    };
+    if let Some(t) = term
+        && let Err(e) = take_terminal(t)
+    {
+        fail(format!("cannot give the command its terminal: {e}"));
+    }
+    if let Err(e) = confine() {
+        fail(e.to_string());
+    }
+    if let Some((uid, gid)) = user
+        && let Err(e) = sys::become_user(uid, gid)
+    {
+        fail(format!("cannot become {uid}:{gid}: {e}"));
+    }
+    exec_command(argv, env)
+}
+
 /// A terminal of the container's devpts for the command (given to its user, as a login
 /// does), sized as the caller's: (master, terminal).
 pub(super) fn terminal(uid: Option<u32>) -> Result<(OwnedFd, OwnedFd)> {
@@ -219,7 +243,7 @@ pub(super) fn terminal(uid: Option<u32>) -> Result<(OwnedFd, OwnedFd)> {
 
 /// In the command's process: a session of its own whose controlling terminal is `term`,
 /// which becomes its standard input, output and error.
-pub(super) fn take_terminal(term: std::os::fd::BorrowedFd<'_>) -> Result<()> {
+fn take_terminal(term: std::os::fd::BorrowedFd<'_>) -> Result<()> {
     sys::setsid();
     sys::set_controlling_terminal(term)
         .and_then(|()| (0..3).try_for_each(|fd| sys::dup_onto(term, fd)))
@@ -434,7 +458,7 @@ pub(super) fn resolve_user(spec: &str) -> Result<(u32, u32, Option<String>)> {
 
 /// In the command's process: default signal handling, then exec, searching the container's
 /// PATH. Never returns.
-pub(super) fn exec_command(argv: &[CString], env: &[CString]) -> ! {
+fn exec_command(argv: &[CString], env: &[CString]) -> ! {
     sys::SigSet::of(&[]).set_mask();
     // Dispositions a runner started with (SIGINT ignored by a script's background job)
     // would stay across exec: the command gets the defaults.
