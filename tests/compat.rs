@@ -26,7 +26,12 @@ static USERS: std::sync::Mutex<(usize, Vec<Option<PathBuf>>)> =
 fn install_helper() -> Helper {
     let mut u = USERS.lock().unwrap_or_else(|e| e.into_inner());
     if u.0 == 0 {
-        u.1 = HELPERS.iter().map(|h| std::fs::read_link(h).ok()).collect();
+        // A link into this suite's own shared binary is a leftover of an earlier run that
+        // did not end cleanly, not something of the machine's to put back.
+        u.1 = HELPERS
+            .iter()
+            .map(|h| std::fs::read_link(h).ok().filter(|t| *t != shared_bin()))
+            .collect();
         let o = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/mount-helper/install"))
             .arg(shared_bin())
             .output()
