@@ -1,9 +1,11 @@
-//! Pull and push through a real registry (#17, first part): Debian's `docker-registry` (the
+//! Pull and push through a real registry (#17): Debian's `docker-registry` (the
 //! `distribution` server) started by the test on 127.0.0.1 with a temporary config and
-//! storage, without authentication. unionfuse pushes and podman pulls and runs; skopeo pushes
-//! and unionfuse pulls and runs; digests survive the round trip; a base layer is fetched
-//! once; a proxy that corrupts a byte or cuts the connection leaves the store without any of
-//! it; unknown images and unreachable registries are one-line errors.
+//! storage: without authentication, with htpasswd Basic authentication, and with Bearer
+//! tokens from a token server of the test. unionfuse pushes and podman pulls and runs;
+//! skopeo pushes and unionfuse pulls and runs; digests survive the round trip; a base layer
+//! is fetched once and mounted across repositories on push; a proxy that corrupts a byte or
+//! cuts the connection leaves the store without any of it; unknown images, unreachable and
+//! rate-limiting registries are one-line errors.
 
 mod common;
 
@@ -80,18 +82,33 @@ impl Registry {
         Registry { child, addr, log }
     }
 
-    /// How many times a blob was fetched (GET) from any repository.
-    fn blob_gets(&self, digest: &str) -> usize {
+    /// The access log's lines.
+    fn log_lines(&self) -> Vec<String> {
         let err = self.log.with_file_name("registry.err");
         [&self.log, &err]
             .iter()
             .map(|p| std::fs::read_to_string(p).unwrap_or_default())
             .flat_map(|t| t.lines().map(String::from).collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// How many times a blob was fetched (GET) from any repository.
+    fn blob_gets(&self, digest: &str) -> usize {
+        self.log_lines()
+            .iter()
             .filter(|l| {
                 l.contains("\"GET /v2/")
                     && l.contains(&format!("/blobs/{digest}"))
                     && l.contains("\" 200 ")
             })
+            .count()
+    }
+
+    /// How many requests starting with `what` were answered `status`.
+    fn requests(&self, what: &str, status: &str) -> usize {
+        self.log_lines()
+            .iter()
+            .filter(|l| l.contains(&format!("\"{what}")) && l.contains(&format!("\" {status} ")))
             .count()
     }
 }
@@ -186,6 +203,159 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// A small HTTP/1.1 server of this test: `answer(request head)` gives the status line,
+/// extra headers and body of each answer; one request a connection. Stops when dropped.
+struct Http {
+    addr: String,
+    stop: Arc<AtomicBool>,
+}
+
+type Answer = (String, Vec<(String, String)>, Vec<u8>);
+
+impl Http {
+    fn start(answer: impl Fn(&str) -> Answer + Send + Sync + 'static) -> Http {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let answer = Arc::new(answer);
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let Ok((mut c, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let answer = answer.clone();
+                std::thread::spawn(move || {
+                    c.set_nonblocking(false).unwrap();
+                    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    let mut head = Vec::new();
+                    let mut b = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match c.read(&mut b) {
+                            Ok(1) => head.push(b[0]),
+                            _ => return,
+                        }
+                    }
+                    let (status, headers, body) = answer(&String::from_utf8_lossy(&head));
+                    let mut out = format!(
+                        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+                        body.len()
+                    );
+                    for (k, v) in headers {
+                        out.push_str(&format!("{k}: {v}\r\n"));
+                    }
+                    out.push_str("\r\n");
+                    let _ = c.write_all(out.as_bytes());
+                    let _ = c.write_all(&body);
+                });
+            }
+        });
+        Http { addr, stop }
+    }
+}
+
+impl Drop for Http {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A token server as Docker Hub's: checks Basic credentials (`user` / `secret`) and gives
+/// JSON Web Tokens signed with a key the registry trusts, for the scopes asked. Returns
+/// the server and the registry's `auth:` configuration.
+fn token_server(dir: &Path) -> (Http, String) {
+    use base64::Engine as _;
+    let key = dir.join("token.key");
+    let cert = dir.join("token.crt");
+    run(Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=unionfuse test token issuer", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null()));
+    let der = Command::new("openssl")
+        .args(["x509", "-outform", "DER", "-in"])
+        .arg(&cert)
+        .output()
+        .unwrap()
+        .stdout;
+    assert!(!der.is_empty());
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let x5c = b64.encode(&der);
+    let work = dir.to_path_buf();
+    let server = Http::start(move |head| {
+        let line = head.lines().next().unwrap_or("");
+        let creds = head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            let v = v.trim().strip_prefix("Basic ")?;
+            k.eq_ignore_ascii_case("authorization")
+                .then(|| String::from_utf8(b64.decode(v).ok()?).ok())?
+        });
+        if creds.as_deref() != Some("user:secret") {
+            return ("401 Unauthorized".into(), vec![], b"{}".to_vec());
+        }
+        // The scopes asked: repository:NAME:ACTIONS, each its own `scope=`.
+        let query = line.split_whitespace().nth(1).unwrap_or("");
+        let access: Vec<serde_json::Value> = query
+            .split(['?', '&'])
+            .filter_map(|p| p.strip_prefix("scope="))
+            .map(|p| p.replace("%3A", ":").replace("%2C", ",").replace("%2F", "/"))
+            .filter_map(|sc| {
+                let mut it = sc.splitn(3, ':');
+                let (t, n, a) = (it.next()?, it.next()?, it.next()?);
+                Some(serde_json::json!({"type": t, "name": n, "actions": a.split(',').collect::<Vec<_>>()}))
+            })
+            .collect();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "x5c": [x5c]});
+        let claims = serde_json::json!({
+            "iss": "unionfuse-test", "sub": "user", "aud": "test-registry",
+            "exp": now + 600, "nbf": now - 10, "iat": now, "jti": format!("{now}-{}", access.len()),
+            "access": access,
+        });
+        let input = format!(
+            "{}.{}",
+            url.encode(header.to_string()),
+            url.encode(claims.to_string())
+        );
+        let mut sign = Command::new("openssl")
+            .args(["dgst", "-sha256", "-sign"])
+            .arg(work.join("token.key"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        sign.stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let sig = sign.wait_with_output().unwrap().stdout;
+        let token = format!("{input}.{}", url.encode(sig));
+        let body = serde_json::json!({"token": token, "access_token": token, "expires_in": 600});
+        (
+            "200 OK".into(),
+            vec![("Content-Type".into(), "application/json".into())],
+            body.to_string().into_bytes(),
+        )
+    });
+    let config = format!(
+        "auth:\n  token:\n    realm: http://{}/token\n    service: test-registry\n    issuer: unionfuse-test\n    rootcertbundle: {}\n",
+        server.addr,
+        cert.display()
+    );
+    (server, config)
 }
 
 struct World {
@@ -367,8 +537,15 @@ fn push_and_pull_round_trip_with_podman_and_skopeo() {
         "/hello",
     ]);
     assert_eq!(out, "hi\n");
+    // base's layer is in the registry's `app` already: mounted from there, not uploaded.
+    let base_push = w.ok("a", &["push", "base", &format!("{r}/base:1")]);
+    assert!(base_push.contains("mounted from app"), "{base_push}");
+    assert_eq!(base_push.matches("pushed (").count(), 1, "{base_push}");
+    assert_eq!(
+        reg.requests("POST /v2/base/blobs/uploads/?mount=", "201"),
+        1
+    );
     // unionfuse pulls it into another store: the same image id, and it runs.
-    w.ok("a", &["push", "base", &format!("{r}/base:1")]);
     let first = w.ok("b", &["pull", &format!("{r}/base:1")]);
     assert!(first.contains("downloaded"), "{first}");
     let second = w.ok("b", &["pull", &format!("{r}/app:1")]);
@@ -517,4 +694,68 @@ fn login_keeps_credentials_where_podman_reads_them() {
     w.ok("b", &["logout", r]);
     w.refused("b", &["pull", &to], "unauthorized");
     w.refused("b", &["logout", r], "not logged in");
+}
+
+#[test]
+fn bearer_tokens_from_a_token_server() {
+    let Some(w) = World::new() else { return };
+    let (tokens, auth) = token_server(w.dir.path());
+    let reg = Registry::start_with(w.dir.path(), &auth);
+    let r = &reg.addr;
+    w.images("a");
+    let to = format!("{r}/app:1");
+    // The registry sends a Bearer challenge; without credentials the token server refuses.
+    w.refused("a", &["push", "app:1", &to], "unauthorized");
+    let o = w.uf_in(
+        "a",
+        &["login", "-u", "user", "--password-stdin", r],
+        b"wrong\n",
+    );
+    assert!(!o.status.success(), "a wrong password was accepted");
+    let o = w.uf_in(
+        "a",
+        &["login", "-u", "user", "--password-stdin", r],
+        b"secret\n",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // With a token for each scope, a push and a pull into another store go through.
+    w.ok("a", &["push", "app:1", &to]);
+    assert!(reg.requests("PUT /v2/app/manifests/1", "201") == 1);
+    w.ok("b", &["pull", &to]);
+    assert_eq!(image_id(&w, "a", "app:1"), image_id(&w, "b", &to));
+    w.ok("b", &["store-check"]);
+    // skopeo, with the same credentials file, agrees.
+    let o = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--authfile"])
+        .arg(w.path("auth.json"))
+        .arg(format!("docker://{to}"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    w.ok("b", &["logout", r]);
+    w.refused("b", &["pull", &to], "unauthorized");
+    drop(tokens);
+}
+
+#[test]
+fn a_rate_limiting_registry_says_when_to_come_back() {
+    let Some(w) = World::new() else { return };
+    let limited = Http::start(|_| {
+        (
+            "429 Too Many Requests".into(),
+            vec![
+                ("Retry-After".into(), "42".into()),
+                ("Content-Type".into(), "application/json".into()),
+            ],
+            br#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}"#.to_vec(),
+        )
+    });
+    std::fs::create_dir_all(w.path("b")).unwrap();
+    let empty = w.contents("b");
+    w.refused(
+        "b",
+        &["pull", &format!("{}/app:1", limited.addr)],
+        "rate limiting: retry after 42 s",
+    );
+    assert_eq!(w.contents("b"), empty);
 }

@@ -9,6 +9,8 @@
 //!   (OCI whiteouts included, which the union reads as they are);
 //! - `images/HEX.json`: an image, by its id (its config's digest);
 //! - `containers/HEX/`: a container: `config.json`, `upper/`, and the `lock` its runner holds;
+//! - `sources/HEX`: the registry repositories blob `sha256:HEX` was pulled from or pushed
+//!   to, one `registry/repository` a line (what a push mounts from instead of uploading);
 //! - `tmp/`: what is being made. Everything is made there and renamed into place, records
 //!   last, so a crash leaves leftovers (removed by the next command) and never a half-made
 //!   layer or record in use.
@@ -207,7 +209,14 @@ impl Store {
                 },
             },
         };
-        for sub in ["blobs/sha256", "layers", "images", "containers", "tmp"] {
+        for sub in [
+            "blobs/sha256",
+            "layers",
+            "images",
+            "containers",
+            "sources",
+            "tmp",
+        ] {
             let p = root.join(sub);
             std::fs::create_dir_all(&p).map_err(io("cannot make the store directory", &p))?;
         }
@@ -218,6 +227,30 @@ impl Store {
 
     pub fn blob_path(&self, d: &Digest) -> PathBuf {
         self.root.join("blobs/sha256").join(d.hex())
+    }
+
+    /// The repositories blob `d` is known to be in (`registry/repository`, newest last).
+    pub fn sources(&self, d: &Digest) -> Vec<String> {
+        std::fs::read_to_string(self.root.join("sources").join(d.hex()))
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    /// Records that blob `d` is in `repo` (`registry/repository`). Best effort: a hint for
+    /// later pushes, never needed for correctness.
+    pub fn add_source(&self, d: &Digest, repo: &str) {
+        let mut v = self.sources(d);
+        v.retain(|r| r != repo);
+        v.push(repo.to_string());
+        // A few are enough to find one to mount from.
+        let keep = v.split_off(v.len().saturating_sub(8));
+        let _ = write_replacing(
+            &self.root.join("sources").join(d.hex()),
+            (keep.join("\n") + "\n").as_bytes(),
+            false,
+        );
     }
 
     pub fn layer_path(&self, diff_id: &Digest) -> PathBuf {
@@ -439,7 +472,11 @@ impl Store {
             }
         }
         let mut freed = 0;
-        for (dir, keep) in [("layers", &layers), ("blobs/sha256", &blobs)] {
+        for (dir, keep) in [
+            ("layers", &layers),
+            ("blobs/sha256", &blobs),
+            ("sources", &blobs),
+        ] {
             let d = self.root.join(dir);
             for e in std::fs::read_dir(&d)
                 .map_err(io("cannot list", &d))?

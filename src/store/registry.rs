@@ -55,6 +55,26 @@ fn local_name(r: &Reference) -> String {
     name
 }
 
+/// `registry/repository` of `r`, as the store's sources record it.
+fn repo_of(r: &Reference) -> String {
+    format!("{}/{}", r.resolve_registry(), r.repository())
+}
+
+/// A repository of `r`'s registry, other than `r`'s, that blob `d` was seen in.
+fn mount_source(store: &Store, r: &Reference, d: &Digest) -> Option<Reference> {
+    let prefix = format!("{}/", r.resolve_registry());
+    store.sources(d).into_iter().rev().find_map(|s| {
+        let repo = s.strip_prefix(&prefix)?;
+        (repo != r.repository()).then(|| {
+            Reference::with_tag(
+                r.registry().to_string(),
+                repo.to_string(),
+                "latest".to_string(),
+            )
+        })
+    })
+}
+
 fn is_local(registry: &str) -> bool {
     let host = registry.rsplit_once(':').map_or(registry, |(h, _)| h);
     matches!(host, "localhost" | "127.0.0.1" | "[::1]")
@@ -111,7 +131,6 @@ fn registry_error(r: &Reference, e: oci_client::errors::OciDistributionError) ->
         }
         E::ImageManifestNotFoundError(_) => format!("no image '{r}' at {reg}"),
         E::ServerError { code: 404, .. } => format!("no image '{r}' at {reg}"),
-        E::ServerError { code: 429, .. } => format!("{reg} is rate limiting: try again later"),
         E::RequestError(re)
             if re
                 .status()
@@ -121,9 +140,6 @@ fn registry_error(r: &Reference, e: oci_client::errors::OciDistributionError) ->
         }
         E::RequestError(re) if re.status().is_some_and(|s| s.as_u16() == 404) => {
             format!("no image '{r}' at {reg}")
-        }
-        E::RequestError(re) if re.status().is_some_and(|s| s.as_u16() == 429) => {
-            format!("{reg} is rate limiting: try again later")
         }
         E::RequestError(re) if re.is_connect() || re.is_timeout() => {
             format!("cannot reach {reg}: {re}")
@@ -143,6 +159,60 @@ fn registry_error(r: &Reference, e: oci_client::errors::OciDistributionError) ->
         _ => format!("{reg}: {e}"),
     };
     UserError(what)
+}
+
+/// The URL of a request the registry answered 429 (too many requests) to, if `e` is that.
+fn rate_limited(e: &oci_client::errors::OciDistributionError) -> Option<String> {
+    use oci_client::errors::{OciDistributionError as E, OciErrorCode};
+    match e {
+        E::ServerError { code: 429, url, .. } => Some(url.clone()),
+        E::RequestError(re) if re.status().is_some_and(|s| s.as_u16() == 429) => {
+            Some(re.url().map_or_else(String::new, |u| u.to_string()))
+        }
+        E::RegistryError { envelope, url }
+            if envelope
+                .errors
+                .iter()
+                .any(|x| x.code == OciErrorCode::Toomanyrequests) =>
+        {
+            Some(url.clone())
+        }
+        _ => None,
+    }
+}
+
+/// `x`, or one line for what the registry said. A registry that rate-limits is asked once
+/// more, for the `Retry-After` it sends (the client library keeps response headers to
+/// itself), so the user knows when to come back.
+async fn check<T>(
+    r: &Reference,
+    o: &Options,
+    x: std::result::Result<T, oci_client::errors::OciDistributionError>,
+) -> Result<T> {
+    let e = match x {
+        Ok(v) => return Ok(v),
+        Err(e) => e,
+    };
+    let Some(url) = rate_limited(&e) else {
+        return Err(registry_error(r, e));
+    };
+    let reg = r.resolve_registry();
+    let after = match reqwest::Client::builder()
+        .danger_accept_invalid_certs(o.tls_verify == Some(false))
+        .timeout(std::time::Duration::from_secs(15))
+        .build()
+    {
+        Ok(c) if !url.is_empty() => c.head(&url).send().await.ok().and_then(|a| {
+            let v = a.headers().get(http::header::RETRY_AFTER)?.to_str().ok()?;
+            Some(match v.trim().parse::<u64>() {
+                Ok(secs) => format!("retry after {secs} s"),
+                Err(_) => format!("retry after {}", v.trim()),
+            })
+        }),
+        _ => None,
+    };
+    let after = after.unwrap_or_else(|| "try again later".to_string());
+    Err(UserError(format!("{reg} is rate limiting: {after}")))
 }
 
 /// The credentials kept for `r`'s registry (by `login`, podman's or docker's), if any.
@@ -199,10 +269,8 @@ pub fn pull(store: &Store, reference_s: &str, o: &Options, rep: &Report) -> Resu
     let t = store.temp()?;
     let rt = runtime()?;
     let (config, layers) = rt.block_on(async {
-        let (manifest, _digest, config) = c
-            .pull_manifest_and_config(&r, &auth)
-            .await
-            .map_err(|e| registry_error(&r, e))?;
+        let (manifest, _digest, config) =
+            check(&r, o, c.pull_manifest_and_config(&r, &auth).await).await?;
         let config_digest = Digest::parse(&manifest.config.digest)?;
         if Digest::of(config.as_bytes()) != config_digest {
             bail!(
@@ -236,9 +304,7 @@ pub fn pull(store: &Store, reference_s: &str, o: &Options, rep: &Report) -> Resu
                     inner: f,
                     bar: bar.clone(),
                 };
-                c.pull_blob(r, l, out)
-                    .await
-                    .map_err(|e| registry_error(r, e))?;
+                check(r, o, c.pull_blob(r, l, out).await).await?;
                 if let Some(b) = bar {
                     b.finish_and_clear();
                 }
@@ -264,8 +330,15 @@ pub fn pull(store: &Store, reference_s: &str, o: &Options, rep: &Report) -> Resu
         ))
     })?;
     drop(rt);
+    let blobs: Vec<Digest> = std::iter::once(config.1.clone())
+        .chain(layers.iter().map(|(_, d)| d.clone()))
+        .collect();
     // Checked again while extracted; moved into the store only when all of it is right.
-    bring_in_blobs(store, vec![local_name(&r)], config, layers, rep)
+    let img = bring_in_blobs(store, vec![local_name(&r)], config, layers, rep)?;
+    for d in &blobs {
+        store.add_source(d, &repo_of(&r));
+    }
+    Ok(img)
 }
 
 /// `push IMAGE REF`: the blobs the registry lacks, then the manifest. Returns its digest.
@@ -304,27 +377,36 @@ pub fn push(
             .map(|l| l.blob.clone())
             .chain([img.id.clone()]);
         for d in blobs {
-            let exists = c
-                .blob_exists(&r, &d.0)
-                .await
-                .map_err(|e| registry_error(&r, e))?;
+            let exists = check(&r, o, c.blob_exists(&r, &d.0).await).await?;
             if exists {
                 rep.line(&format!("blob {}: already exists", d.short()));
                 continue;
             }
+            // Another repository of this registry has it: mounted, not uploaded, where the
+            // registry allows (it answers 202 instead of 201 when it does not).
+            if let Some(from) = mount_source(store, &r, &d)
+                && c.mount_blob(&r, &from, &d.0).await.is_ok()
+            {
+                rep.line(&format!(
+                    "blob {}: mounted from {}",
+                    d.short(),
+                    from.repository()
+                ));
+                continue;
+            }
             let data = read(&d)?;
             let n = data.len();
-            c.push_blob(&r, data, &d.0)
-                .await
-                .map_err(|e| registry_error(&r, e))?;
+            check(&r, o, c.push_blob(&r, data, &d.0).await).await?;
             rep.line(&format!("blob {}: pushed ({n} bytes)", d.short()));
         }
         let ct = http::HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json");
-        c.push_manifest_raw(&r, manifest, ct)
-            .await
-            .map_err(|e| registry_error(&r, e))?;
+        check(&r, o, c.push_manifest_raw(&r, manifest, ct).await).await?;
         Ok::<_, UserError>(())
     })?;
+    for l in &img.layers {
+        store.add_source(&l.blob, &repo_of(&r));
+    }
+    store.add_source(&img.id, &repo_of(&r));
     Ok(digest)
 }
 
