@@ -456,6 +456,11 @@ impl World {
         v
     }
 
+    /// Unfinished downloads kept for the next pull.
+    fn partials(&self, store: &str) -> usize {
+        std::fs::read_dir(self.path(store).join("partial")).map_or(0, |d| d.count())
+    }
+
     fn podman(&self, args: &[&str]) -> String {
         let conf = self.path("containers.conf");
         std::fs::write(
@@ -620,11 +625,22 @@ fn bad_registries_and_bad_content_leave_the_store_unchanged() {
     let flip = Proxy::start(&r, Harm::Flip(100_000));
     w.refused("b", &["pull", &format!("{}/app:1", flip.addr)], "digest");
     assert_eq!(w.contents("b"), empty);
+    assert_eq!(w.partials("b"), 0, "a wrong download was kept to resume");
     // The connection cut in the middle of the blob: an error, nothing kept; the next pull
     // (straight from the registry) completes and the store checks out.
     let cut = Proxy::start(&r, Harm::Cut(200_000));
     let o = w.uf("b", &["pull", &format!("{}/app:1", cut.addr)]);
     assert!(!o.status.success());
+    assert_eq!(w.contents("b"), empty);
+    // What came is kept aside, and the next pull asks only for the rest (206).
+    assert_eq!(w.partials("b"), 1);
+    let resumed = w.ok("b", &["pull", &format!("{r}/app:1")]);
+    assert!(resumed.contains("resuming at"), "{resumed}");
+    assert!(reg.requests("GET /v2/app/blobs/", "206") >= 1);
+    assert_eq!(w.partials("b"), 0);
+    w.ok("b", &["store-check"]);
+    w.ok("b", &["rmi", &format!("{r}/app:1")]);
+    w.ok("b", &["prune"]);
     assert_eq!(w.contents("b"), empty);
     // kill -9 while a blob is half downloaded: nothing kept.
     let stall = Proxy::start(&r, Harm::Stall(200_000));
@@ -640,7 +656,8 @@ fn bad_registries_and_bad_content_leave_the_store_unchanged() {
     pull.kill().unwrap();
     pull.wait().unwrap();
     assert_eq!(w.contents("b"), empty);
-    w.ok("b", &["pull", &format!("{r}/app:1")]);
+    let resumed = w.ok("b", &["pull", &format!("{r}/app:1")]);
+    assert!(resumed.contains("resuming at"), "{resumed}");
     w.ok("b", &["store-check"]);
     assert!(w.ok("b", &["images"]).contains("app"));
     drop((flip, cut, stall));

@@ -11,6 +11,8 @@
 //! - `containers/HEX/`: a container: `config.json`, `upper/`, and the `lock` its runner holds;
 //! - `sources/HEX`: the registry repositories blob `sha256:HEX` was pulled from or pushed
 //!   to, one `registry/repository` a line (what a push mounts from instead of uploading);
+//! - `partial/HEX`: a download of blob `sha256:HEX` a pull did not finish (cut, killed),
+//!   which the next pull resumes; locked while one downloads it; never read as a blob;
 //! - `tmp/`: what is being made. Everything is made there and renamed into place, records
 //!   last, so a crash leaves leftovers (removed by the next command) and never a half-made
 //!   layer or record in use.
@@ -215,6 +217,7 @@ impl Store {
             "images",
             "containers",
             "sources",
+            "partial",
             "tmp",
         ] {
             let p = root.join(sub);
@@ -251,6 +254,11 @@ impl Store {
             (keep.join("\n") + "\n").as_bytes(),
             false,
         );
+    }
+
+    /// Where an unfinished download of blob `d` is kept for the next pull to resume.
+    pub fn partial_path(&self, d: &Digest) -> PathBuf {
+        self.root.join("partial").join(d.hex())
     }
 
     pub fn layer_path(&self, diff_id: &Digest) -> PathBuf {
@@ -472,6 +480,17 @@ impl Store {
             }
         }
         let mut freed = 0;
+        // Unfinished downloads no pull is resuming now.
+        if let Ok(rd) = std::fs::read_dir(self.root.join("partial")) {
+            for e in rd.flatten() {
+                if let Ok(f) = std::fs::File::open(e.path())
+                    && sys::flock(f.as_fd(), libc::LOCK_EX | libc::LOCK_NB).is_ok()
+                {
+                    freed += disk_usage(&e.path());
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         for (dir, keep) in [
             ("layers", &layers),
             ("blobs/sha256", &blobs),

@@ -295,24 +295,9 @@ pub fn pull(store: &Store, reference_s: &str, o: &Options, rep: &Report) -> Resu
                     rep.line(&format!("blob {}: already exists", d.short()));
                     return Ok::<_, UserError>((have, d));
                 }
-                let path = t.path.join(d.hex());
-                let f = tokio::fs::File::create(&path)
-                    .await
-                    .map_err(|e| UserError(format!("{}: {e}", path.display())))?;
                 let bar = rep.bar(&format!("blob {}", d.short()), l.size.max(0) as u64);
-                let out = Counting {
-                    inner: f,
-                    bar: bar.clone(),
-                };
-                check(r, o, c.pull_blob(r, l, out).await).await?;
-                if let Some(b) = bar {
-                    b.finish_and_clear();
-                }
-                rep.line(&format!(
-                    "blob {}: downloaded ({} bytes)",
-                    d.short(),
-                    l.size
-                ));
+                let path = t.path.join(d.hex());
+                download(store, c, r, o, l, &d, &path, bar, rep).await?;
                 Ok((path, d))
             }
         });
@@ -410,38 +395,129 @@ pub fn push(
     Ok(digest)
 }
 
-/// A download's destination that moves its progress bar.
-struct Counting<W> {
-    inner: W,
+/// Downloads blob `d` (layer `l`) to `dest`, verified against its digest. It is written in
+/// the store's `partial/` first, where a download that was cut or killed stays and is resumed
+/// (a range request, the part already there hashed again) by the next pull; a download
+/// that turns out wrong is removed, so the next one starts over. When another pull is
+/// downloading the same blob, this one downloads its own copy into `dest` directly.
+#[allow(clippy::too_many_arguments)]
+async fn download(
+    store: &Store,
+    c: &Client,
+    r: &Reference,
+    o: &Options,
+    l: &oci_client::manifest::OciDescriptor,
+    d: &Digest,
+    dest: &std::path::Path,
     bar: Option<indicatif::ProgressBar>,
-}
-
-impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counting<W> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let (std::task::Poll::Ready(Ok(n)), Some(b)) = (&r, &self.bar) {
-            b.inc(*n as u64);
+    rep: &Report,
+) -> Result<()> {
+    use sha2::Digest as _;
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsFd;
+    let partial = store.partial_path(d);
+    let io = |p: &std::path::Path| {
+        let p = p.display().to_string();
+        move |e: std::io::Error| UserError(format!("{p}: {e}"))
+    };
+    let open = |p: &std::path::Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(p)
+    };
+    let mut file = open(&partial).map_err(io(&partial))?;
+    let mut at = partial.as_path();
+    if crate::sys::flock(file.as_fd(), libc::LOCK_EX | libc::LOCK_NB).is_err() {
+        file = open(dest).map_err(io(dest))?;
+        at = dest;
+    }
+    // What an earlier pull left: hashed again, and the download goes on from its end.
+    let mut hash = sha2::Sha256::new();
+    let mut have = 0u64;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf).map_err(io(at))?;
+        if n == 0 {
+            break;
         }
-        r
+        hash.update(&buf[..n]);
+        have += n as u64;
     }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    let size = l.size.max(0) as u64;
+    let done = have > 0 && have >= size && Digest::from_sha(&hash.clone().finalize()) == *d;
+    if !done && have >= size {
+        // Complete but wrong, or longer than the blob: start over.
+        file.set_len(0).map_err(io(at))?;
+        file.rewind().map_err(io(at))?;
+        hash = sha2::Sha256::new();
+        have = 0;
     }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    if !done {
+        let stream = if have > 0 {
+            match check(r, o, c.pull_blob_stream_partial(r, l, have, None).await).await? {
+                oci_client::client::BlobResponse::Partial(s) => {
+                    rep.line(&format!("blob {}: resuming at {have} bytes", d.short()));
+                    s
+                }
+                oci_client::client::BlobResponse::Full(s) => {
+                    // The registry sends it all again.
+                    file.set_len(0).map_err(io(at))?;
+                    file.rewind().map_err(io(at))?;
+                    hash = sha2::Sha256::new();
+                    have = 0;
+                    s
+                }
+            }
+        } else {
+            check(r, o, c.pull_blob_stream(r, l).await).await?
+        };
+        if let Some(b) = &bar {
+            b.set_position(have);
+        }
+        let mut stream = stream.stream;
+        while let Some(chunk) = stream.next().await {
+            let chunk = match chunk {
+                Ok(ch) => ch,
+                // All of it came and the library's own check refused it: not kept.
+                Err(e) if have >= size => {
+                    let _ = std::fs::remove_file(at);
+                    bail!(
+                        "{} sent content that does not match its digest for blob {d}: refused ({e})",
+                        r.resolve_registry()
+                    );
+                }
+                Err(e) => {
+                    let _ = file.sync_data();
+                    bail!("{}: blob {}: {e}", r.resolve_registry(), d.short());
+                }
+            };
+            hash.update(&chunk);
+            file.write_all(&chunk).map_err(io(at))?;
+            have += chunk.len() as u64;
+            if let Some(b) = &bar {
+                b.inc(chunk.len() as u64);
+            }
+        }
+        let got = Digest::from_sha(&hash.finalize());
+        if got != *d {
+            let _ = std::fs::remove_file(at);
+            bail!(
+                "{} sent content that does not match its digest for blob {d} ({got}): refused",
+                r.resolve_registry()
+            );
+        }
     }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if at != dest {
+        std::fs::rename(at, dest).map_err(io(at))?;
+    }
+    rep.line(&format!("blob {}: downloaded ({have} bytes)", d.short()));
+    Ok(())
 }
 
 #[cfg(test)]
