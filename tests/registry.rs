@@ -776,3 +776,128 @@ fn a_rate_limiting_registry_says_when_to_come_back() {
     );
     assert_eq!(w.contents("b"), empty);
 }
+
+/// A registry of the test serving one image `x:1` made of `manifest`, `config` and `layer`.
+fn fake_registry(manifest: String, config: Vec<u8>, layer: Vec<u8>) -> Http {
+    let sha = |b: &[u8]| {
+        use sha2::Digest as _;
+        let h = sha2::Sha256::digest(b);
+        format!(
+            "sha256:{}",
+            h.iter().map(|x| format!("{x:02x}")).collect::<String>()
+        )
+    };
+    let (cd, ld) = (sha(&config), sha(&layer));
+    Http::start(move |head| {
+        let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+        let json = |ct: &str, b: Vec<u8>| {
+            (
+                "200 OK".to_string(),
+                vec![("Content-Type".to_string(), ct.to_string())],
+                b,
+            )
+        };
+        if path == "/v2/" {
+            json("application/json", b"{}".to_vec())
+        } else if path == "/v2/x/manifests/1" {
+            json(
+                "application/vnd.oci.image.manifest.v1+json",
+                manifest.clone().into_bytes(),
+            )
+        } else if path == format!("/v2/x/blobs/{cd}") {
+            json("application/octet-stream", config.clone())
+        } else if path == format!("/v2/x/blobs/{ld}") {
+            json("application/octet-stream", layer.clone())
+        } else {
+            ("404 Not Found".into(), vec![], b"{}".to_vec())
+        }
+    })
+}
+
+#[test]
+fn images_a_registry_serves_wrong_are_refused() {
+    let Some(w) = World::new() else { return };
+    let sha = |b: &[u8]| {
+        use sha2::Digest as _;
+        let h = sha2::Sha256::digest(b);
+        format!(
+            "sha256:{}",
+            h.iter().map(|x| format!("{x:02x}")).collect::<String>()
+        )
+    };
+    // One layer: a tar of one file.
+    let mut t = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(3);
+    h.set_mode(0o644);
+    h.set_cksum();
+    t.append_data(&mut h, "f", &b"hi\n"[..]).unwrap();
+    let layer = t.into_inner().unwrap();
+    let config = |diff_ids: &[String]| {
+        serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+            "config": {},
+        })
+        .to_string()
+        .into_bytes()
+    };
+    let manifest = |config: &[u8], config_digest: &str, layer_type: &str| {
+        serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": config_digest, "size": config.len()},
+            "layers": [{"mediaType": layer_type, "digest": sha(&layer), "size": layer.len()}],
+        })
+        .to_string()
+    };
+    let tar_type = "application/vnd.oci.image.layer.v1.tar";
+    std::fs::create_dir_all(w.path("b")).unwrap();
+    let empty = w.contents("b");
+    // As it should be: pulled, and it runs nothing but it is there.
+    let good = config(&[sha(&layer)]);
+    let reg = fake_registry(
+        manifest(&good, &sha(&good), tar_type),
+        good.clone(),
+        layer.clone(),
+    );
+    w.ok("c", &["pull", &format!("{}/x:1", reg.addr)]);
+    w.ok("c", &["store-check"]);
+    drop(reg);
+    // A layer of a media type no tool unpacks.
+    let reg = fake_registry(
+        manifest(&good, &sha(&good), "application/vnd.example.thing"),
+        good.clone(),
+        layer.clone(),
+    );
+    w.refused(
+        "b",
+        &["pull", &format!("{}/x:1", reg.addr)],
+        "unsupported layer media type",
+    );
+    drop(reg);
+    // A config that lists two layers for a manifest's one.
+    let two = config(&[sha(&layer), sha(b"other")]);
+    let reg = fake_registry(manifest(&two, &sha(&two), tar_type), two, layer.clone());
+    w.refused(
+        "b",
+        &["pull", &format!("{}/x:1", reg.addr)],
+        "lists 2 layers, the manifest 1",
+    );
+    drop(reg);
+    // A config whose diff_id is not the layer's content.
+    let wrong = config(&[sha(b"other")]);
+    let reg = fake_registry(
+        manifest(&wrong, &sha(&wrong), tar_type),
+        wrong,
+        layer.clone(),
+    );
+    w.refused(
+        "b",
+        &["pull", &format!("{}/x:1", reg.addr)],
+        "should uncompress to DiffID",
+    );
+    drop(reg);
+    assert_eq!(w.contents("b"), empty);
+}

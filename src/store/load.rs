@@ -189,6 +189,8 @@ impl<'a> Staged<'a> {
         let lock_path = dest.with_extension("lock");
         let lock = std::fs::File::create(&lock_path).map_err(|e| UserError(e.to_string()))?;
         sys::flock(lock.as_fd(), libc::LOCK_EX).map_err(|e| UserError(e.to_string()))?;
+        // Removed when this is finished or dropped, whatever happens below.
+        self.locks.push((lock, lock_path));
         if dest.is_dir() {
             return Ok(false);
         }
@@ -198,12 +200,11 @@ impl<'a> Staged<'a> {
         // Rootless, in a user namespace with the caller's range: files keep their owners.
         crate::userns::in_user_namespace(|| extract(&path, blob, diff_id, &fs, rep))?;
         self.moves.push((fs, dest));
-        self.locks.push((lock, lock_path));
         Ok(true)
     }
 
     /// Moves everything into place (what another process made meanwhile is kept).
-    pub fn finish(self) -> Result<()> {
+    pub fn finish(mut self) -> Result<()> {
         for (from, to) in &self.moves {
             if to.exists() {
                 continue;
@@ -223,11 +224,22 @@ impl<'a> Staged<'a> {
                 Err(e) => bail!("{}: {e}", to.display()),
             }
         }
-        for (lock, path) in self.locks {
-            drop(lock);
-            let _ = std::fs::remove_file(path);
-        }
+        self.unlock();
         Ok(())
+    }
+
+    fn unlock(&mut self) {
+        for (lock, path) in std::mem::take(&mut self.locks) {
+            let _ = std::fs::remove_file(path);
+            drop(lock);
+        }
+    }
+}
+
+impl Drop for Staged<'_> {
+    /// A refused or failed import leaves no layer lock behind.
+    fn drop(&mut self) {
+        self.unlock();
     }
 }
 
