@@ -38,7 +38,9 @@ fn fuse_config(c: &Checked) -> Config {
     };
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     cfg.n_threads = Some(c.req.threads.unwrap_or((cores * 2).clamp(2, 16)));
-    cfg.clone_fd = true;
+    // A clone of the device per thread is opened by the path `/dev/fuse`; not where the
+    // device is to be reached through `dev_dir` only.
+    cfg.clone_fd = c.req.dev_dir.is_none();
     cfg
 }
 
@@ -53,7 +55,7 @@ fn mount_as_root(mountpoint: &Path, cfg: &Config, req: &Checked) -> std::io::Res
     let dev = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open("/dev/fuse")?;
+        .open(dev_dir(req).join("fuse"))?;
     let mode = std::fs::metadata(mountpoint)?.mode() & libc::S_IFMT;
     let mut data = format!(
         "fd={},rootmode={:o},user_id=0,group_id=0,default_permissions",
@@ -179,13 +181,21 @@ pub fn start(c: Checked) -> Result<Daemon> {
     }
 }
 
+fn dev_dir(c: &Checked) -> &Path {
+    c.req.dev_dir.as_deref().unwrap_or(Path::new("/dev"))
+}
+
 /// Points stdin, stdout and stderr at /dev/null: a process that outlives its caller must not
 /// keep the caller's streams open.
 pub(crate) fn redirect_stdio_to_null() {
+    redirect_stdio_to(Path::new("/dev"))
+}
+
+fn redirect_stdio_to(dev: &Path) {
     if let Ok(null) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open("/dev/null")
+        .open(dev.join("null"))
     {
         for fd in 0..3 {
             let _ = sys::dup_onto(null.as_fd(), fd);
@@ -231,6 +241,10 @@ fn serve(c: Checked, ready: Option<OwnedFd>) -> Result<()> {
     sys::bound_heap();
     // Modes arrive from the kernel with the caller's umask applied; ours must not apply twice.
     sys::set_umask_zero();
+    // A daemon's working directory is `/`: the caller's would keep its filesystem busy
+    // (and, in a run, pin the host's tree the run's namespace lets go of). Every path of a
+    // checked request is absolute.
+    let _ = std::env::set_current_dir("/");
     let sigset = block_term_signals();
     let union = match Union::new(&c.union) {
         Ok(u) => u,
@@ -288,7 +302,7 @@ fn serve(c: Checked, ready: Option<OwnedFd>) -> Result<()> {
     if ready.is_some() {
         report(&ready, "OK");
         drop(ready);
-        redirect_stdio_to_null();
+        redirect_stdio_to(dev_dir(&c));
     }
     log::info!("serving {}", c.mountpoint.display());
     let r = session.run();

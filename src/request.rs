@@ -56,6 +56,10 @@ pub struct MountRequest {
     /// it, and removes `remove_after` (the run's scratch directory) once unmounted.
     pub private: bool,
     pub remove_after: Option<PathBuf>,
+    /// Where the daemon opens `fuse` and `null` (default `/dev`). A rootless run gives a
+    /// `/proc/self/fd/N` of the host's `/dev`, opened before its mount namespace existed, so
+    /// the daemon holds nothing of the namespace's copies of the host's mounts.
+    pub dev_dir: Option<PathBuf>,
     /// fuse-overlayfs's squash_to_uid/squash_to_gid (squash_to_root sets both to 0).
     pub squash_uid: Option<u32>,
     pub squash_gid: Option<u32>,

@@ -841,9 +841,8 @@ fn debian_package_install_rootless_with_subids() {
 /// Mounts made on the host before a container starts are not held by the run's namespaces:
 /// unmounted on the host while the container runs, another union's daemon ends, and a
 /// kernel overlay's upper can be mounted again (index=on refuses an upper still in use).
-#[test]
-fn a_running_container_holds_no_host_mount() {
-    let Some(c) = RunCtx::new(Who::Root) else {
+fn holds_no_host_mount(who: Who) {
+    let Some(c) = RunCtx::new(who) else {
         return;
     };
     let (l, u, m) = (c.mkdir("hl"), c.mkdir("hu"), c.mkdir("hm"));
@@ -893,4 +892,16 @@ fn a_running_container_holds_no_host_mount() {
     assert_eq!(b.wait(t).code(), Some(128 + 15));
     drop(b);
     c.assert_clean();
+}
+
+#[test]
+fn a_running_container_holds_no_host_mount() {
+    holds_no_host_mount(Who::Root)
+}
+
+/// Rootless, the copies are locked to the run's user namespace: the run's namespace moves
+/// onto a root of its own instead of detaching them one by one.
+#[test]
+fn a_running_rootless_container_holds_no_host_mount() {
+    holds_no_host_mount(Who::SubIds)
 }

@@ -7,6 +7,9 @@
 //!   directory. It then waits for the init, forwarding the signals it is sent.
 //! - the daemon, forked in A before anything else: it keeps the host's root, so the layers stay
 //!   reachable by their host paths. It dies with the runner (SIGTERM: unmount, clean up).
+//! - rootless, the two above are made by a session child of the runner, which itself stays in
+//!   the host's namespaces (it keeps the host's paths); once the init is ready, the session's
+//!   namespace moves onto a small root of its own and lets go of the host's tree.
 //! - the init, pid 1 of a new pid namespace, in a mount namespace B of its own (`pivot_root`
 //!   would otherwise move the runner and the daemon too): it mounts /proc, /dev, /sys and /tmp
 //!   in the union, binds what was asked, pivots into the union, detaches the old root, starts
@@ -20,6 +23,7 @@ mod rootfs;
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io::Read;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -294,8 +298,18 @@ pub fn run_outcome(req: RunRequest) -> Result<Outcome> {
     }
     // The daemon removes the scratch directory once it has unmounted; this is for failures
     // before the daemon started, and for a daemon that had to be killed.
-    if scratch.path.exists() {
-        let _ = std::fs::remove_dir_all(&scratch.path);
+    if scratch.path.exists() && std::fs::remove_dir_all(&scratch.path).is_err() {
+        // Rootless, files the command made belong to subordinate ids: removed as root of a
+        // user namespace with the caller's range.
+        let p = scratch.path.clone();
+        if let Err(e) = crate::userns::in_user_namespace(move || {
+            std::fs::remove_dir_all(&p).map_err(|e| UserError(format!("{}: {e}", p.display())))
+        }) {
+            eprintln!(
+                "unionfuse run: cannot remove {}: {e}",
+                scratch.path.display()
+            );
+        }
     }
     r.map(|code| Outcome { code, oom_killed })
 }
@@ -352,6 +366,8 @@ impl Scratch {
                 .map_err(|e| UserError(format!("{}: {e}", s.path.join(n).display())))
         };
         mk("root")?;
+        // Rootless, the root the run's own namespace moves onto (`leave_host_tree`).
+        mk("ns")?;
         if temp_upper {
             mk("upper")?;
         }
@@ -407,10 +423,100 @@ fn run_in(
     rootless: bool,
     scratch: &Scratch,
 ) -> Result<i32> {
+    if !rootless {
+        return run_in_namespaces(req, checked, binds, false, scratch);
+    }
+    // Rootless, the namespaces' copies of the host's mounts are locked and cannot be
+    // detached one by one; the namespace of the daemon instead moves onto a root of its own
+    // once the init has its namespace (`leave_host_tree`). This process keeps the host's
+    // paths (the pid file, the scratch directory, the store): the namespaces are made by a
+    // session child, which says how the run ended through a pipe.
+    signal_set(true).block();
+    let (rd, wr) = pipe()?;
+    let runner = std::process::id();
+    match sys::fork() {
+        Err(e) => bail!("fork: {e}"),
+        Ok(sys::Forked::Child) => {
+            drop(rd);
+            sys::set_parent_death_signal(libc::SIGKILL);
+            if std::os::unix::process::parent_id() != runner {
+                sys::exit_now(RUNNER_FAILED as i32);
+            }
+            let msg = match run_in_namespaces(req, checked, binds, true, scratch) {
+                Ok(code) => format!("ok {code}"),
+                Err(e) => format!("err {}", e.0),
+            };
+            let _ = std::io::Write::write_all(&mut std::fs::File::from(wr), msg.as_bytes());
+            sys::exit_now(0);
+        }
+        Ok(sys::Forked::Parent(session)) => {
+            drop(wr);
+            let status = wait_forwarding(session);
+            let mut msg = String::new();
+            let _ = std::fs::File::from(rd).read_to_string(&mut msg);
+            if let Some(p) = &req.pid_file {
+                let _ = std::fs::remove_file(p);
+            }
+            match msg.split_once(' ') {
+                Some(("ok", code)) => code
+                    .parse()
+                    .map_err(|_| UserError(format!("the run's session said '{msg}'"))),
+                Some(("err", e)) => Err(UserError(e.to_string())),
+                _ => bail!("the run's session ended before the command (status {status})"),
+            }
+        }
+    }
+}
+
+/// The namespaces of a run and its processes (the daemon, the init). `session`: this is the
+/// rootless session child, whose namespace leaves the host's tree once the init is ready.
+fn run_in_namespaces(
+    req: &RunRequest,
+    checked: Checked,
+    binds: &[Bind],
+    rootless: bool,
+    scratch: &Scratch,
+) -> Result<i32> {
     let full_ids = if rootless {
         crate::userns::enter_user_namespace(false)?
     } else {
         true
+    };
+    let mut checked = checked;
+    // Rootless, the namespace's copies of the host's mounts are locked together: an fd the
+    // daemon opened through any of them would keep them all once the namespace lets go of
+    // the host's tree. The upper, /dev and the scratch directory's parent are reached
+    // through fds opened here, before the namespace exists (the lowers are detached clones
+    // of their own, see `sys::private_readonly_tree`).
+    let _host_fds = if rootless {
+        let o = |p: &Path| {
+            sys::open_dir_path(p).map_err(|e| UserError(format!("{}: {e}", p.display())))
+        };
+        let dev = o(Path::new("/dev"))?;
+        checked.req.dev_dir = Some(sys::fd_path(dev.as_fd()));
+        let upper = match &checked.union.upper {
+            Some(u) => {
+                let fd = o(u)?;
+                checked.union.upper = Some(sys::fd_path(fd.as_fd()));
+                Some(fd)
+            }
+            None => None,
+        };
+        // The daemon removes the scratch directory at its end, through its parent's fd.
+        let parent = match checked.req.remove_after.clone() {
+            Some(r) => match (r.parent(), r.file_name()) {
+                (Some(p), Some(n)) => {
+                    let fd = o(p)?;
+                    checked.req.remove_after = Some(sys::fd_path(fd.as_fd()).join(n));
+                    Some(fd)
+                }
+                _ => None,
+            },
+            None => None,
+        };
+        Some((dev, upper, parent))
+    } else {
+        None
     };
     unshare(libc::CLONE_NEWNS, "a mount namespace")?;
     make_private()?;
@@ -437,7 +543,11 @@ fn run_in(
             if ready && let Some(p) = &req.pid_file {
                 let _ = std::fs::write(p, format!("{init}\n"));
             }
-            if ready {
+            if ready && rootless {
+                if let Err(e) = leave_host_tree(scratch) {
+                    log::warn!("the run keeps the host's mounts: {e}");
+                }
+            } else if ready {
                 drop_host_mounts(&scratch.root());
             }
             let code = wait_forwarding(init);
@@ -498,6 +608,40 @@ fn drop_host_mounts(union_mp: &Path) {
             return;
         }
     }
+}
+
+/// Rootless, the copies of the host's mounts in this namespace (the session's and the
+/// daemon's) are locked to it: none can be detached alone. So the namespace moves onto a
+/// small tmpfs of its own holding only `/proc` (the daemon reaches its layers, its upper and
+/// `/dev/fuse` through the fds it holds, and files through `/proc/self/fd`), and the old
+/// root goes as a whole: a root's lock passes to the new root at `pivot_root`. The union
+/// lives on in the init's namespace, and ends with it.
+fn leave_host_tree(scratch: &Scratch) -> Result<()> {
+    let ns = scratch.path.join("ns");
+    let fail = |what: &str| {
+        let what = what.to_string();
+        move |e: sys::Errno| UserError(format!("{what}: {e}"))
+    };
+    sys::mount(
+        OsStr::new("tmpfs"),
+        ns.as_os_str(),
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        Some("mode=0755,size=64k"),
+    )
+    .map_err(fail("tmpfs"))?;
+    std::fs::create_dir(ns.join("proc")).map_err(|e| UserError(format!("proc: {e}")))?;
+    sys::mount(
+        OsStr::new("/proc"),
+        ns.join("proc").as_os_str(),
+        None,
+        libc::MS_BIND | libc::MS_REC,
+        None,
+    )
+    .map_err(fail("bind /proc"))?;
+    let root = std::fs::File::open(&ns).map_err(|e| UserError(format!("{e}")))?;
+    sys::pivot_into(std::os::fd::AsFd::as_fd(&root))
+        .map_err(|(what, e)| UserError(format!("{what}: {e}")))
 }
 
 fn wait_forwarding(init: i32) -> i32 {

@@ -16,9 +16,9 @@ const MOUNT_ATTR_RDONLY: u64 = 0x1;
 const MOUNT_ATTR_NOATIME: u64 = 0x10;
 const MOUNT_ATTR_ATIME_MASK: u64 = 0x70;
 
-/// A private, detached copy of the mount tree at `path`, made read-only and `noatime`: nothing
-/// done through it can write to the layer, not even an atime (kernel overlayfs does the same
-/// with its layers). Needs mount privileges; `None` when refused.
+/// A private, detached copy of the mount tree at `path`, made read-only and `noatime` where
+/// allowed: nothing done through it can write to the layer, not even an atime (kernel
+/// overlayfs does the same with its layers). Needs mount privileges; `None` when refused.
 pub fn private_readonly_tree(path: &std::path::Path) -> Option<OwnedFd> {
     let c = cstr(path.as_os_str()).ok()?;
     // SAFETY: fds are borrowed for the call, names are NUL-terminated and buffers go with their lengths (the module's contract).
@@ -35,13 +35,19 @@ pub fn private_readonly_tree(path: &std::path::Path) -> Option<OwnedFd> {
     }
     // SAFETY: the fd was just made by the kernel and is owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-    set_tree_attrs(
+    // In a user namespace, copies of the host's mounts have their atime setting locked: then
+    // read-only alone. Either way the clone is kept: being detached, it holds none of the
+    // mounts around it (a rootless run's namespace lets go of them).
+    if set_tree_attrs(
         fd.as_fd(),
         MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOATIME,
         MOUNT_ATTR_ATIME_MASK,
     )
-    .ok()
-    .map(|()| fd)
+    .is_err()
+    {
+        let _ = set_tree_attrs(fd.as_fd(), MOUNT_ATTR_RDONLY, 0);
+    }
+    Some(fd)
 }
 
 /// Makes the mount at `fd` (an `O_PATH` fd of its root) and every mount below it read-only.
