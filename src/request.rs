@@ -251,6 +251,13 @@ pub fn validate(req: &MountRequest, lower_spec: Option<&OsStr>) -> Result<Checke
         union: UnionConfig {
             lowers,
             upper,
+            // Absolute, as every path of a checked request (the daemon works from `/`).
+            workdir: req.union.workdir.as_ref().map(|w| {
+                std::path::absolute(w)
+                    .ok()
+                    .and_then(|a| std::fs::canonicalize(&a).ok().or(Some(a)))
+                    .unwrap_or_else(|| w.clone())
+            }),
             ..req.union.clone()
         },
         mountpoint,
