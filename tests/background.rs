@@ -41,12 +41,7 @@ impl Store {
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(bin());
-        c.args(args)
-            .env("UNIONFUSE_ROOT", self.root())
-            .env("TMPDIR", self.dir.path())
-            .stdin(Stdio::null());
-        c
+        store_cli::command(&self.root(), self.dir.path(), args)
     }
 
     fn uf(&self, args: &[&str]) -> Output {
@@ -54,15 +49,7 @@ impl Store {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let o = self.uf(args);
-        assert!(
-            o.status.success(),
-            "unionfuse {args:?}: {:?}\n{}{}",
-            o.status,
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        store_cli::assert_ok(args, &self.uf(args))
     }
 
     fn status(&self, name: &str) -> String {

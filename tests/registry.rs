@@ -380,11 +380,8 @@ impl World {
 
     /// With `input` on standard input, and the credentials file of this test.
     fn uf_in(&self, store: &str, args: &[&str], input: &[u8]) -> Output {
-        let mut c = Command::new(bin());
-        c.args(args)
-            .env("REGISTRY_AUTH_FILE", self.path("auth.json"))
-            .env("UNIONFUSE_ROOT", self.path(store))
-            .env("TMPDIR", self.dir.path())
+        let mut c = store_cli::command(&self.path(store), self.dir.path(), args);
+        c.env("REGISTRY_AUTH_FILE", self.path("auth.json"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -393,23 +390,15 @@ impl World {
         child.wait_with_output().unwrap()
     }
 
+    /// Both streams (progress lines go to stderr), asserting success.
     fn ok(&self, store: &str, args: &[&str]) -> String {
         let o = self.uf(store, args);
-        assert!(
-            o.status.success(),
-            "unionfuse {args:?}: {:?}\n{}{}",
-            o.status,
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+        store_cli::assert_ok(args, &o) + &String::from_utf8_lossy(&o.stderr)
     }
 
+    /// A refusal saying `expect`, in one line.
     fn refused(&self, store: &str, args: &[&str], expect: &str) {
-        let o = self.uf(store, args);
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(!o.status.success(), "{args:?} was accepted");
-        assert!(err.contains(expect), "{args:?}: '{expect}' not in {err}");
+        let err = store_cli::assert_refused(args, &self.uf(store, args), expect);
         // Progress lines may come first; the error is one line.
         assert_eq!(
             err.lines().filter(|l| l.starts_with("unionfuse")).count(),
@@ -777,16 +766,19 @@ fn a_rate_limiting_registry_says_when_to_come_back() {
     assert_eq!(w.contents("b"), empty);
 }
 
+/// `sha256:HEX` of `b`.
+fn sha256(b: &[u8]) -> String {
+    use sha2::Digest as _;
+    let h = sha2::Sha256::digest(b);
+    format!(
+        "sha256:{}",
+        h.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    )
+}
+
 /// A registry of the test serving one image `x:1` made of `manifest`, `config` and `layer`.
 fn fake_registry(manifest: String, config: Vec<u8>, layer: Vec<u8>) -> Http {
-    let sha = |b: &[u8]| {
-        use sha2::Digest as _;
-        let h = sha2::Sha256::digest(b);
-        format!(
-            "sha256:{}",
-            h.iter().map(|x| format!("{x:02x}")).collect::<String>()
-        )
-    };
+    let sha = sha256;
     let (cd, ld) = (sha(&config), sha(&layer));
     Http::start(move |head| {
         let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
@@ -817,14 +809,7 @@ fn fake_registry(manifest: String, config: Vec<u8>, layer: Vec<u8>) -> Http {
 #[test]
 fn images_a_registry_serves_wrong_are_refused() {
     let Some(w) = World::new() else { return };
-    let sha = |b: &[u8]| {
-        use sha2::Digest as _;
-        let h = sha2::Sha256::digest(b);
-        format!(
-            "sha256:{}",
-            h.iter().map(|x| format!("{x:02x}")).collect::<String>()
-        )
-    };
+    let sha = sha256;
     // One layer: a tar of one file.
     let mut t = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();

@@ -37,38 +37,19 @@ impl World {
     }
 
     fn uf(&self, args: &[&str]) -> Output {
-        Command::new(bin())
-            .args(args)
-            .env("UNIONFUSE_ROOT", self.store())
-            .env("TMPDIR", self.dir.path())
-            .stdin(Stdio::null())
+        store_cli::command(&self.store(), self.dir.path(), args)
             .output()
             .unwrap()
     }
 
     /// Runs unionfuse; its stdout, asserting success.
     fn ok(&self, args: &[&str]) -> String {
-        let o = self.uf(args);
-        assert!(
-            o.status.success(),
-            "unionfuse {args:?}: {:?}\nstdout: {}\nstderr: {}",
-            o.status,
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        store_cli::assert_ok(args, &self.uf(args))
     }
 
-    /// Runs unionfuse expecting a one-line refusal containing `expect`; its message.
+    /// Runs unionfuse expecting a refusal containing `expect`; its message.
     fn refused(&self, args: &[&str], expect: &str) -> String {
-        let o = self.uf(args);
-        let err = String::from_utf8_lossy(&o.stderr).into_owned();
-        assert!(!o.status.success(), "unionfuse {args:?} was accepted");
-        assert!(
-            err.contains(expect),
-            "unionfuse {args:?}: '{expect}' not in: {err}"
-        );
-        err
+        store_cli::assert_refused(args, &self.uf(args), expect)
     }
 
     fn podman(&self, args: &[&str]) -> String {

@@ -468,8 +468,8 @@ fn run_in(
     }
 }
 
-/// The namespaces of a run and its processes (the daemon, the init). `session`: this is the
-/// rootless session child, whose namespace leaves the host's tree once the init is ready.
+/// The namespaces of a run and its processes (the daemon, the init). Rootless, this is the
+/// session child, whose namespace leaves the host's tree once the init is ready.
 fn run_in_namespaces(
     req: &RunRequest,
     checked: Checked,

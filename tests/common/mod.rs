@@ -6,6 +6,7 @@ pub mod model;
 pub mod ops;
 pub mod pty;
 pub mod runenv;
+pub mod store_cli;
 pub mod view;
 
 use std::ffi::{CString, OsStr};
