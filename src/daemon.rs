@@ -250,6 +250,11 @@ fn serve(c: Checked, ready: Option<OwnedFd>) -> Result<()> {
         Ok(u) => u,
         Err(e) if e.code() == libc::EBUSY && c.union.upper.is_some() => {
             let u = c.union.upper.as_ref().expect("checked");
+            // A rootless run passes its upper as a /proc/self/fd link: named by its path.
+            let u = std::fs::read_link(u)
+                .ok()
+                .filter(|_| u.starts_with("/proc/self/fd"))
+                .unwrap_or_else(|| u.clone());
             return fail(
                 ready,
                 format!("upper layer '{}' is in use by another mount", u.display()),
