@@ -131,143 +131,120 @@ enum Harm {
     Stall(usize),
 }
 
-/// A TCP proxy in front of `to`, harming what flows back; stops when dropped.
-struct Proxy {
+/// A server of this test on 127.0.0.1: each connection handled by `serve` in a thread of its
+/// own; stops accepting when dropped.
+struct Server {
     addr: String,
     stop: Arc<AtomicBool>,
 }
 
-impl Proxy {
-    fn start(to: &str, harm: Harm) -> Proxy {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.set_nonblocking(true).unwrap();
-        let addr = l.local_addr().unwrap().to_string();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (to, s) = (to.to_string(), stop.clone());
-        std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                let Ok((down, _)) = l.accept() else {
-                    std::thread::sleep(Duration::from_millis(10));
-                    continue;
-                };
-                down.set_nonblocking(false).unwrap();
-                let up = TcpStream::connect(&to).unwrap();
-                let (mut d2, mut u2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
-                std::thread::spawn(move || {
-                    let mut b = [0u8; 8192];
-                    let mut down = down;
-                    while let Ok(n) = down.read(&mut b) {
-                        if n == 0 || u2.write_all(&b[..n]).is_err() {
-                            break;
-                        }
-                    }
-                    let _ = u2.shutdown(std::net::Shutdown::Both);
-                });
-                std::thread::spawn(move || {
-                    let mut up = up;
-                    let mut b = [0u8; 8192];
-                    let mut seen = 0usize;
-                    while let Ok(n) = up.read(&mut b) {
-                        if n == 0 {
-                            break;
-                        }
-                        let mut n = n;
-                        match harm {
-                            Harm::Flip(at) if seen <= at && at < seen + n => b[at - seen] ^= 0xff,
-                            Harm::Cut(at) | Harm::Stall(at) if seen + n > at => {
-                                n = at.saturating_sub(seen)
-                            }
-                            _ => {}
-                        }
-                        if d2.write_all(&b[..n]).is_err() {
-                            break;
-                        }
-                        seen += n;
-                        if matches!(harm, Harm::Cut(at) if seen >= at) {
-                            break;
-                        }
-                        if matches!(harm, Harm::Stall(at) if seen >= at) {
-                            std::thread::sleep(Duration::from_secs(120));
-                            break;
-                        }
-                    }
-                    let _ = d2.shutdown(std::net::Shutdown::Both);
-                });
-            }
-        });
-        Proxy { addr, stop }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// A small HTTP/1.1 server of this test: `answer(request head)` gives the status line,
-/// extra headers and body of each answer; one request a connection. Stops when dropped.
-struct Http {
-    addr: String,
-    stop: Arc<AtomicBool>,
-}
-
-type Answer = (String, Vec<(String, String)>, Vec<u8>);
-
-impl Http {
-    fn start(answer: impl Fn(&str) -> Answer + Send + Sync + 'static) -> Http {
+impl Server {
+    fn start(serve: impl Fn(TcpStream) + Send + Sync + 'static) -> Server {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.set_nonblocking(true).unwrap();
         let addr = l.local_addr().unwrap().to_string();
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
-        let answer = Arc::new(answer);
+        let serve = Arc::new(serve);
         std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
-                let Ok((mut c, _)) = l.accept() else {
+                let Ok((c, _)) = l.accept() else {
                     std::thread::sleep(Duration::from_millis(10));
                     continue;
                 };
-                let answer = answer.clone();
-                std::thread::spawn(move || {
-                    c.set_nonblocking(false).unwrap();
-                    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                    let mut head = Vec::new();
-                    let mut b = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        match c.read(&mut b) {
-                            Ok(1) => head.push(b[0]),
-                            _ => return,
-                        }
-                    }
-                    let (status, headers, body) = answer(&String::from_utf8_lossy(&head));
-                    let mut out = format!(
-                        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
-                        body.len()
-                    );
-                    for (k, v) in headers {
-                        out.push_str(&format!("{k}: {v}\r\n"));
-                    }
-                    out.push_str("\r\n");
-                    let _ = c.write_all(out.as_bytes());
-                    let _ = c.write_all(&body);
-                });
+                c.set_nonblocking(false).unwrap();
+                let serve = serve.clone();
+                std::thread::spawn(move || serve(c));
             }
         });
-        Http { addr, stop }
+        Server { addr, stop }
+    }
+
+    /// A TCP proxy in front of `to`, harming what flows back.
+    fn proxy(to: &str, harm: Harm) -> Server {
+        let to = to.to_string();
+        Server::start(move |down| {
+            let up = TcpStream::connect(&to).unwrap();
+            let (mut d2, mut u2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let mut b = [0u8; 8192];
+                let mut down = down;
+                while let Ok(n) = down.read(&mut b) {
+                    if n == 0 || u2.write_all(&b[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = u2.shutdown(std::net::Shutdown::Both);
+            });
+            let mut up = up;
+            let mut b = [0u8; 8192];
+            let mut seen = 0usize;
+            while let Ok(n) = up.read(&mut b) {
+                if n == 0 {
+                    break;
+                }
+                let mut n = n;
+                match harm {
+                    Harm::Flip(at) if seen <= at && at < seen + n => b[at - seen] ^= 0xff,
+                    Harm::Cut(at) | Harm::Stall(at) if seen + n > at => n = at.saturating_sub(seen),
+                    _ => {}
+                }
+                if d2.write_all(&b[..n]).is_err() {
+                    break;
+                }
+                seen += n;
+                if matches!(harm, Harm::Cut(at) if seen >= at) {
+                    break;
+                }
+                if matches!(harm, Harm::Stall(at) if seen >= at) {
+                    std::thread::sleep(Duration::from_secs(120));
+                    break;
+                }
+            }
+            let _ = d2.shutdown(std::net::Shutdown::Both);
+        })
+    }
+
+    /// A small HTTP/1.1 server: `answer(request head)` gives the status line, extra headers
+    /// and body of each answer; one request a connection.
+    fn http(answer: impl Fn(&str) -> Answer + Send + Sync + 'static) -> Server {
+        Server::start(move |mut c| {
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match c.read(&mut b) {
+                    Ok(1) => head.push(b[0]),
+                    _ => return,
+                }
+            }
+            let (status, headers, body) = answer(&String::from_utf8_lossy(&head));
+            let mut out = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+                body.len()
+            );
+            for (k, v) in headers {
+                out.push_str(&format!("{k}: {v}\r\n"));
+            }
+            out.push_str("\r\n");
+            let _ = c.write_all(out.as_bytes());
+            let _ = c.write_all(&body);
+        })
     }
 }
 
-impl Drop for Http {
+impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
 
+type Answer = (String, Vec<(String, String)>, Vec<u8>);
+
 /// A token server as Docker Hub's: checks Basic credentials (`user` / `secret`) and gives
 /// JSON Web Tokens signed with a key the registry trusts, for the scopes asked. Returns
 /// the server and the registry's `auth:` configuration.
-fn token_server(dir: &Path) -> (Http, String) {
+fn token_server(dir: &Path) -> (Server, String) {
     use base64::Engine as _;
     let key = dir.join("token.key");
     let cert = dir.join("token.crt");
@@ -291,7 +268,7 @@ fn token_server(dir: &Path) -> (Http, String) {
     let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let x5c = b64.encode(&der);
     let work = dir.to_path_buf();
-    let server = Http::start(move |head| {
+    let server = Server::http(move |head| {
         let line = head.lines().next().unwrap_or("");
         let creds = head.lines().find_map(|l| {
             let (k, v) = l.split_once(':')?;
@@ -407,8 +384,8 @@ impl World {
         );
     }
 
-    /// A store with `base` (busybox) and `app:1` (base plus a committed /hello).
-    fn images(&self, store: &str) {
+    /// A store with `base` (busybox).
+    fn base(&self, store: &str) {
         let rootfs = self.path("rootfs");
         if !rootfs.exists() {
             common::runenv::build_rootfs(&rootfs);
@@ -423,6 +400,11 @@ impl World {
             store,
             &["import", self.path("rootfs.tgz").to_str().unwrap(), "base"],
         );
+    }
+
+    /// A store with `base` and `app:1` (base plus a committed /hello).
+    fn images(&self, store: &str) {
+        self.base(store);
         self.ok(
             store,
             &["run", "--name", "c", "base", "sh", "-c", "echo hi > /hello"],
@@ -611,13 +593,13 @@ fn bad_registries_and_bad_content_leave_the_store_unchanged() {
     w.refused("b", &["pull", &format!("{closed}/app:1")], "cannot reach");
     w.refused("b", &["pull", "UPPER/Case:1"], "not an image reference");
     // A byte flipped in the layer's blob: refused for its digest, nothing kept.
-    let flip = Proxy::start(&r, Harm::Flip(100_000));
+    let flip = Server::proxy(&r, Harm::Flip(100_000));
     w.refused("b", &["pull", &format!("{}/app:1", flip.addr)], "digest");
     assert_eq!(w.contents("b"), empty);
     assert_eq!(w.partials("b"), 0, "a wrong download was kept to resume");
     // The connection cut in the middle of the blob: an error, nothing kept; the next pull
     // (straight from the registry) completes and the store checks out.
-    let cut = Proxy::start(&r, Harm::Cut(200_000));
+    let cut = Server::proxy(&r, Harm::Cut(200_000));
     let o = w.uf("b", &["pull", &format!("{}/app:1", cut.addr)]);
     assert!(!o.status.success());
     assert_eq!(w.contents("b"), empty);
@@ -632,7 +614,7 @@ fn bad_registries_and_bad_content_leave_the_store_unchanged() {
     w.ok("b", &["prune"]);
     assert_eq!(w.contents("b"), empty);
     // kill -9 while a blob is half downloaded: nothing kept.
-    let stall = Proxy::start(&r, Harm::Stall(200_000));
+    let stall = Server::proxy(&r, Harm::Stall(200_000));
     let mut pull = Command::new(bin())
         .args(["pull", &format!("{}/app:1", stall.addr)])
         .env("UNIONFUSE_ROOT", w.path("b"))
@@ -657,15 +639,7 @@ fn login_keeps_credentials_where_podman_reads_them() {
     let Some(w) = World::new() else { return };
     let reg = Registry::start_with_auth(w.dir.path());
     let r = &reg.addr;
-    let rootfs = w.path("rootfs");
-    common::runenv::build_rootfs(&rootfs);
-    run(Command::new("tar")
-        .arg("-C")
-        .arg(&rootfs)
-        .arg("-cf")
-        .arg(w.path("r.tar"))
-        .arg("."));
-    w.ok("a", &["import", w.path("r.tar").to_str().unwrap(), "base"]);
+    w.base("a");
     let to = format!("{r}/base:1");
     w.refused("a", &["push", "base", &to], "unauthorized");
     let o = w.uf_in(
@@ -746,7 +720,7 @@ fn bearer_tokens_from_a_token_server() {
 #[test]
 fn a_rate_limiting_registry_says_when_to_come_back() {
     let Some(w) = World::new() else { return };
-    let limited = Http::start(|_| {
+    let limited = Server::http(|_| {
         (
             "429 Too Many Requests".into(),
             vec![
@@ -777,10 +751,10 @@ fn sha256(b: &[u8]) -> String {
 }
 
 /// A registry of the test serving one image `x:1` made of `manifest`, `config` and `layer`.
-fn fake_registry(manifest: String, config: Vec<u8>, layer: Vec<u8>) -> Http {
+fn fake_registry(manifest: String, config: Vec<u8>, layer: Vec<u8>) -> Server {
     let sha = sha256;
     let (cd, ld) = (sha(&config), sha(&layer));
-    Http::start(move |head| {
+    Server::http(move |head| {
         let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
         let json = |ct: &str, b: Vec<u8>| {
             (
