@@ -234,7 +234,7 @@ impl Store {
 
     /// The repositories blob `d` is known to be in (`registry/repository`, newest last).
     pub fn sources(&self, d: &Digest) -> Vec<String> {
-        std::fs::read_to_string(self.root.join("sources").join(d.hex()))
+        std::fs::read_to_string(self.source_path(d))
             .unwrap_or_default()
             .lines()
             .map(String::from)
@@ -250,10 +250,14 @@ impl Store {
         // A few are enough to find one to mount from.
         let keep = v.split_off(v.len().saturating_sub(8));
         let _ = write_replacing(
-            &self.root.join("sources").join(d.hex()),
+            &self.source_path(d),
             (keep.join("\n") + "\n").as_bytes(),
             false,
         );
+    }
+
+    fn source_path(&self, d: &Digest) -> PathBuf {
+        self.root.join("sources").join(d.hex())
     }
 
     /// Where an unfinished download of blob `d` is kept for the next pull to resume.

@@ -117,38 +117,35 @@ fn client(r: &Reference, o: &Options) -> Client {
 }
 
 /// One line for what the registry said.
+/// The HTTP status a registry answered with, whichever form the client library gives it in.
+fn status_of(e: &oci_client::errors::OciDistributionError) -> Option<u16> {
+    use oci_client::errors::OciDistributionError as E;
+    match e {
+        E::ServerError { code, .. } => Some(*code),
+        E::RequestError(re) => re.status().map(|s| s.as_u16()),
+        E::UnauthorizedError { .. } => Some(401),
+        _ => None,
+    }
+}
+
 fn registry_error(r: &Reference, e: oci_client::errors::OciDistributionError) -> UserError {
     use oci_client::errors::OciDistributionError as E;
     let reg = r.resolve_registry();
-    let what = match &e {
-        E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => {
+    let what = match (&e, status_of(&e)) {
+        (E::AuthenticationFailure(_), _) | (_, Some(401 | 403)) => {
             format!("unauthorized at {reg} (unionfuse login {reg})")
         }
-        E::ServerError {
-            code: 401 | 403, ..
-        } => {
-            format!("unauthorized at {reg} (unionfuse login {reg})")
-        }
-        E::ImageManifestNotFoundError(_) => format!("no image '{r}' at {reg}"),
-        E::ServerError { code: 404, .. } => format!("no image '{r}' at {reg}"),
-        E::RequestError(re)
-            if re
-                .status()
-                .is_some_and(|s| s.as_u16() == 401 || s.as_u16() == 403) =>
-        {
-            format!("unauthorized at {reg} (unionfuse login {reg})")
-        }
-        E::RequestError(re) if re.status().is_some_and(|s| s.as_u16() == 404) => {
+        (E::ImageManifestNotFoundError(_), _) | (_, Some(404)) => {
             format!("no image '{r}' at {reg}")
         }
-        E::RequestError(re) if re.is_connect() || re.is_timeout() => {
+        (E::RequestError(re), _) if re.is_connect() || re.is_timeout() => {
             format!("cannot reach {reg}: {re}")
         }
-        E::UnsupportedMediaTypeError(m) => format!("unsupported media type '{m}' at {reg}"),
-        E::DigestError(_) => {
+        (E::UnsupportedMediaTypeError(m), _) => format!("unsupported media type '{m}' at {reg}"),
+        (E::DigestError(_), _) => {
             format!("{reg} sent content that does not match its digest: refused ({e})")
         }
-        E::RegistryError { envelope, .. }
+        (E::RegistryError { envelope, .. }, _)
             if envelope
                 .errors
                 .iter()
@@ -165,8 +162,8 @@ fn registry_error(r: &Reference, e: oci_client::errors::OciDistributionError) ->
 fn rate_limited(e: &oci_client::errors::OciDistributionError) -> Option<String> {
     use oci_client::errors::{OciDistributionError as E, OciErrorCode};
     match e {
-        E::ServerError { code: 429, url, .. } => Some(url.clone()),
-        E::RequestError(re) if re.status().is_some_and(|s| s.as_u16() == 429) => {
+        E::ServerError { url, .. } if status_of(e) == Some(429) => Some(url.clone()),
+        E::RequestError(re) if status_of(e) == Some(429) => {
             Some(re.url().map_or_else(String::new, |u| u.to_string()))
         }
         E::RegistryError { envelope, url }
@@ -320,8 +317,9 @@ pub fn pull(store: &Store, reference_s: &str, o: &Options, rep: &Report) -> Resu
         .collect();
     // Checked again while extracted; moved into the store only when all of it is right.
     let img = bring_in_blobs(store, vec![local_name(&r)], config, layers, rep)?;
+    let repo = repo_of(&r);
     for d in &blobs {
-        store.add_source(d, &repo_of(&r));
+        store.add_source(d, &repo);
     }
     Ok(img)
 }
@@ -388,10 +386,10 @@ pub fn push(
         check(&r, o, c.push_manifest_raw(&r, manifest, ct).await).await?;
         Ok::<_, UserError>(())
     })?;
-    for l in &img.layers {
-        store.add_source(&l.blob, &repo_of(&r));
+    let repo = repo_of(&r);
+    for d in img.layers.iter().map(|l| &l.blob).chain([&img.id]) {
+        store.add_source(d, &repo);
     }
-    store.add_source(&img.id, &repo_of(&r));
     Ok(digest)
 }
 
@@ -446,14 +444,20 @@ async fn download(
         hash.update(&buf[..n]);
         have += n as u64;
     }
+    // Empties the file, to download the blob from its start.
+    let start_over = |file: &mut std::fs::File, hash: &mut sha2::Sha256, have: &mut u64| {
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .map_err(io(at))?;
+        *hash = sha2::Sha256::new();
+        *have = 0;
+        Ok::<_, UserError>(())
+    };
     let size = l.size.max(0) as u64;
     let done = have > 0 && have >= size && Digest::from_sha(&hash.clone().finalize()) == *d;
     if !done && have >= size {
-        // Complete but wrong, or longer than the blob: start over.
-        file.set_len(0).map_err(io(at))?;
-        file.rewind().map_err(io(at))?;
-        hash = sha2::Sha256::new();
-        have = 0;
+        // Complete but wrong, or longer than the blob.
+        start_over(&mut file, &mut hash, &mut have)?;
     }
     if !done {
         let stream = if have > 0 {
@@ -464,10 +468,7 @@ async fn download(
                 }
                 oci_client::client::BlobResponse::Full(s) => {
                     // The registry sends it all again.
-                    file.set_len(0).map_err(io(at))?;
-                    file.rewind().map_err(io(at))?;
-                    hash = sha2::Sha256::new();
-                    have = 0;
+                    start_over(&mut file, &mut hash, &mut have)?;
                     s
                 }
             }
