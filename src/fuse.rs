@@ -31,6 +31,8 @@ pub struct UnionFs {
     pub passthrough: Passthrough,
     /// Nodes dropped since the heap was last trimmed (see `trim_heap_when_forgotten`).
     forgotten: Arc<AtomicU64>,
+    /// Ask the kernel for FUSE over io_uring (when it offers it).
+    pub io_uring: bool,
 }
 
 /// Gives free heap pages back to the system, once a second at most, after nodes went: the
@@ -67,6 +69,7 @@ impl UnionFs {
             union,
             passthrough: Passthrough::default(),
             forgotten: Default::default(),
+            io_uring: std::env::var_os("UNIONFUSE_NO_IO_URING").is_none(),
         };
         (fs, inval)
     }
@@ -290,6 +293,17 @@ impl Filesystem for UnionFs {
             // trip before every write.
             InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         ];
+        // Requests over io_uring where the kernel offers it (the fuse module's enable_uring):
+        // each served on the CPU that made it. A payload buffer per queue entry holds the
+        // largest request or reply, so writes are capped where the kernel caps them anyway
+        // (fuse's default max_pages_limit, 1 MiB).
+        if self.io_uring
+            && config
+                .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
+                .is_ok()
+        {
+            let _ = config.set_max_write(1 << 20);
+        }
         for f in wanted {
             if let Err(missing) = config.add_capabilities(f) {
                 debug!("kernel lacks {missing:?}");

@@ -105,6 +105,16 @@ impl UnionMount {
         Self::spawn(lowers, upper, mp, &[], &[("UNIONFUSE_NO_PASSTHROUGH", "1")])
     }
 
+    /// With extra environment for the daemon.
+    pub fn with_env(
+        lowers: &[&Path],
+        upper: Option<&Path>,
+        mp: &Path,
+        envs: &[(&str, &str)],
+    ) -> UnionMount {
+        Self::spawn(lowers, upper, mp, &[], envs)
+    }
+
     fn spawn(
         lowers: &[&Path],
         upper: Option<&Path>,

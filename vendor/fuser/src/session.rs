@@ -139,6 +139,8 @@ pub struct Session<FS: Filesystem> {
     /// The field is set to `Some` when the init message is received.
     pub(crate) proto_version: Option<Version>,
     pub(crate) config: Config,
+    /// unionfuse: the io_uring queues' payload size, once INIT agreed on FUSE_OVER_IO_URING
+    pub(crate) uring: Option<usize>,
 }
 
 impl<FS: Filesystem> AsFd for Session<FS> {
@@ -185,6 +187,7 @@ impl<FS: Filesystem> Session<FS> {
             allowed: options.acl,
             session_owner: geteuid(),
             proto_version: None,
+            uring: None,
             config: options.clone(),
         };
 
@@ -213,6 +216,7 @@ impl<FS: Filesystem> Session<FS> {
             allowed: acl,
             session_owner: geteuid(),
             proto_version: None,
+            uring: None,
             config,
         };
 
@@ -252,9 +256,16 @@ impl<FS: Filesystem> Session<FS> {
             session_owner,
             proto_version: _,
             config,
+            uring,
         } = self;
 
-        let n_threads = config.n_threads.unwrap_or(1);
+        // unionfuse: with io_uring queues, /dev/fuse carries FORGET and INTERRUPT only (once
+        // the queues are registered): one thread reads it.
+        let n_threads = if uring.is_some() {
+            1
+        } else {
+            config.n_threads.unwrap_or(1)
+        };
 
         if !cfg!(target_os = "linux") && n_threads != 1 {
             // TODO: check whether it works on macOS/FreeBSD and enable if it works.
@@ -288,6 +299,19 @@ impl<FS: Filesystem> Session<FS> {
         }
         channels.push(ch);
 
+        // unionfuse: the io_uring queues, one per CPU, beside the /dev/fuse loop (which
+        // keeps FORGET, INTERRUPT and everything before the queues are all registered).
+        let mut queues = Vec::new();
+        if let Some(payload) = uring {
+            let ctx = crate::uring::Context {
+                filesystem: filesystem.clone(),
+                ch: channels[0].clone(),
+                allowed,
+                session_owner,
+            };
+            queues = crate::uring::start(ctx, payload);
+        }
+
         let mut threads = Vec::with_capacity(n_threads);
 
         for (i, ch) in channels.into_iter().enumerate() {
@@ -318,6 +342,12 @@ impl<FS: Filesystem> Session<FS> {
                 if reply.is_ok() {
                     reply = Err(e);
                 }
+            }
+        }
+
+        for q in queues {
+            if q.join().is_err() && reply.is_ok() {
+                reply = Err(io::Error::other("io_uring queue thread panicked"));
             }
         }
 
@@ -469,6 +499,14 @@ impl<FS: Filesystem> Session<FS> {
                 config.max_write
             );
 
+            if (init.capabilities() & config.requested).contains(InitFlags::FUSE_OVER_IO_URING) {
+                let page = page_size::get() as u32;
+                let payload = [8192, config.max_write, u32::from(config.max_pages()) * page]
+                    .into_iter()
+                    .max()
+                    .unwrap_or(8192);
+                self.uring = Some(payload as usize);
+            }
             let response = init.reply(&config);
             <ReplyRaw as Reply>::new(request.unique(), ReplySender::Channel(self.ch.sender()))
                 .send_ll(&response);
