@@ -249,3 +249,55 @@ fn a_lazily_unmounted_union_still_busy_lets_its_daemon_go_when_released() {
         m.log()
     );
 }
+
+/// A rootless container's union (a daemon in the run's user namespace) is served over
+/// io_uring too: no capability is needed for the rings.
+#[test]
+fn a_rootless_container_is_served_over_io_uring() {
+    use common::runenv::{Background, RunCtx, Who};
+    if !require_root() || !kernel_has_uring() {
+        return;
+    }
+    let _turn = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let _on = UringSwitch::set(true);
+    let Some(ctx) = RunCtx::new(Who::SubIds) else {
+        return;
+    };
+    let mut c = ctx.command(&[
+        std::ffi::OsStr::new("run"),
+        std::ffi::OsStr::new("--lower"),
+        ctx.rootfs.as_os_str(),
+    ]);
+    c.args([
+        "--",
+        "/bin/sh",
+        "-c",
+        "mkdir /w; i=0; while [ $i -lt 200 ]; do echo $i > /w/f$i; i=$((i+1)); done; \
+         cat /w/f199; echo ready; sleep 3",
+    ]);
+    let mut run = Background::start(c);
+    run.expect_line("199", Duration::from_secs(30));
+    run.expect_line("ready", Duration::from_secs(30));
+    let token = ctx.dir.path().to_string_lossy().into_owned();
+    let served: Vec<(u32, usize, u64)> = common::runenv::processes_mentioning(&token)
+        .into_iter()
+        .map(|(pid, _)| {
+            let (n, sw) = ring_switches(pid as u32);
+            (pid as u32, n, sw)
+        })
+        .filter(|&(_, n, _)| n > 0)
+        .collect();
+    assert_eq!(
+        served.len(),
+        1,
+        "one process of the run (its daemon) has io_uring queues: {served:?}"
+    );
+    let (_, queues, switches) = served[0];
+    assert_eq!(queues, possible_cpus());
+    assert!(
+        switches >= 200,
+        "the queues were woken {switches} times for 200 files written to the union"
+    );
+    assert!(run.wait(Duration::from_secs(30)).success());
+    ctx.assert_clean();
+}
