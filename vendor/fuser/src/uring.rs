@@ -93,7 +93,6 @@ struct Entry {
 
 // SAFETY: see above; the `replied` lock orders the reply's writes before the commit.
 unsafe impl Sync for Entry {}
-unsafe impl Send for Entry {}
 
 impl Entry {
     fn new(payload: usize) -> Entry {
