@@ -32,7 +32,7 @@ pub struct UnionFs {
     /// Nodes dropped since the heap was last trimmed (see `trim_heap_when_forgotten`).
     forgotten: Arc<AtomicU64>,
     /// Ask the kernel for FUSE over io_uring (when it offers it).
-    pub io_uring: bool,
+    io_uring: bool,
 }
 
 /// Gives free heap pages back to the system, once a second at most, after nodes went: the

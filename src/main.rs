@@ -39,7 +39,7 @@ enum Cmd {
     /// Mount a union: LOWERS is a ':'-separated list, leftmost on top ('\:' escapes a ':').
     #[command(
         override_usage = "unionfuse mount [OPTIONS] LOWERS [UPPER] MOUNTPOINT",
-        after_help = "Examples:\n  unionfuse mount top:middle:bottom upper /mnt\n  unionfuse mount -f top:bottom /mnt      (read-only, in the foreground)\n  RUST_LOG=debug unionfuse mount -f l1:l2 upper /mnt"
+        after_help = "Requests reach the daemon over io_uring where the kernel offers it (Linux 6.14+, once root\nhas run: echo Y > /sys/module/fuse/parameters/enable_uring), through /dev/fuse otherwise or\nwith UNIONFUSE_NO_IO_URING=1 in the environment.\n\nExamples:\n  unionfuse mount top:middle:bottom upper /mnt\n  unionfuse mount -f top:bottom /mnt      (read-only, in the foreground)\n  RUST_LOG=debug unionfuse mount -f l1:l2 upper /mnt"
     )]
     Mount {
         /// Stay in the foreground, logging to stderr (RUST_LOG sets the level).
