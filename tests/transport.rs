@@ -142,6 +142,27 @@ fn layers() -> Layers {
     }
 }
 
+/// A test's turn at the kernel switch, set as it wants it; when dropped, the switch is put
+/// back before the turn is given up (tuple fields drop in order). `None` where the test
+/// cannot run (no root, or a kernel without FUSE over io_uring).
+fn switch_turn(on: bool) -> Option<(UringSwitch, std::sync::MutexGuard<'static, ()>)> {
+    if !require_root() || !kernel_has_uring() {
+        return None;
+    }
+    let turn = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    Some((UringSwitch::set(on), turn))
+}
+
+/// Checks that the daemon left by itself, successfully, once `after` happened.
+fn expect_clean_exit(m: &mut UnionMount, after: &str) {
+    let exit = m.wait_exit(Duration::from_secs(10));
+    assert!(
+        matches!(exit, Some(s) if s.success()),
+        "the daemon did not leave cleanly after {after}: {exit:?}; log: {}",
+        m.log()
+    );
+}
+
 /// Unmounts and checks that the daemon left by itself, successfully.
 fn unmount_and_expect_exit(mut m: UnionMount) {
     let st = std::process::Command::new("umount")
@@ -149,21 +170,14 @@ fn unmount_and_expect_exit(mut m: UnionMount) {
         .status()
         .unwrap();
     assert!(st.success(), "umount failed");
-    let exit = m.wait_exit(Duration::from_secs(10));
-    assert!(
-        matches!(exit, Some(s) if s.success()),
-        "the daemon did not leave cleanly after umount: {exit:?}; log: {}",
-        m.log()
-    );
+    expect_clean_exit(&mut m, "umount");
 }
 
 #[test]
 fn requests_are_served_over_io_uring_when_the_kernel_offers_it() {
-    if !require_root() || !kernel_has_uring() {
+    let Some(_turn) = switch_turn(true) else {
         return;
-    }
-    let _turn = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
-    let _on = UringSwitch::set(true);
+    };
     let l = layers();
     // Without passthrough, file data too goes through the queues' payload buffers.
     let m = UnionMount::with_env(
@@ -189,11 +203,9 @@ fn requests_are_served_over_io_uring_when_the_kernel_offers_it() {
 
 #[test]
 fn with_io_uring_turned_down_requests_go_through_dev_fuse() {
-    if !require_root() || !kernel_has_uring() {
+    let Some(_turn) = switch_turn(true) else {
         return;
-    }
-    let _turn = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
-    let _on = UringSwitch::set(true);
+    };
     let l = layers();
     let m = UnionMount::with_env(
         &[&l.lower],
@@ -208,11 +220,9 @@ fn with_io_uring_turned_down_requests_go_through_dev_fuse() {
 
 #[test]
 fn with_the_kernel_switch_off_the_daemon_uses_dev_fuse() {
-    if !require_root() || !kernel_has_uring() {
+    let Some(_turn) = switch_turn(false) else {
         return;
-    }
-    let _turn = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
-    let _off = UringSwitch::set(false);
+    };
     let l = layers();
     let m = UnionMount::new(&[&l.lower], Some(&l.upper), &l.mp);
     assert_eq!(ring_switches(m.pid()).0, 0, "no queue threads");
@@ -222,11 +232,9 @@ fn with_the_kernel_switch_off_the_daemon_uses_dev_fuse() {
 
 #[test]
 fn a_lazily_unmounted_union_still_busy_lets_its_daemon_go_when_released() {
-    if !require_root() || !kernel_has_uring() {
+    let Some(_turn) = switch_turn(true) else {
         return;
-    }
-    let _turn = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
-    let _on = UringSwitch::set(true);
+    };
     let l = layers();
     let mut m = UnionMount::new(&[&l.lower], Some(&l.upper), &l.mp);
     assert!(ring_switches(m.pid()).0 > 0);
@@ -242,12 +250,7 @@ fn a_lazily_unmounted_union_still_busy_lets_its_daemon_go_when_released() {
     std::io::Read::read_to_string(&mut &open, &mut s).unwrap();
     assert_eq!(s, "lower\n");
     drop(open);
-    let exit = m.wait_exit(Duration::from_secs(10));
-    assert!(
-        matches!(exit, Some(s) if s.success()),
-        "the daemon did not leave after the last user let go: {exit:?}; log: {}",
-        m.log()
-    );
+    expect_clean_exit(&mut m, "the last user let go");
 }
 
 /// A rootless container's union (a daemon in the run's user namespace) is served over
@@ -255,11 +258,9 @@ fn a_lazily_unmounted_union_still_busy_lets_its_daemon_go_when_released() {
 #[test]
 fn a_rootless_container_is_served_over_io_uring() {
     use common::runenv::{Background, RunCtx, Who};
-    if !require_root() || !kernel_has_uring() {
+    let Some(_turn) = switch_turn(true) else {
         return;
-    }
-    let _turn = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
-    let _on = UringSwitch::set(true);
+    };
     let Some(ctx) = RunCtx::new(Who::SubIds) else {
         return;
     };
