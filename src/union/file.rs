@@ -76,7 +76,10 @@ impl Union {
         }
         let mut done = 0;
         while done < data.len() {
-            done += sys::pwrite(fd.as_fd(), &data[done..], offset + done as u64)?;
+            done += match sys::pwrite(fd.as_fd(), &data[done..], offset + done as u64) {
+                Err(Errno(libc::EINVAL)) if done == 0 => return write_direct(&fd, offset, data),
+                r => r?,
+            };
         }
         Ok(done)
     }
@@ -108,7 +111,10 @@ impl Union {
         let mut buf = vec![0u8; size as usize];
         let mut done = 0;
         while done < buf.len() {
-            let n = sys::pread(fd.as_fd(), &mut buf[done..], offset + done as u64)?;
+            let n = match sys::pread(fd.as_fd(), &mut buf[done..], offset + done as u64) {
+                Err(Errno(libc::EINVAL)) if done == 0 => return read_direct(&fd, offset, size),
+                r => r?,
+            };
             if n == 0 {
                 break;
             }
@@ -134,4 +140,34 @@ impl Union {
             .map(|n| self.is_lower(n.loc.read().top_layer))
             .unwrap_or(false)
     }
+}
+
+/// A file opened with `O_DIRECT` (the caller's flag, kept on the layer's file as kernel
+/// overlayfs keeps it) takes only aligned memory, and a FUSE request's buffer is not: the
+/// read goes through an aligned buffer. An offset or size the layer's filesystem does not take
+/// still fails with EINVAL, as it would on kernel overlayfs.
+fn read_direct(fd: &OwnedFd, offset: u64, size: u32) -> Result<Vec<u8>> {
+    let mut buf = sys::AlignedBuf::new(size as usize);
+    let mut done = 0;
+    while done < buf.len() {
+        let n = sys::pread(fd.as_fd(), &mut buf[done..], offset + done as u64)?;
+        done += n;
+        // A short direct read is the end of the file: asking on from an unaligned offset
+        // would fail.
+        if n == 0 || done % 512 != 0 {
+            break;
+        }
+    }
+    Ok(buf[..done].to_vec())
+}
+
+/// The write side of [`read_direct`].
+fn write_direct(fd: &OwnedFd, offset: u64, data: &[u8]) -> Result<usize> {
+    let mut buf = sys::AlignedBuf::new(data.len());
+    buf.copy_from_slice(data);
+    let mut done = 0;
+    while done < buf.len() {
+        done += sys::pwrite(fd.as_fd(), &buf[done..], offset + done as u64)?;
+    }
+    Ok(done)
 }
