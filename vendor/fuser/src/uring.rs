@@ -237,20 +237,88 @@ pub(crate) fn start<FS: Filesystem>(ctx: Context<FS>, payload: usize) -> Vec<Joi
     threads
 }
 
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays inside it for cpu < 1024.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if cpu < 8 * std::mem::size_of::<libc::cpu_set_t>() {
-            libc::CPU_SET(cpu, &mut set);
-            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-                debug!(
-                    "io_uring queue {cpu}: not pinned: {}",
-                    io::Error::last_os_error()
-                );
+/// Where a queue thread runs: on its own CPU, or, while it serves large reads, on any other
+/// CPU the daemon may use. A large read is a reader streaming a file: its readahead comes to
+/// the reader's queue one request at a time, and served on the reader's CPU, the copying and
+/// the disk wait take turns with the reader instead of overlapping it. Served elsewhere, it
+/// overlaps as it does through `/dev/fuse` (a 128 MiB cold read: 0.21 s pinned, 0.09 s
+/// away, 0.08 s through `/dev/fuse`). Everything else stays on the caller's CPU, where a
+/// wake-up is cheapest.
+struct Affinity {
+    own: Option<libc::cpu_set_t>,
+    others: Option<libc::cpu_set_t>,
+    away: bool,
+}
+
+/// A READ of at least this many bytes is served away from the queue's CPU.
+const AWAY_READ: u32 = 128 * 1024;
+/// `FUSE_READ`, and where its `size` is in the header buffer (`fuse_read_in`).
+const OP_READ: u32 = 15;
+const READ_SIZE_AT: usize = IN_OUT_SZ + 16;
+
+impl Affinity {
+    /// Pins the calling thread to `cpu`, and keeps the other CPUs it was allowed for later.
+    fn pin(cpu: usize) -> Affinity {
+        let sz = std::mem::size_of::<libc::cpu_set_t>();
+        // SAFETY: zeroed cpu_set_t values are empty sets; the CPU_* macros stay inside a set
+        // for indices below its bit count, which both loops and the check respect.
+        unsafe {
+            let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+            let mut own: libc::cpu_set_t = std::mem::zeroed();
+            if cpu >= 8 * sz || libc::sched_getaffinity(0, sz, &mut allowed) != 0 {
+                return Affinity {
+                    own: None,
+                    others: None,
+                    away: false,
+                };
             }
+            libc::CPU_SET(cpu, &mut own);
+            let mut others = allowed;
+            libc::CPU_CLR(cpu, &mut others);
+            let mut a = Affinity {
+                own: Some(own),
+                others: (libc::CPU_COUNT(&others) > 0).then_some(others),
+                away: true,
+            };
+            a.home(cpu);
+            a
         }
     }
+
+    /// Before serving a request: a large read goes away from the queue's CPU, anything
+    /// else comes back to it.
+    fn before(&mut self, cpu: usize, opcode: u32, read_size: u32) {
+        if opcode == OP_READ && read_size >= AWAY_READ {
+            if !self.away {
+                if let Some(set) = &self.others {
+                    self.away = set_affinity(cpu, set);
+                }
+            }
+        } else {
+            self.home(cpu);
+        }
+    }
+
+    fn home(&mut self, cpu: usize) {
+        if self.away {
+            if let Some(set) = &self.own {
+                set_affinity(cpu, set);
+            }
+            self.away = false;
+        }
+    }
+}
+
+fn set_affinity(cpu: usize, set: &libc::cpu_set_t) -> bool {
+    // SAFETY: `set` is a whole cpu_set_t of the size passed.
+    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) };
+    if r != 0 {
+        debug!(
+            "io_uring queue {cpu}: affinity: {}",
+            io::Error::last_os_error()
+        );
+    }
+    r == 0
 }
 
 fn command(fd: i32, op: u32, qid: usize, commit_id: u64, slot: usize) -> squeue::Entry128 {
@@ -264,7 +332,7 @@ fn command(fd: i32, op: u32, qid: usize, commit_id: u64, slot: usize) -> squeue:
 }
 
 fn serve<FS: Filesystem>(ctx: Context<FS>, qid: usize, payload: usize) -> io::Result<()> {
-    pin_to_cpu(qid);
+    let mut affinity = Affinity::pin(qid);
     let fd = ctx.ch.as_fd().as_raw_fd();
     let mut ring: IoUring<squeue::Entry128, cqueue::Entry> = IoUring::builder()
         .setup_single_issuer()
@@ -347,6 +415,7 @@ fn serve<FS: Filesystem>(ctx: Context<FS>, qid: usize, payload: usize) -> io::Re
             }
             let ent = &ents[slot];
             let commit_id = ent.field_u64(ENT + 8);
+            affinity.before(qid, ent.field_u32(4), ent.field_u32(READ_SIZE_AT));
             answer(&se, ent, &sender, &mut words);
             let sqe = command(fd, CMD_COMMIT_AND_FETCH, qid, commit_id, slot);
             // SAFETY: as above.
