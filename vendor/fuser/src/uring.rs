@@ -3,7 +3,7 @@
 //!
 //! One queue per possible CPU, each served by a thread pinned to that CPU: the kernel puts a
 //! request on the queue of the CPU its caller runs on, so it is answered there, without
-//! waking another CPU. A queue holds a few entries, each a header buffer and a payload buffer
+//! waking another CPU (large reads excepted: see `Affinity`). A queue holds a few entries, each a header buffer and a payload buffer
 //! that the kernel copies a request into and the reply out of; the reply is committed and
 //! the next request fetched in one submission. FORGET, INTERRUPT and notifications stay on
 //! `/dev/fuse`, whose loop keeps running beside the queues. If a queue cannot be set up, the
