@@ -385,9 +385,6 @@ impl Drop for AlignedBuf {
     }
 }
 
-// SAFETY: the buffer is plain owned memory.
-unsafe impl Send for AlignedBuf {}
-
 pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], off: u64) -> Result<usize> {
     // SAFETY: fds are borrowed for the call, names are NUL-terminated and buffers go with their lengths (the module's contract).
     let n = retry(-1, || unsafe {
