@@ -167,7 +167,10 @@ fn write_direct(fd: &OwnedFd, offset: u64, data: &[u8]) -> Result<usize> {
     buf.copy_from_slice(data);
     let mut done = 0;
     while done < buf.len() {
-        done += sys::pwrite(fd.as_fd(), &buf[done..], offset + done as u64)?;
+        match sys::pwrite(fd.as_fd(), &buf[done..], offset + done as u64)? {
+            0 => break,
+            n => done += n,
+        }
     }
     Ok(done)
 }

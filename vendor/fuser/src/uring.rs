@@ -3,11 +3,12 @@
 //!
 //! One queue per possible CPU, each served by a thread pinned to that CPU: the kernel puts a
 //! request on the queue of the CPU its caller runs on, so it is answered there, without
-//! waking another CPU (large reads excepted: see `Affinity`). A queue holds a few entries, each a header buffer and a payload buffer
-//! that the kernel copies a request into and the reply out of; the reply is committed and
-//! the next request fetched in one submission. FORGET, INTERRUPT and notifications stay on
-//! `/dev/fuse`, whose loop keeps running beside the queues. If a queue cannot be set up, the
-//! kernel never marks the ring ready and every request keeps coming through `/dev/fuse`.
+//! waking another CPU (large reads excepted: see `Affinity`). A queue holds a few entries,
+//! each a header buffer and a payload buffer that the kernel copies a request into and the
+//! reply out of; the reply is committed and the next request fetched in one submission.
+//! FORGET, INTERRUPT and notifications stay on `/dev/fuse`, whose loop keeps running beside
+//! the queues. If a queue cannot be set up, the kernel never marks the ring ready and every
+//! request keeps coming through `/dev/fuse`.
 //!
 //! Layout (include/uapi/linux/fuse.h, 7.42): the header buffer is `fuse_uring_req_header`:
 //! 128 bytes for `fuse_in_header` (request) or `fuse_out_header` (reply), 128 bytes for the
@@ -241,8 +242,8 @@ pub(crate) fn start<FS: Filesystem>(ctx: Context<FS>, payload: usize) -> Vec<Joi
 /// CPU the daemon may use. A large read is a reader streaming a file: its readahead comes to
 /// the reader's queue one request at a time, and served on the reader's CPU, the copying and
 /// the disk wait take turns with the reader instead of overlapping it. Served elsewhere, it
-/// overlaps as it does through `/dev/fuse` (a 128 MiB cold read: 0.21 s pinned, 0.09 s
-/// away, 0.08 s through `/dev/fuse`). Everything else stays on the caller's CPU, where a
+/// overlaps as it does through `/dev/fuse` (a 128 MiB cold read: 0.10-0.22 s pinned, 0.07 s
+/// away, 0.07-0.10 s through `/dev/fuse`). Everything else stays on the caller's CPU, where a
 /// wake-up is cheapest.
 struct Affinity {
     own: Option<libc::cpu_set_t>,
@@ -261,7 +262,7 @@ impl Affinity {
     fn pin(cpu: usize) -> Affinity {
         let sz = std::mem::size_of::<libc::cpu_set_t>();
         // SAFETY: zeroed cpu_set_t values are empty sets; the CPU_* macros stay inside a set
-        // for indices below its bit count, which both loops and the check respect.
+        // for indices below its bit count, which the check on `cpu` ensures.
         unsafe {
             let mut allowed: libc::cpu_set_t = std::mem::zeroed();
             let mut own: libc::cpu_set_t = std::mem::zeroed();
