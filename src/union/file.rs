@@ -1,6 +1,6 @@
 //! Open files: read through an fd on the top object.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use super::Union;
@@ -74,14 +74,15 @@ impl Union {
         {
             self.notify_changed(ino);
         }
-        let mut done = 0;
-        while done < data.len() {
-            done += match sys::pwrite(fd.as_fd(), &data[done..], offset + done as u64) {
-                Err(Errno(libc::EINVAL)) if done == 0 => return write_direct(&fd, offset, data),
-                r => r?,
-            };
+        match pwrite_full(fd.as_fd(), data, offset) {
+            // An O_DIRECT file (see `pread_full`).
+            Err(Errno(libc::EINVAL)) => {
+                let mut buf = sys::AlignedBuf::new(data.len());
+                buf.copy_from_slice(data);
+                Ok(pwrite_full(fd.as_fd(), &buf, offset)?)
+            }
+            r => Ok(r?),
         }
-        Ok(done)
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
@@ -109,19 +110,17 @@ impl Union {
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let fd = self.file(fh)?;
         let mut buf = vec![0u8; size as usize];
-        let mut done = 0;
-        while done < buf.len() {
-            let n = match sys::pread(fd.as_fd(), &mut buf[done..], offset + done as u64) {
-                Err(Errno(libc::EINVAL)) if done == 0 => return read_direct(&fd, offset, size),
-                r => r?,
-            };
-            if n == 0 {
-                break;
+        match pread_full(fd.as_fd(), &mut buf, offset) {
+            Err(Errno(libc::EINVAL)) => {
+                let mut aligned = sys::AlignedBuf::new(size as usize);
+                let n = pread_full(fd.as_fd(), &mut aligned, offset)?;
+                Ok(aligned[..n].to_vec())
             }
-            done += n;
+            r => {
+                buf.truncate(r?);
+                Ok(buf)
+            }
         }
-        buf.truncate(done);
-        Ok(buf)
     }
 
     /// The fd behind an open handle (for kernel passthrough).
@@ -142,32 +141,31 @@ impl Union {
     }
 }
 
-/// A file opened with `O_DIRECT` (the caller's flag, kept on the layer's file as kernel
-/// overlayfs keeps it) takes only aligned memory, and a FUSE request's buffer is not: the
-/// read goes through an aligned buffer. An offset or size the layer's filesystem does not take
-/// still fails with EINVAL, as it would on kernel overlayfs.
-fn read_direct(fd: &OwnedFd, offset: u64, size: u32) -> Result<Vec<u8>> {
-    let mut buf = sys::AlignedBuf::new(size as usize);
+/// Reads at `offset` until `buf` is full or the file ends. A file opened with `O_DIRECT`
+/// (the caller's flag, kept on the layer's file as kernel overlayfs keeps it) takes only
+/// aligned memory, and a FUSE request's buffer is not: it fails at once with EINVAL, and the
+/// caller tries again with a `sys::AlignedBuf`. After a short read such a file also refuses
+/// to go on from the unaligned offset it left, its end: EINVAL once something was read ends
+/// the read there. An offset or size the layer's filesystem does not take still fails with
+/// EINVAL, as it would on kernel overlayfs.
+fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> sys::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
-        let n = sys::pread(fd.as_fd(), &mut buf[done..], offset + done as u64)?;
-        done += n;
-        // A short direct read is the end of the file: asking on from an unaligned offset
-        // would fail.
-        if n == 0 || done % 512 != 0 {
-            break;
+        match sys::pread(fd, &mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(Errno(libc::EINVAL)) if done > 0 => break,
+            Err(e) => return Err(e),
         }
     }
-    Ok(buf[..done].to_vec())
+    Ok(done)
 }
 
-/// The write side of [`read_direct`].
-fn write_direct(fd: &OwnedFd, offset: u64, data: &[u8]) -> Result<usize> {
-    let mut buf = sys::AlignedBuf::new(data.len());
-    buf.copy_from_slice(data);
+/// Writes all of `data` at `offset` (short only if the file takes no more).
+fn pwrite_full(fd: BorrowedFd<'_>, data: &[u8], offset: u64) -> sys::Result<usize> {
     let mut done = 0;
-    while done < buf.len() {
-        match sys::pwrite(fd.as_fd(), &buf[done..], offset + done as u64)? {
+    while done < data.len() {
+        match sys::pwrite(fd, &data[done..], offset + done as u64)? {
             0 => break,
             n => done += n,
         }
