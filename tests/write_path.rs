@@ -66,6 +66,15 @@ fn on_both<T>(s: &Setup, act: impl Fn(&Path) -> T) -> (T, T) {
     (kernel, act(&s.mp))
 }
 
+/// `act` again on a fresh upper, with reads and writes served by the daemon even as root (no
+/// kernel passthrough): a rootless mount's path.
+fn through_the_daemon<T>(s: &Setup, act: impl Fn(&Path) -> T) -> T {
+    std::fs::remove_dir_all(&s.upper).unwrap();
+    mkdir(&s.upper);
+    let _m = UnionMount::without_passthrough(&[&s.lower], Some(&s.upper), &s.mp);
+    act(&s.mp)
+}
+
 /// The same lines, reported at the first that differs.
 fn assert_same_log(ours: &[String], kernel: &[String]) {
     for (o, k) in ours.iter().zip(kernel) {
@@ -1322,13 +1331,7 @@ fn privileges_drop_on_write_truncate_and_chown_as_in_the_kernel() {
     assert_logged(&kernel, "up/other-append-g: 767 0:2000 cap=false size=5");
     assert_logged(&kernel, "low/untouched: 6777 0:2000 cap=true size=4");
     // Reads and writes through the daemon (a rootless mount's path) give the same.
-    std::fs::remove_dir_all(&s.upper).unwrap();
-    mkdir(&s.upper);
-    let again = {
-        let _m = UnionMount::without_passthrough(&[&s.lower], Some(&s.upper), &s.mp);
-        act(&s.mp)
-    };
-    assert_same_log(&again, &kernel);
+    assert_same_log(&through_the_daemon(&s, act), &kernel);
 }
 
 /// `len` bytes of page-aligned memory inside `v` (what `O_DIRECT` asks of a caller).
@@ -1422,11 +1425,5 @@ fn direct_io_reads_and_writes_like_kernel_overlayfs() {
     assert_logged(&kernel, "after: same=true");
     assert_logged(&kernel, "new read: ok 12288");
     // Through the daemon (a rootless mount's path: no kernel passthrough), the same.
-    std::fs::remove_dir_all(&s.upper).unwrap();
-    mkdir(&s.upper);
-    let again = {
-        let _m = UnionMount::without_passthrough(&[&s.lower], Some(&s.upper), &s.mp);
-        act(&s.mp)
-    };
-    assert_same_log(&again, &kernel);
+    assert_same_log(&through_the_daemon(&s, act), &kernel);
 }
