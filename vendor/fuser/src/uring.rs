@@ -263,7 +263,7 @@ impl Affinity {
         let sz = std::mem::size_of::<libc::cpu_set_t>();
         // SAFETY: zeroed cpu_set_t values are empty sets; the CPU_* macros stay inside a set
         // for indices below its bit count, which the check on `cpu` ensures.
-        unsafe {
+        let (own, others) = unsafe {
             let mut allowed: libc::cpu_set_t = std::mem::zeroed();
             let mut own: libc::cpu_set_t = std::mem::zeroed();
             if cpu >= 8 * sz || libc::sched_getaffinity(0, sz, &mut allowed) != 0 {
@@ -276,13 +276,13 @@ impl Affinity {
             libc::CPU_SET(cpu, &mut own);
             let mut others = allowed;
             libc::CPU_CLR(cpu, &mut others);
-            let mut a = Affinity {
-                own: Some(own),
-                others: (libc::CPU_COUNT(&others) > 0).then_some(others),
-                away: true,
-            };
-            a.home(cpu);
-            a
+            (own, (libc::CPU_COUNT(&others) > 0).then_some(others))
+        };
+        set_affinity(cpu, &own);
+        Affinity {
+            own: Some(own),
+            others,
+            away: false,
         }
     }
 
