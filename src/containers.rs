@@ -225,20 +225,38 @@ pub fn remove(store: &Store, c: &Container, force: bool) -> Result<()> {
     crate::store::remove_tree(&store.container_dir(&c.id))
 }
 
-/// `rmi`: takes a name off an image, and the image away once it has none (refused while a
-/// container uses it). Layers stay until `prune`.
-pub fn remove_image(store: &Store, what: &str) -> Result<String> {
-    let img = store.find_image(what)?;
+/// `rmi [-f]`: `rmi NAME` takes that name off its image, and removes the image once it has
+/// no other; `rmi ID` of an image with several names is refused unless `force` (as podman
+/// and docker do), which removes every name. Refused while a container uses the image.
+/// Layers stay until `prune`.
+pub fn remove_image(store: &Store, what: &str, force: bool) -> Result<String> {
     let _l = store.lock()?;
-    let name = crate::store::normalize_name(what).ok();
-    let mut img2 = img.clone();
+    let img = store.find_image(what)?;
+    let name = crate::store::normalize_name(what)
+        .ok()
+        .map(|n| {
+            // A short name finds what podman names `localhost/NAME` too.
+            if img.names.contains(&n) {
+                n
+            } else {
+                format!("localhost/{n}")
+            }
+        })
+        .filter(|n| img.names.contains(n));
     if let Some(n) = &name
-        && img2.names.len() > 1
-        && img2.names.contains(n)
+        && img.names.len() > 1
     {
+        let mut img2 = img.clone();
         img2.names.retain(|x| x != n);
         store.put_image(&img2)?;
         return Ok(format!("untagged {n}"));
+    }
+    if name.is_none() && img.names.len() > 1 && !force {
+        bail!(
+            "image {} is referenced by several names ({}): remove them one by one, or rmi -f {what} to remove the image with every name",
+            img.id.short(),
+            img.names.join(", ")
+        );
     }
     if let Some(c) = store.containers()?.into_iter().find(|c| c.image == img.id) {
         bail!(
@@ -253,7 +271,9 @@ pub fn remove_image(store: &Store, what: &str) -> Result<String> {
         .join("images")
         .join(format!("{}.json", img.id.hex()));
     std::fs::remove_file(&p).map_err(|e| UserError(format!("{}: {e}", p.display())))?;
-    Ok(format!("deleted {}", img.id))
+    let mut out: String = img.names.iter().map(|n| format!("untagged {n}\n")).collect();
+    out.push_str(&format!("deleted {}", img.id));
+    Ok(out)
 }
 
 /// `inspect`: an image's or container's record (and an image's config) as JSON.

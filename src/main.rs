@@ -219,6 +219,9 @@ enum Cmd {
     Inspect { what: String },
     /// Remove images (a name; the image once it has none). Refused while a container uses it.
     Rmi {
+        /// Remove an image given by id with every name it has.
+        #[arg(short, long)]
+        force: bool,
         #[arg(required = true)]
         images: Vec<String>,
     },
@@ -509,10 +512,10 @@ fn store_command(root: Option<PathBuf>, cmd: Cmd) -> Result<(), UserError> {
             String::new()
         }
         Cmd::Inspect { what } => containers::inspect(&store, &what)? + "\n",
-        Cmd::Rmi { images } => {
+        Cmd::Rmi { force, images } => {
             let mut out = String::new();
             for i in images {
-                out.push_str(&containers::remove_image(&store, &i)?);
+                out.push_str(&containers::remove_image(&store, &i, force)?);
                 out.push('\n');
             }
             out

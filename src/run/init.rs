@@ -65,6 +65,13 @@ fn init(
 ) -> Result<i32> {
     sys::set_parent_death_signal(libc::SIGKILL);
     sys::set_process_name(c"unionfuse-init");
+    // The command's environment is read from this process's own before that is emptied:
+    // the init shows a command line of its own, never the runner's arguments (`-e K=V`)
+    // nor the caller's environment.
+    let mut env = environment(req)?;
+    if let Err(e) = sys::set_command_line(b"unionfuse-init") {
+        bail!("cannot hide the runner's command line from the container: {e}");
+    }
     if sys::poll_ready(life.as_fd()) {
         // The runner died before the death signal was armed.
         return Ok(RUNNER_FAILED as i32);
@@ -95,7 +102,6 @@ fn init(
         Some(u) => Some(resolve_user(u)?),
         None => None,
     };
-    let mut env = environment(req)?;
     let home_given = req.setenv.iter().any(|(k, _)| k == "HOME");
     if let Some((_, _, Some(home))) = &ids
         && !home_given

@@ -2,14 +2,16 @@
 //! pid, uts and ipc namespaces.
 //!
 //! Processes of a run, and the namespaces they live in:
-//! - the runner (this process) enters a new user namespace (rootless only: the caller becomes
-//!   root inside) and a new mount namespace A, where the daemon mounts the union on a scratch
-//!   directory. It then waits for the init, forwarding the signals it is sent.
+//! - the runner (this process) stays in the host's namespaces and waits for the session,
+//!   forwarding the signals it is sent; the session child enters a new user namespace
+//!   (rootless only: the caller becomes root inside) and a new mount namespace A, where the
+//!   daemon mounts the union on a scratch directory, then waits for the init.
 //! - the daemon, forked in A before anything else: it keeps the host's root, so the layers stay
 //!   reachable by their host paths. It dies with the runner (SIGTERM: unmount, clean up).
-//! - rootless, the two above are made by a session child of the runner, which itself stays in
-//!   the host's namespaces (it keeps the host's paths); once the init is ready, the session's
-//!   namespace moves onto a small root of its own and lets go of the host's tree.
+//! - the two above are made by a session child of the runner, which itself stays in the
+//!   host's namespaces (it keeps the host's paths: the store on a mount of its own stays
+//!   reachable); once the init is ready, the session's namespace lets go of the host's
+//!   mounts (rootless: it moves onto a small root of its own and drops the host's tree).
 //! - the init, pid 1 of a new pid namespace, in a mount namespace B of its own (`pivot_root`
 //!   would otherwise move the runner and the daemon too): it mounts /proc, /dev, /sys and /tmp
 //!   in the union, binds what was asked, pivots into the union, detaches the old root, starts
@@ -423,14 +425,12 @@ fn run_in(
     rootless: bool,
     scratch: &Scratch,
 ) -> Result<i32> {
-    if !rootless {
-        return run_in_namespaces(req, checked, binds, false, scratch);
-    }
-    // Rootless, the namespaces' copies of the host's mounts are locked and cannot be
-    // detached one by one; the namespace of the daemon instead moves onto a root of its own
-    // once the init has its namespace (`leave_host_tree`). This process keeps the host's
-    // paths (the pid file, the scratch directory, the store): the namespaces are made by a
-    // session child, which says how the run ended through a pipe.
+    // The daemon's namespace lets go of the host's mounts once the init has its own (as
+    // root one by one, `drop_host_mounts`; rootless, where they are locked together, by
+    // moving onto a root of its own, `leave_host_tree`). This process keeps the host's
+    // paths (the pid file, the scratch directory, the store and its records, wherever they
+    // are mounted): the namespaces are made by a session child, which says how the run
+    // ended through a pipe.
     signal_set(true).block();
     let (rd, wr) = pipe()?;
     let runner = std::process::id();
@@ -442,7 +442,7 @@ fn run_in(
             if std::os::unix::process::parent_id() != runner {
                 sys::exit_now(RUNNER_FAILED as i32);
             }
-            let msg = match run_in_namespaces(req, checked, binds, true, scratch) {
+            let msg = match run_in_namespaces(req, checked, binds, rootless, scratch) {
                 Ok(code) => format!("ok {code}"),
                 Err(e) => format!("err {}", e.0),
             };

@@ -531,7 +531,5 @@ pub fn commit(
         created: now(),
     };
     let _l = store.lock()?;
-    store.put_image(&new)?;
-    store.set_name(&id, &name)?;
-    store.find_image(id.hex())
+    store.add_image(new, &[name.to_string()])
 }

@@ -502,22 +502,28 @@ fn bring_in(store: &Store, f: Found, rep: &Report) -> Result<Image> {
         .as_deref()
         .and_then(parse_time)
         .unwrap_or_else(now);
-    let mut img = Image {
+    let img = Image {
         id: config,
         names: Vec::new(),
         layers,
         created,
     };
     st.finish()?;
+    // A name the archive gives that is not one (podman refuses to save such) is left out.
+    let names: Vec<String> = f
+        .names
+        .iter()
+        .filter(|n| match super::normalize_name(n) {
+            Ok(_) => true,
+            Err(e) => {
+                rep.line(&format!("{e}: the image is loaded without it"));
+                false
+            }
+        })
+        .cloned()
+        .collect();
     let _l = store.lock()?;
-    if let Ok(old) = store.find_image(img.id.hex()) {
-        img.names = old.names;
-    }
-    store.put_image(&img)?;
-    for n in &f.names {
-        store.set_name(&img.id, n)?;
-    }
-    store.find_image(img.id.hex())
+    store.add_image(img, &names)
 }
 
 /// Loads every image of `src`; returns them.
@@ -598,9 +604,7 @@ pub fn import(store: &Store, tarball: &Path, name: &str, rep: &Report) -> Result
         created: now(),
     };
     let _l = store.lock()?;
-    store.put_image(&img)?;
-    store.set_name(&id, &name)?;
-    store.find_image(id.hex())
+    store.add_image(img, &[name])
 }
 
 /// An RFC 3339 time, UTC.

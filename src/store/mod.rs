@@ -183,13 +183,26 @@ fn io(what: &str, p: &Path) -> impl FnOnce(std::io::Error) -> UserError {
     move |e| UserError(format!("{m}: {e}"))
 }
 
-/// `NAME[:TAG]` with the tag `latest` when none is given (a `:` after the last `/` is a tag).
+/// `NAME[:TAG]` or `NAME@DIGEST`, checked against the reference grammar `pull` uses
+/// (lowercase repository components, a tag of at most 128 word characters, a sha256 digest),
+/// with the tag `latest` when neither is given.
 pub fn normalize_name(name: &str) -> Result<String> {
-    if name.is_empty() || name.contains(char::is_whitespace) || name.contains('@') {
-        bail!("'{name}' is not an image name (NAME[:TAG])");
+    let bad = |why: &str| {
+        UserError(format!(
+            "'{name}' is not a valid image name ({why}; NAME[:TAG] or NAME@sha256:HEX, as in localhost/app:1)"
+        ))
+    };
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return Err(bad("empty or with spaces"));
     }
+    let r = <oci_client::Reference as std::str::FromStr>::from_str(name).map_err(|e| bad(&e.to_string()))?;
+    if let Some(d) = r.digest() {
+        Digest::parse(d).map_err(|_| bad("the digest is not sha256:HEX"))?;
+    }
+    // The parser lowercases nothing and accepts a repository it then prefixes: only what
+    // the user wrote, character for character, is a name.
     let last = name.rsplit('/').next().unwrap_or(name);
-    if last.contains(':') {
+    if name.contains('@') || last.contains(':') {
         Ok(name.to_string())
     } else {
         Ok(format!("{name}:latest"))
@@ -381,6 +394,20 @@ impl Store {
             }
         }
         bail!("no image '{what}' (see unionfuse images)")
+    }
+
+    /// Records `img` and gives it `names`. An image already in the store keeps the names it
+    /// has (a second name for the same image is added, never put in the first one's place).
+    /// The caller holds the store's lock.
+    pub fn add_image(&self, mut img: Image, names: &[String]) -> Result<Image> {
+        if let Ok(old) = read_json::<Image>(&self.image_path(&img.id)) {
+            img.names = old.names;
+        }
+        self.put_image(&img)?;
+        for n in names {
+            self.set_name(&img.id, n)?;
+        }
+        self.find_image(img.id.hex())
     }
 
     /// Gives `name` to the image `id`, taking it from any other image.

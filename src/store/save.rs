@@ -70,7 +70,11 @@ impl<W: Write> Out<W> {
     }
 }
 
-/// Writes `img` (named `name`, if any) to `to`.
+/// Writes `img` (named `name`, if any) to `to`, as `docker save -o` and `podman save -o`
+/// do: `-` is standard output; a regular file (or a path that does not exist yet) is written
+/// whole beside itself and renamed over, so a failure leaves it as it was; a symlink is
+/// followed to what it names; a device, fifo or socket is written to as it is. Nothing is
+/// left behind on failure.
 pub fn save(
     store: &Store,
     img: &Image,
@@ -78,16 +82,92 @@ pub fn save(
     format: Format,
     to: &Path,
 ) -> Result<()> {
-    let tmp = to.with_extension(format!("partial-{}", super::random_hex(4)));
-    let file = std::fs::File::create(&tmp).map_err(|e| err(format!("'{}': {e}", to.display())))?;
-    let r = write(store, img, name, format, std::io::BufWriter::new(file));
-    match r {
-        Ok(()) => std::fs::rename(&tmp, to).map_err(|e| err(format!("'{}': {e}", to.display()))),
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
+    if to.as_os_str() == "-" || to == Path::new("/dev/stdout") {
+        let out = std::io::stdout().lock();
+        return write(store, img, name, format, std::io::BufWriter::new(out));
+    }
+    let say = |e: &dyn std::fmt::Display| err(format!("'{}': {e}", to.display()));
+    let target = resolve(to).map_err(|e| say(&e))?;
+    match std::fs::metadata(&target) {
+        Ok(md) if md.is_dir() => Err(err(format!(
+            "'{}' is a directory: give the archive's file name (-o {}/image.tar)",
+            to.display(),
+            to.display().to_string().trim_end_matches('/')
+        ))),
+        Ok(md) if !md.is_file() => {
+            // A device, a fifo, a socket: written to as it is, never replaced.
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&target)
+                .map_err(|e| say(&e))?;
+            write(store, img, name, format, std::io::BufWriter::new(f))
+        }
+        Ok(_) => write_replacing(store, img, name, format, &target).map_err(|e| say(&e.0)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            write_replacing(store, img, name, format, &target).map_err(|e| say(&e.0))
+        }
+        Err(e) => Err(say(&e)),
+    }
+}
+
+/// What `to` names once its symlinks are followed (a dangling link: the path it points to,
+/// which the save then makes). A path ending in `/` must be a directory.
+fn resolve(to: &Path) -> std::io::Result<std::path::PathBuf> {
+    let mut p = to.to_path_buf();
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&p) {
+            Ok(md) if md.file_type().is_symlink() => {
+                let t = std::fs::read_link(&p)?;
+                p = match p.parent() {
+                    Some(dir) => dir.join(t),
+                    None => t,
+                };
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && to.to_string_lossy().ends_with('/') => {
+                return Err(e);
+            }
+            _ => return Ok(p),
         }
     }
+    Err(std::io::Error::from_raw_os_error(libc::ELOOP))
+}
+
+/// Writes the archive beside `target` and renames it over `target` once complete (and on
+/// disk): a failure leaves `target` as it was, and no temporary.
+fn write_replacing(
+    store: &Store,
+    img: &Image,
+    name: Option<&str>,
+    format: Format,
+    target: &Path,
+) -> Result<()> {
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let file_name = target
+        .file_name()
+        .ok_or_else(|| err("not a file name"))?
+        .to_string_lossy()
+        .into_owned();
+    let tmp = dir.join(format!(".{file_name}.partial-{}", super::random_hex(4)));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(err)?;
+    let r = (|| {
+        let mut w = std::io::BufWriter::new(&file);
+        write(store, img, name, format, &mut w)?;
+        w.flush().map_err(err)?;
+        drop(w);
+        file.sync_all().map_err(err)?;
+        std::fs::rename(&tmp, target).map_err(err)
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
 }
 
 fn write<W: Write>(

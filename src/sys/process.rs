@@ -204,6 +204,48 @@ pub fn set_process_name(name: &CStr) {
     unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
 }
 
+/// Replaces what `/proc/self/cmdline` shows with `title`, and empties what
+/// `/proc/self/environ` shows: a process forked from a command must not show that command's
+/// arguments and environment to whoever can read its `/proc` entry (a container's init, the
+/// runner's `-e SECRET=…`). The strings' memory is rewritten in place through
+/// `/proc/self/mem` (no privilege needed), as `setproctitle` does; the last byte of the
+/// argument area is made non-zero, which tells the kernel to show the title up to its NUL.
+/// Whatever read the arguments or the environment must have done so before.
+pub fn set_command_line(title: &[u8]) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let stat = std::fs::read("/proc/self/stat")?;
+    let after = stat
+        .iter()
+        .rposition(|&b| b == b')')
+        .map(|i| &stat[i + 2..])
+        .ok_or(Errno(libc::EINVAL))?;
+    let fields: Vec<u64> = String::from_utf8_lossy(after)
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // Fields 48 to 51 of stat(5) (counted from 1; `after` starts at field 3).
+    let at = |n: usize| fields.get(n - 3).copied().ok_or(Errno(libc::EINVAL));
+    let (arg_start, arg_end, env_start, env_end) = (at(48)?, at(49)?, at(50)?, at(51)?);
+    if arg_end <= arg_start || env_end < env_start {
+        return Err(Errno(libc::EINVAL));
+    }
+    let mem = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/proc/self/mem")
+        ?;
+    let len = (arg_end - arg_start) as usize;
+    let mut area = vec![0u8; len];
+    let n = title.len().min(len.saturating_sub(2));
+    area[..n].copy_from_slice(&title[..n]);
+    if len > n + 1 {
+        area[len - 1] = b' ';
+    }
+    mem.write_all_at(&area, arg_start)
+        ?;
+    let env = vec![0u8; (env_end - env_start) as usize];
+    Ok(mem.write_all_at(&env, env_start)?)
+}
+
 /// A set of signals.
 #[derive(Clone, Copy)]
 pub struct SigSet(libc::sigset_t);
