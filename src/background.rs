@@ -4,20 +4,17 @@
 //! runner, whose pid it holds) and the init's pid the runner writes beside it.
 
 use std::ffi::OsString;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::containers;
+use crate::logs;
 use crate::error::{Result, UserError, bail};
 use crate::run::{self, RunRequest};
 use crate::store::{Container, Store};
 use crate::sys;
-
-/// A log grows to this size, then becomes `log.1` (the one before is dropped).
-const LOG_LIMIT: u64 = 8 << 20;
 
 fn log_path(store: &Store, c: &Container) -> PathBuf {
     store.container_dir(&c.id).join("log")
@@ -59,6 +56,7 @@ pub fn start_detached(
     }
     .map_err(|e| UserError(format!("the container's stdin: {e}")))?;
     let (out_rd, out_wr) = sys::pipe().map_err(|e| UserError(format!("pipe: {e}")))?;
+    let (err_rd, err_wr) = sys::pipe().map_err(|e| UserError(format!("pipe: {e}")))?;
     // Closes when the monitor ends, whatever ends it.
     let (alive_rd, alive_wr) = sys::pipe().map_err(|e| UserError(format!("pipe: {e}")))?;
     let log = log_path(store, c);
@@ -75,28 +73,35 @@ pub fn start_detached(
             // The logger: what the container writes, into the bounded log.
             match sys::fork() {
                 Ok(sys::Forked::Child) => {
-                    drop((out_wr, alive_wr));
+                    drop((out_wr, err_wr, alive_wr));
                     // Not the caller's streams: who waits for their end must not wait for
                     // the container's.
                     crate::daemon::redirect_stdio_to_null();
-                    keep_log(out_rd, &log);
+                    logs::keep(&log, out_rd, err_rd, None);
                     sys::exit_now(0);
                 }
                 Ok(sys::Forked::Parent(_)) => {}
                 Err(_) => sys::exit_now(run::RUNNER_FAILED as i32),
             }
-            drop(out_rd);
+            drop((out_rd, err_rd));
             let redirect = sys::dup_onto(stdin.as_fd(), 0)
                 .and_then(|()| sys::dup_onto(out_wr.as_fd(), 1))
-                .and_then(|()| sys::dup_onto(out_wr.as_fd(), 2));
+                .and_then(|()| sys::dup_onto(err_wr.as_fd(), 2));
             if redirect.is_err() {
                 sys::exit_now(run::RUNNER_FAILED as i32);
             }
-            drop((stdin, out_wr));
+            drop((stdin, out_wr, err_wr));
+            // A terminal inside is recorded, for attach (raw mode only then).
+            let tty = store.container_dir(&c.id).join("tty");
+            let _ = if req.tty == Some(true) {
+                std::fs::write(&tty, "")
+            } else {
+                std::fs::remove_file(&tty)
+            };
             let r = if remove_after {
                 containers::run_once(store, c, req)
             } else {
-                containers::start(store, c, req)
+                containers::start_logged(store, c, req)
             };
             let code = match r {
                 Ok(code) => code,
@@ -109,7 +114,7 @@ pub fn start_detached(
             sys::exit_now(code);
         }
         sys::Forked::Parent(first) => {
-            drop((stdin, out_wr, out_rd, alive_wr));
+            drop((stdin, out_wr, out_rd, err_wr, err_rd, alive_wr));
             sys::wait_status(first);
             // Until the container runs, or the monitor gave up.
             let end = Instant::now() + Duration::from_secs(30);
@@ -118,50 +123,17 @@ pub fn start_detached(
                     return Ok(());
                 }
                 if sys::poll_ready(alive_rd.as_fd()) {
-                    let tail = std::fs::read_to_string(&log).unwrap_or_default();
-                    let last = tail
-                        .lines()
+                    let records = logs::Follower::from_start(&log).next_records();
+                    let last = records
                         .last()
-                        .unwrap_or("it ended at once")
-                        .to_string();
+                        .map(|r| String::from_utf8_lossy(&r.data).into_owned())
+                        .unwrap_or_else(|| "it ended at once".into());
                     bail!("container '{}' did not start: {last}", c.name);
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
             bail!("container '{}' did not start within 30 s", c.name)
         }
-    }
-}
-
-/// The logger's loop: copies `from` into `log` until every writer is gone; past
-/// [`LOG_LIMIT`], the log is rotated.
-fn keep_log(from: OwnedFd, log: &Path) {
-    let open = |p: &Path| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-    };
-    let Ok(mut out) = open(log) else { return };
-    let mut size = out.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match sys::read(from.as_raw_fd(), &mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        if size + n as u64 > LOG_LIMIT {
-            let _ = std::fs::rename(log, log.with_extension("1"));
-            match open(log) {
-                Ok(f) => out = f,
-                Err(_) => return,
-            }
-            size = 0;
-        }
-        if out.write_all(&buf[..n]).is_err() {
-            return;
-        }
-        size += n as u64;
     }
 }
 
@@ -250,46 +222,25 @@ pub fn parse_signal(s: &str) -> Result<i32> {
     Ok(n)
 }
 
-/// `logs [-f]`: what the container wrote (the rotated part first); with `follow`, what it
-/// writes next, until it ends.
-pub fn logs(store: &Store, c: &Container, follow: bool, out: &mut impl Write) -> Result<()> {
+/// `logs [-f]`: what the container wrote, each stream to its own (the rotated part first);
+/// with `follow`, what it writes next, until it ends.
+pub fn logs(
+    store: &Store,
+    c: &Container,
+    follow: bool,
+    out: &mut impl Write,
+    err: &mut impl Write,
+) -> Result<()> {
     let log = log_path(store, c);
-    if let Ok(old) = std::fs::read(log.with_extension("1")) {
-        let _ = out.write_all(&old);
-    }
-    let mut pos = 0;
-    let mut ino = 0;
+    logs::write_records(&logs::Follower::rotated(&log), out, err);
+    let mut f = logs::Follower::from_start(&log);
     loop {
         let running = store.is_running(c);
-        copy_new(&log, &mut pos, &mut ino, out);
+        logs::write_records(&f.next_records(), out, err);
         if !follow || !running {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Writes what `log` gained since `pos` (from the start of a new file after a rotation).
-fn copy_new(log: &Path, pos: &mut u64, ino: &mut u64, out: &mut impl Write) {
-    let Ok(mut f) = std::fs::File::open(log) else {
-        return;
-    };
-    let md = match f.metadata() {
-        Ok(m) => m,
-        Err(_) => return,
-    };
-    if md.ino() != *ino || md.len() < *pos {
-        *ino = md.ino();
-        *pos = 0;
-    }
-    if f.seek(SeekFrom::Start(*pos)).is_err() {
-        return;
-    }
-    let mut buf = Vec::new();
-    if f.read_to_end(&mut buf).is_ok() && !buf.is_empty() {
-        *pos += buf.len() as u64;
-        let _ = out.write_all(&buf);
-        let _ = out.flush();
     }
 }
 
@@ -298,21 +249,23 @@ fn copy_new(log: &Path, pos: &mut u64, ino: &mut u64, out: &mut impl Write) {
 pub fn attach(store: &Store, c: &Container) -> Result<i32> {
     running(store, c)?;
     let log = log_path(store, c);
-    let mut ino = std::fs::metadata(&log).map(|m| m.ino()).unwrap_or(0);
-    let mut pos = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    let mut follow = logs::Follower::from_end(&log);
     let fifo = std::fs::OpenOptions::new()
         .write(true)
         .open(stdin_fifo(store, c))
         .ok();
-    let raw = (fifo.is_some() && sys::is_foreground_terminal(0))
+    // Raw mode only when the container has a terminal of its own, which echoes and
+    // edits lines itself; otherwise the caller's terminal does, and `read` gets lines.
+    let has_tty = store.container_dir(&c.id).join("tty").exists();
+    let raw = (fifo.is_some() && has_tty && sys::is_foreground_terminal(0))
         .then(|| sys::RawMode::enter(0).ok())
         .flatten();
-    let mut stdout = std::io::stdout();
+    let (mut stdout, mut stderr) = (std::io::stdout(), std::io::stderr());
     let mut stdin_open = fifo.is_some();
     let mut last = 0u8;
     let mut buf = [0u8; 4096];
     while store.is_running(c) {
-        copy_new(&log, &mut pos, &mut ino, &mut stdout);
+        logs::write_records(&follow.next_records(), &mut stdout, &mut stderr);
         let fds = if stdin_open {
             vec![(0, libc::POLLIN)]
         } else {
@@ -347,12 +300,12 @@ pub fn attach(store: &Store, c: &Container) -> Result<i32> {
             }
         }
     }
-    copy_new(&log, &mut pos, &mut ino, &mut stdout);
+    logs::write_records(&follow.next_records(), &mut stdout, &mut stderr);
     drop(raw);
     let rec = store.find_container(&c.id)?;
     Ok(match rec.state {
         crate::store::State::Exited(n) => n,
-        crate::store::State::Created => 0,
+        crate::store::State::Created | crate::store::State::Running => 0,
     })
 }
 
@@ -423,7 +376,7 @@ pub fn top(store: &Store, c: &Container) -> Result<String> {
         };
         let inner = field("NSpid:").last().copied().unwrap_or("?").to_string();
         let uid = field("Uid:").first().copied().unwrap_or("?").to_string();
-        // The init is a fork of the runner, whose command line it still shows.
+        // The init's own name (its command line is the same).
         let cmd = if pid == init {
             b"unionfuse-init".to_vec()
         } else {

@@ -23,6 +23,8 @@ pub mod error;
 #[forbid(unsafe_code)]
 pub mod fuse;
 #[forbid(unsafe_code)]
+pub mod logs;
+#[forbid(unsafe_code)]
 pub mod request;
 #[forbid(unsafe_code)]
 pub mod run;

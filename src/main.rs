@@ -268,7 +268,9 @@ enum Cmd {
         signal: String,
         container: String,
     },
-    /// What a background container wrote (-f: and what it writes next, until it ends).
+    /// What a container wrote, in every run of it (foreground or background): its standard
+    /// output to standard output and its standard error to standard error (-f: and what
+    /// it writes next, until it ends).
     Logs {
         #[arg(short, long)]
         follow: bool,
@@ -554,7 +556,13 @@ fn store_command(root: Option<PathBuf>, cmd: Cmd) -> Result<(), UserError> {
         }
         Cmd::Logs { follow, container } => {
             let c = store.find_container(&container)?;
-            background::logs(&store, &c, follow, &mut std::io::stdout().lock())?;
+            background::logs(
+                &store,
+                &c,
+                follow,
+                &mut std::io::stdout().lock(),
+                &mut std::io::stderr().lock(),
+            )?;
             String::new()
         }
         Cmd::Top { container } => background::top(&store, &store.find_container(&container)?)?,

@@ -152,6 +152,14 @@ pub fn enter_user_namespace(quiet: bool) -> Result<bool> {
 /// Runs `f` as root of a user namespace with the caller's range mapped (in a child process;
 /// its error comes back as the message), or at once when the caller is root already.
 pub fn in_user_namespace(f: impl FnOnce() -> Result<()>) -> Result<()> {
+    in_user_namespace_with(f)
+}
+
+/// [`in_user_namespace`] for work with a result, which comes back as JSON through a pipe.
+pub fn in_user_namespace_with<T>(f: impl FnOnce() -> Result<T>) -> Result<T>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+{
     if sys::geteuid() == 0 {
         return f();
     }
@@ -161,23 +169,25 @@ pub fn in_user_namespace(f: impl FnOnce() -> Result<()>) -> Result<()> {
         Ok(sys::Forked::Child) => {
             drop(rd);
             let r = enter_user_namespace(true).and_then(|_| f());
-            let code = match r {
-                Ok(()) => 0,
-                Err(e) => {
-                    let _ = std::fs::File::from(wr).write_all(e.0.as_bytes());
-                    1
-                }
+            let msg = match &r {
+                Ok(v) => serde_json::to_vec(&Ok::<&T, &str>(v)),
+                Err(e) => serde_json::to_vec(&Err::<&T, &str>(&e.0)),
             };
-            sys::exit_now(code);
+            let ok = match msg {
+                Ok(m) => std::fs::File::from(wr).write_all(&m).is_ok(),
+                Err(_) => false,
+            };
+            sys::exit_now(if ok { 0 } else { 1 });
         }
         Ok(sys::Forked::Parent(pid)) => {
             drop(wr);
-            let mut msg = String::new();
-            let _ = std::fs::File::from(rd).read_to_string(&mut msg);
-            match sys::wait_status(pid) {
-                0 => Ok(()),
-                _ if !msg.is_empty() => Err(UserError(msg)),
-                n => bail!("the user namespace's worker ended with status {n}"),
+            let mut msg = Vec::new();
+            let _ = std::fs::File::from(rd).read_to_end(&mut msg);
+            let status = sys::wait_status(pid);
+            match serde_json::from_slice::<std::result::Result<T, String>>(&msg) {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => Err(UserError(e)),
+                Err(_) => bail!("the user namespace's worker ended with status {status}"),
             }
         }
     }

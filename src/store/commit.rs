@@ -16,7 +16,7 @@ use crate::sys;
 use crate::union::{Union, UnionConfig, whiteout};
 
 /// One change of a container, as `docker diff` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct Change {
     pub path: String,
     /// `A`dded, `C`hanged or `D`eleted.
@@ -65,6 +65,23 @@ impl Below {
         }
         found
     }
+}
+
+/// Puts the path an error happened at in front of it.
+fn at<E: std::fmt::Display>(path: impl std::fmt::Display) -> impl FnOnce(E) -> UserError {
+    move |e| UserError(format!("'{path}': {e}"))
+}
+
+fn show_dir(path: &[OsString]) -> String {
+    if path.is_empty() {
+        "/".into()
+    } else {
+        show(path)
+    }
+}
+
+fn show_in(path: &[OsString], name: &OsStr) -> String {
+    format!("{}/{}", show(path), name.to_string_lossy())
 }
 
 fn show(path: &[OsString]) -> String {
@@ -129,9 +146,19 @@ fn subdir(dir: &OwnedFd, name: &OsStr) -> Result<OwnedFd> {
 }
 
 /// `unionfuse diff`: the container's changes, sorted by path.
+///
+/// Rootless, the upper is read as root of the container's user namespace: files and
+/// directories of the container's users (a `0700` home) are readable there, as in the
+/// container.
 pub fn diff(store: &Store, c: &Container, img: &Image) -> Result<Vec<Change>> {
-    let below = Below::new(store.lowers(img))?;
-    let upper = sys::open_dir_path(&store.container_dir(&c.id).join("upper")).map_err(err)?;
+    let lowers = store.lowers(img);
+    let upper = store.container_dir(&c.id).join("upper");
+    crate::userns::in_user_namespace_with(move || diff_of(&upper, lowers))
+}
+
+fn diff_of(upper: &Path, lowers: Vec<PathBuf>) -> Result<Vec<Change>> {
+    let below = Below::new(lowers)?;
+    let upper = sys::open_dir_path(upper).map_err(at(upper.display()))?;
     let mut out = Vec::new();
     fn walk(
         below: &Below,
@@ -139,11 +166,12 @@ pub fn diff(store: &Store, c: &Container, img: &Image) -> Result<Vec<Change>> {
         path: &mut Vec<OsString>,
         out: &mut Vec<Change>,
     ) -> Result<()> {
-        for name in sorted_names(dir)? {
+        for name in sorted_names(dir).map_err(at(show_dir(path)))? {
             if path.is_empty() && crate::union::is_work_name(&name) {
                 continue;
             }
-            match classify(dir, &name)? {
+            let kind = classify(dir, &name).map_err(at(show_in(path, &name)));
+            match kind? {
                 Kind::Marker => {}
                 Kind::Whiteout(t) => {
                     path.push(t);
@@ -166,7 +194,8 @@ pub fn diff(store: &Store, c: &Container, img: &Image) -> Result<Vec<Change>> {
                         kind,
                     });
                     if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-                        walk(below, &subdir(dir, &name)?, path, out)?;
+                        let sub = subdir(dir, &name).map_err(at(show(path)))?;
+                        walk(below, &sub, path, out)?;
                     }
                     path.pop();
                 }
@@ -290,7 +319,7 @@ impl<W: Write> LayerWriter<'_, W> {
         let x = xattrs_at(dir, Some(&c));
         match st.st_mode & libc::S_IFMT {
             libc::S_IFDIR => {
-                let sub = subdir(dir, name)?;
+                let sub = subdir(dir, name).map_err(at(Path::new("/").join(path).display()))?;
                 let m = whiteout::dir_markers(sub.as_fd()).map_err(err)?;
                 let x = xattrs_at(&sub, None);
                 self.append(
@@ -319,7 +348,8 @@ impl<W: Write> LayerWriter<'_, W> {
                     }
                     self.links.insert(key, path.to_path_buf());
                 }
-                let fd = sys::openat(dir.as_fd(), &c, libc::O_RDONLY, 0).map_err(err)?;
+                let fd = sys::openat(dir.as_fd(), &c, libc::O_RDONLY, 0)
+                    .map_err(|e| err(format!("'/{}': {e}", path.display())))?;
                 let mut h = header_for(st, tar::EntryType::Regular);
                 h.set_size(st.st_size as u64);
                 self.append(path, h, x, &mut std::fs::File::from(fd))
@@ -354,11 +384,12 @@ impl<W: Write> LayerWriter<'_, W> {
 
     /// The entries of an upper directory.
     fn upper_dir(&mut self, dir: &OwnedFd, path: &Path) -> Result<()> {
-        for name in sorted_names(dir)? {
+        for name in sorted_names(dir).map_err(at(Path::new("/").join(path).display()))? {
             if path.as_os_str().is_empty() && crate::union::is_work_name(&name) {
                 continue;
             }
-            match classify(dir, &name)? {
+            let kind = classify(dir, &name).map_err(at(Path::new("/").join(path).join(&name).display()));
+            match kind? {
                 Kind::Marker => {}
                 Kind::Whiteout(t) => self.whiteout(path, &t)?,
                 Kind::Entry(st) => {
@@ -454,44 +485,13 @@ pub fn commit(
 ) -> Result<Image> {
     let name = super::normalize_name(name)?;
     let upper_path = store.container_dir(&c.id).join("upper");
-    let upper = sys::open_dir_path(&upper_path).map_err(err)?;
-    let below = Below::new(store.lowers(img))?;
-    let mut lowers = vec![upper_path.clone()];
-    lowers.extend(store.lowers(img));
-    let view = Union::new(&UnionConfig {
-        lowers,
-        read_only: true,
-        ..Default::default()
-    })
-    .map_err(|e| err(format!("the container's view: {e}")))?;
-
+    let lowers = store.lowers(img);
     let t = store.temp()?;
-    let tar_path = t.path.join("layer.tar");
-    let file = std::fs::File::create(&tar_path).map_err(err)?;
-    let mut w = LayerWriter {
-        tar: tar::Builder::new(HashingWriter::new(std::io::BufWriter::new(file))),
-        view: &view,
-        below: &below,
-        links: Default::default(),
-    };
-    w.tar.mode(tar::HeaderMode::Complete);
-    w.upper_dir(&upper, Path::new(""))?;
-    let hw = w.tar.into_inner().map_err(err)?;
-    let (diff_id, buf) = hw.digest();
-    buf.into_inner()
-        .map_err(|e| err(e.error()))?
-        .sync_all()
-        .map_err(err)?;
-
-    // The blob: the tar, gzip-compressed.
-    let gz_path = t.path.join("layer.tar.gz");
-    let mut gz = flate2::write::GzEncoder::new(
-        HashingWriter::new(std::fs::File::create(&gz_path).map_err(err)?),
-        flate2::Compression::fast(),
-    );
-    std::io::copy(&mut std::fs::File::open(&tar_path).map_err(err)?, &mut gz).map_err(err)?;
-    let (blob, file) = gz.finish().map_err(err)?.digest();
-    file.sync_all().map_err(err)?;
+    let dir = t.path.clone();
+    // Rootless, as root of the container's user namespace: every file of the container's
+    // users is readable there, and owners are written as the container sees them.
+    let (diff_id, blob, gz_path) =
+        crate::userns::in_user_namespace_with(move || write_layer(&upper_path, lowers, &dir))?;
     let size = std::fs::metadata(&gz_path).map_err(err)?.len();
     let mut st = super::load::Staged::new(store)?;
     st.blob_made(gz_path, &blob);
@@ -532,4 +532,51 @@ pub fn commit(
     };
     let _l = store.lock()?;
     store.add_image(new, &[name.to_string()])
+}
+
+/// Writes the layer of the upper at `upper_path` over `lowers` into `dir`: `layer.tar`, and
+/// the blob `layer.tar.gz`. Returns the DiffID, the blob's digest and path.
+fn write_layer(
+    upper_path: &Path,
+    lowers: Vec<PathBuf>,
+    dir: &Path,
+) -> Result<(Digest, Digest, PathBuf)> {
+    let upper = sys::open_dir_path(upper_path).map_err(at(upper_path.display()))?;
+    let below = Below::new(lowers.clone())?;
+    let mut all = vec![upper_path.to_path_buf()];
+    all.extend(lowers);
+    let view = Union::new(&UnionConfig {
+        lowers: all,
+        read_only: true,
+        ..Default::default()
+    })
+    .map_err(|e| err(format!("the container's view: {e}")))?;
+
+    let tar_path = dir.join("layer.tar");
+    let file = std::fs::File::create(&tar_path).map_err(err)?;
+    let mut w = LayerWriter {
+        tar: tar::Builder::new(HashingWriter::new(std::io::BufWriter::new(file))),
+        view: &view,
+        below: &below,
+        links: Default::default(),
+    };
+    w.tar.mode(tar::HeaderMode::Complete);
+    w.upper_dir(&upper, Path::new(""))?;
+    let hw = w.tar.into_inner().map_err(err)?;
+    let (diff_id, buf) = hw.digest();
+    buf.into_inner()
+        .map_err(|e| err(e.error()))?
+        .sync_all()
+        .map_err(err)?;
+
+    // The blob: the tar, gzip-compressed.
+    let gz_path = dir.join("layer.tar.gz");
+    let mut gz = flate2::write::GzEncoder::new(
+        HashingWriter::new(std::fs::File::create(&gz_path).map_err(err)?),
+        flate2::Compression::fast(),
+    );
+    std::io::copy(&mut std::fs::File::open(&tar_path).map_err(err)?, &mut gz).map_err(err)?;
+    let (blob, file) = gz.finish().map_err(err)?.digest();
+    file.sync_all().map_err(err)?;
+    Ok((diff_id, blob, gz_path))
 }

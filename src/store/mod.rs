@@ -134,6 +134,9 @@ pub struct Image {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub enum State {
     Created,
+    /// Started, and not yet known to have ended (a run whose runner was killed says so
+    /// here until the next look at the record finds its lock free).
+    Running,
     /// Ran and ended with this status.
     Exited(i32),
 }
@@ -435,11 +438,30 @@ impl Store {
         {
             let p = e.path().join("config.json");
             if p.exists() {
-                out.push(read_json(&p)?);
+                out.push(self.settled(read_json(&p)?));
             }
         }
         out.sort_by_key(|c: &Container| std::cmp::Reverse(c.created));
         Ok(out)
+    }
+
+    /// `c` as it is: a record that says running while no runner holds the container's
+    /// lock belongs to a run whose runner was killed (`kill -9`) before it could record
+    /// the end; it ended with SIGKILL's status, 137, which is recorded now.
+    fn settled(&self, c: Container) -> Container {
+        if c.state != State::Running || self.is_running(&c) {
+            return c;
+        }
+        // Read again: a runner that just recorded its end and let go of the lock wins.
+        let p = self.container_dir(&c.id).join("config.json");
+        let Ok(mut now) = read_json::<Container>(&p) else {
+            return c;
+        };
+        if now.state == State::Running {
+            now.state = State::Exited(137);
+            let _ = self.put_container(&now);
+        }
+        now
     }
 
     /// A container's record: not synced (its state changes at every start and exit; a

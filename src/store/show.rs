@@ -162,6 +162,7 @@ pub fn status(c: &Container, running: bool) -> String {
     }
     match c.state {
         State::Created => "created".into(),
+        State::Running => "running".into(),
         State::Exited(n) => format!("exited ({n})"),
     }
 }
