@@ -262,6 +262,9 @@ fn serve(c: Checked, ready: Option<OwnedFd>) -> Result<()> {
         }
         Err(e) => return fail(ready, format!("cannot open the layers: {e}")),
     };
+    // The upper's lock outlives the union: it goes with this process, once it is done with
+    // the upper (a new mount of it waits for that, see `union::lock_upper`).
+    let _upper_held = union.upper_lock();
     let cfg = fuse_config(&c);
     let (fs, invalidator) = UnionFs::new(union);
     if let Err(e) = crate::fuse::trim_heap_when_forgotten(&fs) {
@@ -319,6 +322,13 @@ fn serve(c: Checked, ready: Option<OwnedFd>) -> Result<()> {
         && let Err(e) = std::fs::remove_dir_all(dir)
     {
         log::error!("cannot remove {}: {e}", dir.display());
+    }
+    // For tests: a daemon slow to finish after its mount is gone (a loaded machine).
+    if let Some(ms) = std::env::var("UNIONFUSE_TEST_EXIT_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        std::thread::sleep(Duration::from_millis(ms));
     }
     r.map_err(|e| UserError(format!("session ended: {e}")))
 }

@@ -436,6 +436,13 @@ fn apply_options(options: &[String]) -> Result<MountRequest, UserError> {
 /// The image and container commands.
 fn store_command(root: Option<PathBuf>, cmd: Cmd) -> Result<(), UserError> {
     let store = Store::open(root)?;
+    let out = store_output(&store, cmd).map_err(|e| store.when_full(e))?;
+    print!("{out}");
+    Ok(())
+}
+
+fn store_output(store: &Store, cmd: Cmd) -> Result<String, UserError> {
+    let store = store;
     let out = match cmd {
         Cmd::Load { input } => containers::load_images(&store, &input)?,
         Cmd::Login {
@@ -617,8 +624,7 @@ fn store_command(root: Option<PathBuf>, cmd: Cmd) -> Result<(), UserError> {
             unreachable!("not a store command")
         }
     };
-    print!("{out}");
-    Ok(())
+    Ok(out)
 }
 
 fn run(cli: Cli) -> Result<(), UserError> {

@@ -567,9 +567,17 @@ pub fn import(store: &Store, tarball: &Path, name: &str, rep: &Report) -> Result
     let name = super::normalize_name(name)?;
     let mut st = Staged::new(store)?;
     let (blob, size) = st.blob_file(tarball, None)?;
-    // The DiffID: the uncompressed stream's digest.
+    // The DiffID: the uncompressed stream's digest; its entries are looked at on the way.
     let f = std::fs::File::open(st.blob(&blob)).map_err(|e| UserError(e.to_string()))?;
-    let (diff_id, _) = Hashing::new(decompress(f)?)
+    let mut h = Hashing::new(decompress(f)?);
+    if let Some(kind) = image_archive_kind(&mut h) {
+        bail!(
+            "'{}' is an image archive ({kind}), not a root filesystem: load it with unionfuse load -i {}",
+            tarball.display(),
+            tarball.display()
+        );
+    }
+    let (diff_id, _) = h
         .finish()
         .map_err(|e| UserError(format!("'{}': {e}", tarball.display())))?;
     if !st.layer(&blob, &diff_id, rep)? {
@@ -605,6 +613,25 @@ pub fn import(store: &Store, tarball: &Path, name: &str, rep: &Report) -> Result
     };
     let _l = store.lock()?;
     store.add_image(img, &[name])
+}
+
+/// What kind of image archive the tar `r` is (`docker save`'s `manifest.json`, an OCI
+/// layout's `oci-layout` at its root), if it is one. Reads the entries' headers only.
+fn image_archive_kind(r: &mut impl Read) -> Option<&'static str> {
+    let mut a = tar::Archive::new(r);
+    let entries = a.entries().ok()?;
+    for e in entries {
+        let Ok(e) = e else { return None };
+        let Ok(p) = e.path() else { continue };
+        let p = p.strip_prefix("./").unwrap_or(&p).to_path_buf();
+        if p == Path::new("manifest.json") {
+            return Some("docker save");
+        }
+        if p == Path::new("oci-layout") {
+            return Some("an OCI image layout");
+        }
+    }
+    None
 }
 
 /// An RFC 3339 time, UTC.

@@ -445,6 +445,22 @@ impl Store {
         Ok(out)
     }
 
+    /// A failure of a command that writes into the store, said as what it is when the
+    /// store's filesystem is full (rather than blaming the archive or layer being read).
+    pub fn when_full(&self, e: UserError) -> UserError {
+        let full = ["No space left on device", "Disk quota exceeded"]
+            .into_iter()
+            .find(|m| e.0.contains(m));
+        match full {
+            Some(m) => UserError(format!(
+                "the store at '{}' is full ({m}): free space there (unionfuse rmi, prune) or use another store (--root); nothing was kept ({})",
+                self.root.display(),
+                e.0
+            )),
+            None => e,
+        }
+    }
+
     /// `c` as it is: a record that says running while no runner holds the container's
     /// lock belongs to a run whose runner was killed (`kill -9`) before it could record
     /// the end; it ended with SIGKILL's status, 137, which is recorded now.

@@ -173,6 +173,30 @@ pub fn flock(fd: BorrowedFd<'_>, op: i32) -> Result<()> {
     }
 }
 
+/// An open-file-description lock (`F_OFD_SETLK`) of kind `kind` (`F_RDLCK`, `F_UNLCK`) on
+/// byte 0 of `fd`: independent of `flock`, released with the last fd of the description.
+pub fn ofd_lock(fd: BorrowedFd<'_>, kind: i32) -> Result<()> {
+    // SAFETY: plain C data, for which all zeroes is a valid value.
+    let mut l: libc::flock = unsafe { std::mem::zeroed() };
+    l.l_type = kind as i16;
+    l.l_whence = libc::SEEK_SET as i16;
+    l.l_len = 1;
+    // SAFETY: fds are borrowed for the call, names are NUL-terminated and buffers go with their lengths (the module's contract).
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLK, &mut l) }).map(drop)
+}
+
+/// Whether another open file description holds an [`ofd_lock`] on byte 0 of `fd`'s file.
+pub fn ofd_locked_elsewhere(fd: BorrowedFd<'_>) -> Result<bool> {
+    // SAFETY: plain C data, for which all zeroes is a valid value.
+    let mut l: libc::flock = unsafe { std::mem::zeroed() };
+    l.l_type = libc::F_WRLCK as i16;
+    l.l_whence = libc::SEEK_SET as i16;
+    l.l_len = 1;
+    // SAFETY: fds are borrowed for the call, names are NUL-terminated and buffers go with their lengths (the module's contract).
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_GETLK, &mut l) })?;
+    Ok(l.l_type != libc::F_UNLCK as i16)
+}
+
 pub fn fstatvfs(fd: BorrowedFd<'_>) -> Result<libc::statvfs> {
     // SAFETY: plain C data, for which all zeroes is a valid value; the call below fills it in.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };

@@ -38,14 +38,18 @@ impl SetAttr {
     /// only as an empty change, sent when something is to drop.
     fn drops_privileges(&self) -> Option<Caller> {
         let by = self.by?;
-        let nothing = self.mode.is_none()
+        let empty = self.changes_nothing() && !self.ctime;
+        (empty || (self.size.is_some() && by.uid != 0)).then_some(by)
+    }
+
+    /// Nothing is asked but (at most) the change time: `chown(-1, -1)`, an empty change.
+    fn changes_nothing(&self) -> bool {
+        self.mode.is_none()
             && self.uid.is_none()
             && self.gid.is_none()
             && self.size.is_none()
             && self.atime.is_none()
             && self.mtime.is_none()
-            && !self.ctime;
-        (nothing || (self.size.is_some() && by.uid != 0)).then_some(by)
     }
 }
 use super::error::Result;
@@ -189,6 +193,11 @@ impl Union {
         let t = target.as_fd();
         if let Some(c) = a.drops_privileges() {
             self.drop_privileges(t, c)?;
+        }
+        if a.changes_nothing() {
+            // chown(-1, -1) and the like: nothing changes but the change time, as on the
+            // kernel's filesystems (a passthrough write's empty change moved it already).
+            sys::fchownat_empty(t, u32::MAX, u32::MAX)?;
         }
         if let Some(len) = size {
             if node.is_dir() {

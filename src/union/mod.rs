@@ -94,22 +94,39 @@ pub struct Union {
     /// Told the inode number of a node whose attributes copy-up changed (the adapter drops
     /// the kernel's cached attributes, which it may hold for long on lower nodes).
     changed: std::sync::OnceLock<ChangeHook>,
-    /// The upper's lock, held for the life of the union (and so of its daemon): one
+    /// The upper's locks, held for the life of the union (and so of its daemon): one
     /// writable mount of an upper at a time, any number of read-only ones.
-    _upper_lock: Option<std::fs::File>,
+    upper_lock: Option<UpperLock>,
 }
 
 pub type ChangeHook = Box<dyn Fn(u64) + Send + Sync>;
 
-/// How long a mount waits for the upper's lock: a daemon whose mount was just unmounted
-/// may still be closing (plain `umount` does not wait for it).
+/// How long a mount waits for a mount of the same upper that still serves to end: a
+/// daemon whose mount was just unmounted may not have noticed yet (plain `umount` does not
+/// wait for it).
 const UPPER_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Takes the upper's lock (`flock` on the directory: it goes with the process, even after
-/// a `kill -9`): exclusive for a writable mount, shared for a read-only one. EBUSY when
-/// another mount holds it.
-fn lock_upper(upper: &std::path::Path, read_only: bool) -> Result<std::fs::File> {
-    let f = std::fs::File::open(upper).map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EIO)))?;
+/// The upper's locks, held for the life of the union.
+struct UpperLock {
+    /// Says that a mount serves the upper (an OFD read lock on its byte 0, which any number
+    /// of mounts can hold): released first when the union ends.
+    _serving: std::fs::File,
+    /// `flock` on the directory: exclusive for a writable mount, shared for a read-only
+    /// one; released last (the daemon keeps a duplicate until it is done with the upper).
+    lock: std::fs::File,
+}
+
+/// Takes the upper's locks (they go with the process, even after a `kill -9`). A mount
+/// that still serves the upper makes this one EBUSY (after [`UPPER_LOCK_WAIT`], in case it
+/// is just ending); one that has stopped serving and is ending is waited for, as long as
+/// it takes.
+fn lock_upper(upper: &std::path::Path, read_only: bool) -> Result<UpperLock> {
+    let open = || {
+        std::fs::File::open(upper).map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EIO)))
+    };
+    let serving = open()?;
+    sys::ofd_lock(serving.as_fd(), libc::F_RDLCK)?;
+    let f = open()?;
     let op = if read_only {
         libc::LOCK_SH
     } else {
@@ -118,18 +135,33 @@ fn lock_upper(upper: &std::path::Path, read_only: bool) -> Result<std::fs::File>
     let end = std::time::Instant::now() + UPPER_LOCK_WAIT;
     loop {
         match sys::flock(f.as_fd(), op | libc::LOCK_NB) {
-            Ok(()) => return Ok(f),
+            Ok(()) => break,
             Err(Errno(libc::EWOULDBLOCK)) => {}
             Err(e) => return Err(e.into()),
+        }
+        if !sys::ofd_locked_elsewhere(serving.as_fd())? {
+            // Its holder no longer serves: it is ending. Wait for it, however long.
+            sys::flock(f.as_fd(), op)?;
+            break;
         }
         if std::time::Instant::now() > end {
             return Err(Errno(libc::EBUSY).into());
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+    Ok(UpperLock {
+        _serving: serving,
+        lock: f,
+    })
 }
 
 impl Union {
+    /// A duplicate of the upper's `flock`, which keeps it held after the union is gone:
+    /// the daemon lets go of the upper only once it is done with it.
+    pub fn upper_lock(&self) -> Option<std::fs::File> {
+        self.upper_lock.as_ref().and_then(|l| l.lock.try_clone().ok())
+    }
+
     pub fn new(cfg: &UnionConfig) -> Result<Union> {
         let mut layers = Vec::new();
         let upper_lock = match &cfg.upper {
@@ -159,7 +191,7 @@ impl Union {
             override_stat: cfg.override_stat,
             formats: whiteout::Formats::unprobed(cfg.oci_whiteouts),
             changed: std::sync::OnceLock::new(),
-            _upper_lock: upper_lock,
+            upper_lock,
             lower_roots: layers
                 .iter()
                 .filter(|l| !l.writable)
