@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::containers;
-use crate::logs;
 use crate::error::{Result, UserError, bail};
+use crate::logs;
 use crate::run::{self, RunRequest};
 use crate::store::{Container, Store};
 use crate::sys;

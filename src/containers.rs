@@ -184,8 +184,7 @@ fn teed<R>(log: &Path, f: impl FnOnce() -> R) -> Result<R> {
     };
     drop((out_rd, err_rd));
     let _ = std::io::stdout().flush();
-    let redirect =
-        sys::dup_onto(out_wr.as_fd(), 1).and_then(|()| sys::dup_onto(err_wr.as_fd(), 2));
+    let redirect = sys::dup_onto(out_wr.as_fd(), 1).and_then(|()| sys::dup_onto(err_wr.as_fd(), 2));
     drop((out_wr, err_wr));
     let r = redirect.map(|()| f());
     let _ = std::io::stdout().flush();
@@ -338,7 +337,11 @@ pub fn remove_image(store: &Store, what: &str, force: bool) -> Result<String> {
         .join("images")
         .join(format!("{}.json", img.id.hex()));
     std::fs::remove_file(&p).map_err(|e| UserError(format!("{}: {e}", p.display())))?;
-    let mut out: String = img.names.iter().map(|n| format!("untagged {n}\n")).collect();
+    let mut out: String = img
+        .names
+        .iter()
+        .map(|n| format!("untagged {n}\n"))
+        .collect();
     out.push_str(&format!("deleted {}", img.id));
     Ok(out)
 }

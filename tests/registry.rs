@@ -860,3 +860,37 @@ fn images_a_registry_serves_wrong_are_refused() {
     drop(reg);
     assert_eq!(w.contents("b"), empty);
 }
+
+/// A reference by digest (`repo@sha256:…`, as the README shows) pulls, runs, inspects and
+/// removes like a tag (#28).
+#[test]
+fn pull_by_digest_names_the_image_by_it() {
+    let Some(w) = World::new() else { return };
+    let reg = Registry::start(w.dir.path());
+    let r = &reg.addr;
+    w.images("a");
+    let pushed = w.ok("a", &["push", "app:1", &format!("{r}/app:1")]);
+    let digest = pushed
+        .split('@')
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let by_digest = format!("{r}/app@{digest}");
+    w.ok("b", &["pull", &by_digest]);
+    let images = w.ok("b", &["images"]);
+    assert!(images.contains(&by_digest), "{images}");
+    assert!(!images.contains("<none>"), "{images}");
+    assert_eq!(
+        w.ok("b", &["run", "--rm", &by_digest, "cat", "/hello"]),
+        "hi\n"
+    );
+    assert_eq!(image_id(&w, "b", &by_digest), image_id(&w, "a", "app:1"));
+    // Pulled again: already there, the same single image.
+    w.ok("b", &["pull", &by_digest]);
+    assert_eq!(w.ok("b", &["images"]).lines().count(), 2);
+    assert!(w.ok("b", &["rmi", &by_digest]).contains("deleted"));
+    assert_eq!(w.ok("b", &["images"]).lines().count(), 1);
+}

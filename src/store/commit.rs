@@ -388,7 +388,8 @@ impl<W: Write> LayerWriter<'_, W> {
             if path.as_os_str().is_empty() && crate::union::is_work_name(&name) {
                 continue;
             }
-            let kind = classify(dir, &name).map_err(at(Path::new("/").join(path).join(&name).display()));
+            let kind =
+                classify(dir, &name).map_err(at(Path::new("/").join(path).join(&name).display()));
             match kind? {
                 Kind::Marker => {}
                 Kind::Whiteout(t) => self.whiteout(path, &t)?,

@@ -198,7 +198,8 @@ pub fn normalize_name(name: &str) -> Result<String> {
     if name.is_empty() || name.contains(char::is_whitespace) {
         return Err(bad("empty or with spaces"));
     }
-    let r = <oci_client::Reference as std::str::FromStr>::from_str(name).map_err(|e| bad(&e.to_string()))?;
+    let r = <oci_client::Reference as std::str::FromStr>::from_str(name)
+        .map_err(|e| bad(&e.to_string()))?;
     if let Some(d) = r.digest() {
         Digest::parse(d).map_err(|_| bad("the digest is not sha256:HEX"))?;
     }

@@ -123,7 +123,10 @@ fn resolve(to: &Path) -> std::io::Result<std::path::PathBuf> {
                     None => t,
                 };
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && to.to_string_lossy().ends_with('/') => {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && to.to_string_lossy().ends_with('/') =>
+            {
                 return Err(e);
             }
             _ => return Ok(p),

@@ -231,8 +231,7 @@ pub fn set_command_line(title: &[u8]) -> Result<()> {
     }
     let mem = std::fs::OpenOptions::new()
         .write(true)
-        .open("/proc/self/mem")
-        ?;
+        .open("/proc/self/mem")?;
     let len = (arg_end - arg_start) as usize;
     let mut area = vec![0u8; len];
     let n = title.len().min(len.saturating_sub(2));
@@ -240,8 +239,7 @@ pub fn set_command_line(title: &[u8]) -> Result<()> {
     if len > n + 1 {
         area[len - 1] = b' ';
     }
-    mem.write_all_at(&area, arg_start)
-        ?;
+    mem.write_all_at(&area, arg_start)?;
     let env = vec![0u8; (env_end - env_start) as usize];
     Ok(mem.write_all_at(&env, env_start)?)
 }

@@ -121,9 +121,8 @@ struct UpperLock {
 /// is just ending); one that has stopped serving and is ending is waited for, as long as
 /// it takes.
 fn lock_upper(upper: &std::path::Path, read_only: bool) -> Result<UpperLock> {
-    let open = || {
-        std::fs::File::open(upper).map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EIO)))
-    };
+    let open =
+        || std::fs::File::open(upper).map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EIO)));
     let serving = open()?;
     sys::ofd_lock(serving.as_fd(), libc::F_RDLCK)?;
     let f = open()?;
@@ -159,7 +158,9 @@ impl Union {
     /// A duplicate of the upper's `flock`, which keeps it held after the union is gone:
     /// the daemon lets go of the upper only once it is done with it.
     pub fn upper_lock(&self) -> Option<std::fs::File> {
-        self.upper_lock.as_ref().and_then(|l| l.lock.try_clone().ok())
+        self.upper_lock
+            .as_ref()
+            .and_then(|l| l.lock.try_clone().ok())
     }
 
     pub fn new(cfg: &UnionConfig) -> Result<Union> {
