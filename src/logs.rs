@@ -149,7 +149,7 @@ pub fn keep(path: &Path, out: OwnedFd, err: OwnedFd, tee: Option<(OwnedFd, Owned
         Some((o, e)) => (Some(o), Some(e)),
         None => (None, None),
     };
-    let mut streams = vec![
+    let mut streams = [
         (Some(out), tee_out, Stream::Stdout),
         (Some(err), tee_err, Stream::Stderr),
     ];

@@ -442,9 +442,8 @@ fn store_command(root: Option<PathBuf>, cmd: Cmd) -> Result<(), UserError> {
 }
 
 fn store_output(store: &Store, cmd: Cmd) -> Result<String, UserError> {
-    let store = store;
     let out = match cmd {
-        Cmd::Load { input } => containers::load_images(&store, &input)?,
+        Cmd::Load { input } => containers::load_images(store, &input)?,
         Cmd::Login {
             registry,
             username,
@@ -485,7 +484,7 @@ fn store_output(store: &Store, cmd: Cmd) -> Result<String, UserError> {
                 platform,
             };
             let img =
-                unionfuse::store::registry::pull(&store, &reference, &o, &load::Report::new())?;
+                unionfuse::store::registry::pull(store, &reference, &o, &load::Report::new())?;
             format!("{}\n", img.id)
         }
         Cmd::Push {
@@ -498,33 +497,32 @@ fn store_output(store: &Store, cmd: Cmd) -> Result<String, UserError> {
                 platform: None,
             };
             let to = reference.unwrap_or_else(|| image.clone());
-            let d =
-                unionfuse::store::registry::push(&store, &image, &to, &o, &load::Report::new())?;
+            let d = unionfuse::store::registry::push(store, &image, &to, &o, &load::Report::new())?;
             format!("{to}@{d}\n")
         }
         Cmd::Import { tarball, name } => {
-            let img = load::import(&store, &tarball, &name, &load::Report::new())?;
+            let img = load::import(store, &tarball, &name, &load::Report::new())?;
             format!("{}\n", img.id)
         }
         Cmd::Images { tree } => {
             if tree {
-                show::tree(&store)?
+                show::tree(store)?
             } else {
-                show::images(&store)?
+                show::images(store)?
             }
         }
-        Cmd::History { image } => show::history(&store, &store.find_image(&image)?)?,
+        Cmd::History { image } => show::history(store, &store.find_image(&image)?)?,
         Cmd::Tag { image, name } => {
             let img = store.find_image(&image)?;
             let _l = store.lock()?;
             store.set_name(&img.id, &name)?;
             String::new()
         }
-        Cmd::Inspect { what } => containers::inspect(&store, &what)? + "\n",
+        Cmd::Inspect { what } => containers::inspect(store, &what)? + "\n",
         Cmd::Rmi { force, images } => {
             let mut out = String::new();
             for i in images {
-                out.push_str(&containers::remove_image(&store, &i, force)?);
+                out.push_str(&containers::remove_image(store, &i, force)?);
                 out.push('\n');
             }
             out
@@ -549,22 +547,22 @@ fn store_output(store: &Store, cmd: Cmd) -> Result<String, UserError> {
                 user,
                 host: run::HostOptions::default(),
             };
-            format!("{}\n", containers::create(&store, &a)?.id)
+            format!("{}\n", containers::create(store, &a)?.id)
         }
         Cmd::Stop { time, container } => {
             let c = store.find_container(&container)?;
-            background::stop(&store, &c, std::time::Duration::from_secs(time))?;
+            background::stop(store, &c, std::time::Duration::from_secs(time))?;
             format!("{}\n", c.name)
         }
         Cmd::Kill { signal, container } => {
             let c = store.find_container(&container)?;
-            background::kill(&store, &c, background::parse_signal(&signal)?)?;
+            background::kill(store, &c, background::parse_signal(&signal)?)?;
             format!("{}\n", c.name)
         }
         Cmd::Logs { follow, container } => {
             let c = store.find_container(&container)?;
             background::logs(
-                &store,
+                store,
                 &c,
                 follow,
                 &mut std::io::stdout().lock(),
@@ -572,20 +570,20 @@ fn store_output(store: &Store, cmd: Cmd) -> Result<String, UserError> {
             )?;
             String::new()
         }
-        Cmd::Top { container } => background::top(&store, &store.find_container(&container)?)?,
-        Cmd::Ps { all } => show::ps(&store, all)?,
+        Cmd::Top { container } => background::top(store, &store.find_container(&container)?)?,
+        Cmd::Ps { all } => show::ps(store, all)?,
         Cmd::Rm {
             force,
             containers: list,
         } => {
             for c in list {
-                containers::remove(&store, &store.find_container(&c)?, force)?;
+                containers::remove(store, &store.find_container(&c)?, force)?;
             }
             String::new()
         }
-        Cmd::Diff { container } => containers::diff(&store, &store.find_container(&container)?)?,
+        Cmd::Diff { container } => containers::diff(store, &store.find_container(&container)?)?,
         Cmd::Commit { container, name } => {
-            containers::commit_container(&store, &store.find_container(&container)?, &name)?
+            containers::commit_container(store, &store.find_container(&container)?, &name)?
         }
         Cmd::Save {
             image,
@@ -599,7 +597,7 @@ fn store_output(store: &Store, cmd: Cmd) -> Result<String, UserError> {
                 .ok()
                 .filter(|n| img.names.contains(n))
                 .or_else(|| img.names.first().cloned());
-            unionfuse::store::save::save(&store, &img, name.as_deref(), format, &output)?;
+            unionfuse::store::save::save(store, &img, name.as_deref(), format, &output)?;
             String::new()
         }
         Cmd::StoreCheck => {

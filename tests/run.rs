@@ -501,6 +501,37 @@ fn comm(pid: i32) -> String {
         .to_string()
 }
 
+/// The processes below `pid` (its children, theirs, and so on).
+fn descendants(pid: i32) -> Vec<i32> {
+    let parent_of = |p: i32| -> Option<i32> {
+        let s = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        s.rsplit(')')
+            .next()?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let all: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
+        .collect();
+    all.into_iter()
+        .filter(|&p| {
+            let mut q = p;
+            for _ in 0..64 {
+                match parent_of(q) {
+                    Some(pp) if pp == pid => return true,
+                    Some(pp) if pp > 1 => q = pp,
+                    _ => return false,
+                }
+            }
+            false
+        })
+        .collect()
+}
+
 /// Live processes in the pid namespace `ns` (a `pid:[N]` link).
 fn in_pid_ns(ns: &std::path::Path) -> Vec<(i32, String)> {
     let mut out = Vec::new();
@@ -543,11 +574,12 @@ fn kill_9_of_the_runner_leaves_nothing(who: Who) {
             before.len() >= 3,
             "expected the run's processes, found {before:?}"
         );
-        let init = before
-            .iter()
-            .find(|(p, _)| comm(*p) == "unionfuse-init")
-            .expect("no init among the run's processes")
-            .0;
+        // The init shows none of the runner's arguments: it is found as the runner's
+        // descendant.
+        let init = descendants(b.child.id() as i32)
+            .into_iter()
+            .find(|p| comm(*p) == "unionfuse-init")
+            .expect("no init among the run's processes");
         let ns = std::fs::read_link(format!("/proc/{init}/ns/pid")).unwrap();
         assert!(in_pid_ns(&ns).len() >= 3, "{:?}", in_pid_ns(&ns));
         b.child.kill().unwrap(); // SIGKILL

@@ -348,10 +348,16 @@ impl<W: Write> LayerWriter<'_, W> {
                     }
                     self.links.insert(key, path.to_path_buf());
                 }
-                let fd = sys::openat(dir.as_fd(), &c, libc::O_RDONLY, 0)
-                    .map_err(|e| err(format!("'/{}': {e}", path.display())))?;
                 let mut h = header_for(st, tar::EntryType::Regular);
                 h.set_size(st.st_size as u64);
+                if crate::union::metacopy::is_marked(dir.as_fd(), &c) {
+                    // A metadata-only copy (kernel overlayfs' metacopy): its data is below,
+                    // where the view reads it.
+                    let f = self.view_file(path)?;
+                    return self.append(path, h, x, &mut (&f).take(st.st_size as u64));
+                }
+                let fd = sys::openat(dir.as_fd(), &c, libc::O_RDONLY, 0)
+                    .map_err(|e| err(format!("'/{}': {e}", path.display())))?;
                 self.append(path, h, x, &mut std::fs::File::from(fd))
             }
             libc::S_IFLNK => {
@@ -402,6 +408,28 @@ impl<W: Write> LayerWriter<'_, W> {
             }
         }
         Ok(())
+    }
+
+    /// The file the view shows at `path`, open for reading.
+    fn view_file(&mut self, path: &Path) -> Result<std::fs::File> {
+        let mut ino = 1;
+        let mut taken = Vec::new();
+        let r = (|| {
+            for c in path.iter() {
+                let st = self.view.lookup(ino, c).map_err(err)?;
+                taken.push(st.st_ino);
+                ino = st.st_ino;
+            }
+            let fh = self.view.open(ino, libc::O_RDONLY).map_err(err)?;
+            let fd = self.view.handle_fd(fh);
+            self.view.release(fh);
+            let fd = fd.ok_or_else(|| err("a file of the view went"))?;
+            Ok::<_, UserError>(std::fs::File::from(fd.try_clone().map_err(err)?))
+        })();
+        for t in taken {
+            self.view.forget(t, 1);
+        }
+        r.map_err(at(Path::new("/").join(path).display()))
     }
 
     /// Everything the view shows under `path`, from the view (a renamed directory's).

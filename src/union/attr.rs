@@ -188,7 +188,14 @@ impl Union {
             sys::ftruncate(fd.as_fd(), len)?;
             size = None;
         }
-        self.copy_up(&node, size == Some(0))?;
+        // A metadata-only copy of the kernel's keeps its data below through a change of
+        // owner, mode or times (as there); only a change of size brings the data up.
+        let meta_only = size.is_none()
+            && !self.is_lower(node.loc.read().top_layer)
+            && self.is_metacopy(&node)?;
+        if !meta_only {
+            self.copy_up(&node, size == Some(0))?;
+        }
         let target = self.upper_target(&node)?;
         let t = target.as_fd();
         if let Some(c) = a.drops_privileges() {

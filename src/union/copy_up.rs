@@ -114,9 +114,15 @@ impl Union {
             return Ok(());
         }
         if !self.is_lower(node.loc.read().top_layer) {
+            // A metadata-only copy of the kernel's: its data comes up now.
+            if self.is_metacopy(node)? {
+                self.copy_up_data(node, truncate)?;
+            }
             return Ok(());
         }
         self.upper_root()?;
+        // A lower metacopy file (a kernel upper turned lower): its data is further below.
+        let data = self.metacopy_data(node)?;
         let _g = node.copy_lock.lock();
         let (parent, name, top_dir, layer) = {
             let loc = node.loc.read();
@@ -135,8 +141,15 @@ impl Union {
         let ptimes = ParentTimes::save(pfd.as_fd())?;
         let lower_st = sys::fstatat(top_dir.as_fd(), &c)?;
         let obj = self
-            .copy_up_entry(top_dir.as_fd(), &c, &lower_st, pfd.as_fd(), &c, truncate)
+            .copy_up_from(
+                (top_dir.as_fd(), &c),
+                data.as_ref(),
+                &lower_st,
+                (pfd.as_fd(), &c),
+                truncate,
+            )
             .context("copy-up")?;
+        node.metacopy.store(super::metacopy::NO, Ordering::Relaxed);
         ptimes.restore(pfd.as_fd())?;
         self.keep_ino(obj.as_fd(), node.ino)?;
         let obj = Arc::new(obj);
@@ -295,6 +308,19 @@ impl Union {
         dname: &CStr,
         truncate: bool,
     ) -> Result<OwnedFd> {
+        self.copy_up_from((sdir, sname), None, st, (ddir, dname), truncate)
+    }
+
+    /// [`Self::copy_up_entry`], the data read from `data` when given (the source is a
+    /// metadata-only copy whose data is below it).
+    pub(super) fn copy_up_from(
+        &self,
+        (sdir, sname): (BorrowedFd<'_>, &CStr),
+        data: Option<&super::metacopy::DataAt>,
+        st: &libc::stat,
+        (ddir, dname): (BorrowedFd<'_>, &CStr),
+        truncate: bool,
+    ) -> Result<OwnedFd> {
         let fmt = st.st_mode & libc::S_IFMT;
         let src = At {
             dir: sdir,
@@ -302,9 +328,13 @@ impl Union {
         };
         if fmt == libc::S_IFREG {
             let (tmpfd, tmpname) = self.new_tmp_file(ddir, 0o600)?;
-            let data = sys::open_noatime(sdir, sname, libc::O_RDONLY)?;
+            let data = match data {
+                Some(d) => d.open(0)?,
+                None => sys::open_noatime(sdir, sname, libc::O_RDONLY)?,
+            };
             if !truncate {
-                let dense = st.st_blocks as u64 * 512 >= st.st_size as u64;
+                let dst = sys::fstat(data.as_fd())?;
+                let dense = dst.st_blocks as u64 * 512 >= dst.st_size as u64;
                 sys::copy_data(data.as_fd(), tmpfd.as_fd(), st.st_size as u64, dense)?;
             }
             let to = At {

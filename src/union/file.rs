@@ -21,6 +21,9 @@ impl Union {
                 return Err(Errno(libc::EROFS).into());
             }
             self.copy_up(&node, flags & libc::O_TRUNC != 0)?;
+        } else if let Some(data) = self.metacopy_data(&node)? {
+            // Its data is below: read from there until a write copies it up.
+            return Ok(self.add_file(data.open(flags & (libc::O_NONBLOCK | libc::O_DIRECT))?));
         }
         let loc = node.loc.read().clone();
         // O_APPEND is the kernel's business: it sends writes at the right offsets.
@@ -136,7 +139,10 @@ impl Union {
     /// kept across opens).
     pub fn is_lower_node(&self, ino: u64) -> bool {
         self.node(ino)
-            .map(|n| self.is_lower(n.loc.read().top_layer))
+            .map(|n| {
+                self.is_lower(n.loc.read().top_layer)
+                    || n.metacopy.load(std::sync::atomic::Ordering::Relaxed) == super::metacopy::YES
+            })
             .unwrap_or(false)
     }
 }

@@ -122,6 +122,9 @@ pub struct Node {
     /// that the link count still counts, as overlayfs' index does: added to the upper
     /// copy's `st_nlink` (kept in its `overlay.nlink` xattr, "U+N", across mounts).
     pub extra_links: std::sync::atomic::AtomicI64,
+    /// Whether the node is a metadata-only copy whose data is below (`metacopy::YES`),
+    /// not (`NO`), or not yet looked at (`UNKNOWN`).
+    pub metacopy: std::sync::atomic::AtomicU8,
 }
 
 impl Node {
@@ -133,6 +136,7 @@ impl Node {
             loc: RwLock::new(loc),
             copy_lock: Mutex::new(()),
             extra_links: std::sync::atomic::AtomicI64::new(0),
+            metacopy: std::sync::atomic::AtomicU8::new(super::metacopy::UNKNOWN),
         }
     }
 

@@ -11,6 +11,7 @@ pub(crate) mod index;
 pub(crate) mod inode;
 pub(crate) mod layer;
 pub(crate) mod lookup;
+pub(crate) mod metacopy;
 pub(crate) mod readdir;
 pub(crate) mod whiteout;
 pub(crate) mod work;

@@ -153,9 +153,18 @@ pub fn dir_markers(dir: BorrowedFd<'_>) -> Result<Markers> {
 
 /// The first valid redirect among the xattrs `names` of `dir`.
 fn read_redirect(dir: BorrowedFd<'_>, names: &[Vec<u8>]) -> Result<Option<Redirect>> {
+    read_redirect_at(dir, None, names)
+}
+
+/// The first valid redirect among the xattrs `names` of `dir` (or of `name` in it).
+pub fn read_redirect_at(
+    dir: BorrowedFd<'_>,
+    name: Option<&std::ffi::CStr>,
+    names: &[Vec<u8>],
+) -> Result<Option<Redirect>> {
     for x in REDIRECT_XATTRS {
         if names.iter().any(|n| n.as_slice() == x.to_bytes())
-            && let Some(v) = sys::getxattr(dir, None, x)?
+            && let Some(v) = sys::getxattr(dir, name, x)?
             && let Some(r) = Redirect::parse(&v)
         {
             return Ok(Some(r));
