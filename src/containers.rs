@@ -346,6 +346,72 @@ pub fn remove_image(store: &Store, what: &str, force: bool) -> Result<String> {
     Ok(out)
 }
 
+/// `save`: the image `what` written to `to` in `format` (oci-archive, docker-archive),
+/// named by the name it was given by, if it is one of its own, else by its first.
+pub fn save_image(store: &Store, what: &str, format: &str, to: &Path) -> Result<()> {
+    let img = store.find_image(what)?;
+    let format = crate::store::save::Format::parse(format)?;
+    let name = crate::store::normalize_name(what)
+        .ok()
+        .filter(|n| img.names.contains(n))
+        .or_else(|| img.names.first().cloned());
+    crate::store::save::save(store, &img, name.as_deref(), format, to)
+}
+
+/// What `run IMAGE` was asked beyond the runner's options.
+pub struct RunImage {
+    pub name: Option<String>,
+    pub image: String,
+    /// The command; empty: the image's Entrypoint and Cmd.
+    pub command: Vec<OsString>,
+    /// Removed when it ends.
+    pub rm: bool,
+    /// Started in the background.
+    pub detach: bool,
+    /// With `detach`: its standard input is what `attach` passes.
+    pub interactive: bool,
+}
+
+/// How `run IMAGE` went.
+pub enum Started {
+    /// In the background: the container's id.
+    Detached(String),
+    /// In the foreground: the command's status.
+    Ended(i32),
+}
+
+/// `run IMAGE [COMMAND...]`: a container made, then started, in the foreground or the
+/// background, and removed after with `rm`.
+pub fn run_image(store: &Store, r: RunImage, req: RunRequest) -> Result<Started> {
+    if req.upper.is_some() {
+        bail!("--upper is for --lower runs: a container has its own writable layer");
+    }
+    let a = ContainerArgs {
+        name: r.name,
+        image: r.image,
+        command: r.command,
+        env: Vec::new(),
+        workdir: None,
+        hostname: None,
+        user: req.user.clone(),
+        host: req.host.clone(),
+    };
+    let c = create(store, &a)?;
+    if r.detach {
+        // No terminal of the caller's: a terminal inside only with -t.
+        let req = RunRequest {
+            tty: Some(req.tty == Some(true)),
+            ..req
+        };
+        crate::background::start_detached(store, &c, req, r.interactive, r.rm)?;
+        return Ok(Started::Detached(c.id));
+    }
+    if r.rm {
+        return run_once(store, &c, req).map(Started::Ended);
+    }
+    start(store, &c, req).map(Started::Ended)
+}
+
 /// `inspect`: an image's or container's record (and an image's config) as JSON.
 pub fn inspect(store: &Store, what: &str) -> Result<String> {
     let v = if let Ok(img) = store.find_image(what) {

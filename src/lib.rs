@@ -13,6 +13,8 @@
 #[forbid(unsafe_code)]
 pub mod background;
 #[forbid(unsafe_code)]
+pub mod cli;
+#[forbid(unsafe_code)]
 pub mod compat;
 #[forbid(unsafe_code)]
 pub mod containers;

@@ -332,6 +332,50 @@ pub struct Options {
     pub workdir: Option<PathBuf>,
 }
 
+/// `-o` lists, through the one option parser, for a command whose layers are its own
+/// arguments: `lowerdir=` and `upperdir=` (and `workdir=` unless `workdir_ok`) are refused,
+/// `layers` saying where they go instead.
+pub fn option_lists(options: &[String], layers: &str, workdir_ok: bool) -> Result<Options> {
+    let mut o = Options::default();
+    for list in options {
+        apply_options(&mut o, OsStr::new(list), false)?;
+    }
+    if o.lower_spec.is_some() || o.req.union.upper.is_some() || (!workdir_ok && o.workdir.is_some())
+    {
+        let which = if workdir_ok {
+            "lowerdir= and upperdir="
+        } else {
+            "lowerdir=, upperdir= and workdir="
+        };
+        bail!("-o: {which} are not options here: the layers are {layers}");
+    }
+    Ok(o)
+}
+
+/// `unionfuse mount [-o OPTIONS] LOWERS [UPPER] MOUNTPOINT`, checked.
+pub fn mount_command(
+    options: &[String],
+    lower_spec: &OsStr,
+    upper: Option<PathBuf>,
+    mountpoint: PathBuf,
+    foreground: bool,
+) -> Result<Checked> {
+    let o = option_lists(
+        options,
+        "the LOWERS and UPPER arguments of unionfuse mount",
+        true,
+    )?;
+    let mut req = o.req;
+    if let Some(w) = o.workdir {
+        req.union.workdir = Some(check_dir("workdir", &w, None)?);
+    }
+    req.foreground = foreground;
+    req.union.lowers = split_layers(lower_spec)?;
+    req.union.upper = upper;
+    req.mountpoint = mountpoint;
+    validate(&req, Some(lower_spec))
+}
+
 fn num(o: &str, v: &str) -> Result<u32> {
     v.parse()
         .map_err(|_| UserError(format!("option '{o}': '{v}' is not a number")))

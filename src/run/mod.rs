@@ -386,15 +386,7 @@ fn mount_request(req: &RunRequest, lowers: Vec<PathBuf>, scratch: &Scratch) -> R
         Some(u) => Some(u.clone()),
         None => Some(scratch.path.join("upper")),
     };
-    let mut o = request::Options::default();
-    for list in &req.mount_options {
-        request::apply_options(&mut o, OsStr::new(list), false)?;
-    }
-    if o.lower_spec.is_some() || o.req.union.upper.is_some() || o.workdir.is_some() {
-        bail!(
-            "-o: the layers of a run are --lower and --upper, not lowerdir=, upperdir=, workdir="
-        );
-    }
+    let mut o = request::option_lists(&req.mount_options, "--lower and --upper", false)?;
     let (u, g) = (o.req.squash_uid, o.req.squash_gid);
     o.req.union.ids.squash(u, g);
     let mreq = MountRequest {

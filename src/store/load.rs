@@ -526,38 +526,60 @@ fn bring_in(store: &Store, f: Found, rep: &Report) -> Result<Image> {
     store.add_image(img, &names)
 }
 
-/// Loads every image of `src`; returns them.
+/// Loads every image of `src` (`-`: standard input); returns them.
 pub fn load(store: &Store, src: &Path, rep: &Report) -> Result<Vec<Image>> {
-    let md = std::fs::metadata(src).map_err(|e| UserError(format!("'{}': {e}", src.display())))?;
+    if src.as_os_str() == "-" {
+        return load_stream(
+            store,
+            std::io::stdin().lock(),
+            "standard input",
+            "image",
+            rep,
+        );
+    }
+    let what = format!("'{}'", src.display());
+    // A tag alone in an OCI layout's index is given the archive's name.
     let stem = src
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "image".into());
-    // An archive is unpacked (safely) into the store's tmp first: its blobs are then read
-    // as a layout's are.
-    let t;
-    let dir = if md.is_dir() {
-        src.to_path_buf()
-    } else {
-        t = store.temp()?;
-        let f = std::fs::File::open(src).map_err(|e| UserError(e.to_string()))?;
-        Unpacker::new(&t.path)?
-            .unpack(decompress(f)?)
-            .map_err(|e| UserError(format!("'{}': {}", src.display(), e.0)))?;
-        t.path.clone()
-    };
+    let md = std::fs::metadata(src).map_err(|e| UserError(format!("{what}: {e}")))?;
+    if md.is_dir() {
+        return load_dir(store, src, &what, &stem, rep);
+    }
+    let f = std::fs::File::open(src).map_err(|e| UserError(format!("{what}: {e}")))?;
+    load_stream(store, f, &what, &stem, rep)
+}
+
+/// Loads every image of an archive read from `r` (`what` names it in errors): unpacked
+/// (safely) into the store's tmp first, then read as a layout is.
+pub fn load_stream(
+    store: &Store,
+    r: impl Read,
+    what: &str,
+    stem: &str,
+    rep: &Report,
+) -> Result<Vec<Image>> {
+    let t = store.temp()?;
+    Unpacker::new(&t.path)?
+        .unpack(decompress(r)?)
+        .map_err(|e| UserError(format!("{what}: {}", e.0)))?;
+    load_dir(store, &t.path, what, stem, rep)
+}
+
+/// Loads every image of the docker-archive or OCI layout in `dir`.
+fn load_dir(store: &Store, dir: &Path, what: &str, stem: &str, rep: &Report) -> Result<Vec<Image>> {
     let found = if dir.join("manifest.json").is_file() {
-        docker_archive(&dir)?
+        docker_archive(dir)?
     } else if dir.join("index.json").is_file() {
-        oci_layout(&dir, &stem)?
+        oci_layout(dir, stem)?
     } else {
         bail!(
-            "'{}' is neither a docker-archive nor an OCI image (no manifest.json, no index.json)",
-            src.display()
+            "{what} is neither a docker-archive nor an OCI image (no manifest.json, no index.json)"
         );
     };
     if found.is_empty() {
-        bail!("'{}' holds no image", src.display());
+        bail!("{what} holds no image");
     }
     found.into_iter().map(|f| bring_in(store, f, rep)).collect()
 }
