@@ -3,7 +3,7 @@
 
 use std::ffi::OsStr;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -185,24 +185,6 @@ fn dev_dir(c: &Checked) -> &Path {
     c.req.dev_dir.as_deref().unwrap_or(Path::new("/dev"))
 }
 
-/// Points stdin, stdout and stderr at /dev/null: a process that outlives its caller must not
-/// keep the caller's streams open.
-pub(crate) fn redirect_stdio_to_null() {
-    redirect_stdio_to(Path::new("/dev"))
-}
-
-fn redirect_stdio_to(dev: &Path) {
-    if let Ok(null) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(dev.join("null"))
-    {
-        for fd in 0..3 {
-            let _ = sys::dup_onto(null.as_fd(), fd);
-        }
-    }
-}
-
 /// Blocks the termination signals in this (still single-threaded) process, so that every
 /// thread inherits the mask and one thread can take them with `sigwait`.
 fn block_term_signals() -> sys::SigSet {
@@ -310,7 +292,7 @@ fn serve(c: Checked, ready: Option<OwnedFd>) -> Result<()> {
     if ready.is_some() {
         report(&ready, "OK");
         drop(ready);
-        redirect_stdio_to(dev_dir(&c));
+        sys::redirect_stdio(dev_dir(&c));
     }
     log::info!("serving {}", c.mountpoint.display());
     let r = session.run();

@@ -11,8 +11,6 @@
 //! forbidden to have any.
 
 #[forbid(unsafe_code)]
-pub mod background;
-#[forbid(unsafe_code)]
 pub mod cli;
 #[forbid(unsafe_code)]
 pub mod compat;
@@ -26,6 +24,8 @@ pub mod error;
 pub mod fuse;
 #[forbid(unsafe_code)]
 pub mod logs;
+#[forbid(unsafe_code)]
+pub mod records;
 #[forbid(unsafe_code)]
 pub mod request;
 #[forbid(unsafe_code)]

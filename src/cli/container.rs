@@ -10,7 +10,6 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 
 use super::Outcome;
-use crate::background;
 use crate::containers::{self, RunImage, Started};
 use crate::error::UserError;
 use crate::run::{self, RunRequest};
@@ -360,22 +359,22 @@ impl ContainerCmd {
                     tty: Some(false),
                     ..Default::default()
                 };
-                background::start_detached(s, &c, req, false, false)?;
+                containers::start_detached(s, &c, req, false, false)?;
                 printed(format!("{}\n", c.name))
             }
             ContainerCmd::Stop { time, container } => {
                 let c = s.find_container(&container)?;
-                background::stop(s, &c, Duration::from_secs(time))?;
+                containers::stop(s, &c, Duration::from_secs(time))?;
                 printed(format!("{}\n", c.name))
             }
             ContainerCmd::Kill { signal, container } => {
                 let c = s.find_container(&container)?;
-                background::kill(s, &c, background::parse_signal(&signal)?)?;
+                containers::kill(s, &c, containers::parse_signal(&signal)?)?;
                 printed(format!("{}\n", c.name))
             }
             ContainerCmd::Logs { follow, container } => {
                 let c = s.find_container(&container)?;
-                background::logs(
+                containers::logs(
                     s,
                     &c,
                     follow,
@@ -385,7 +384,7 @@ impl ContainerCmd {
                 Ok(Outcome::done())
             }
             ContainerCmd::Attach { container } => {
-                background::attach(s, &s.find_container(&container)?).map(Outcome::Status)
+                containers::attach(s, &s.find_container(&container)?).map(Outcome::Status)
             }
             ContainerCmd::Exec {
                 interactive: _,
@@ -395,17 +394,17 @@ impl ContainerCmd {
                 command,
             } => {
                 let c = s.find_container(&container)?;
-                let a = background::ExecArgs {
+                let a = containers::ExecArgs {
                     command,
                     env: process.env()?,
                     user: process.user,
                     workdir: process.workdir,
                     tty: tty.then_some(true),
                 };
-                background::exec(s, &c, a).map(Outcome::Status)
+                containers::exec(s, &c, a).map(Outcome::Status)
             }
             ContainerCmd::Top { container } => {
-                printed(background::top(s, &s.find_container(&container)?)?)
+                printed(containers::top(s, &s.find_container(&container)?)?)
             }
             ContainerCmd::Ps { all } => printed(show::ps(s, all)?),
             ContainerCmd::Rm { force, containers } => {

@@ -92,7 +92,14 @@ pub enum ImageCmd {
 impl ImageCmd {
     pub fn dispatch(self, store: &Store) -> Result<Outcome, UserError> {
         let out = match self {
-            ImageCmd::Load { input } => containers::load_images(store, &input)?,
+            ImageCmd::Load { input } => {
+                if input.as_os_str() == "-" && crate::sys::is_terminal(0) {
+                    return Err(UserError(
+                        "load reads an image archive from standard input, which is a terminal: give -i FILE, or send one down a pipe".into(),
+                    ));
+                }
+                containers::load_images(store, &input)?
+            }
             ImageCmd::Login {
                 registry: reg,
                 username,

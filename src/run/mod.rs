@@ -105,21 +105,9 @@ pub struct RunRequest {
     pub cgroup_procs: Vec<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
-/// The run's confinement and limits as its options give them: kept in a container's record,
-/// so every start of it gets the same.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct HostOptions {
-    pub privileged: bool,
-    pub cap_add: Vec<String>,
-    pub cap_drop: Vec<String>,
-    pub security_opt: Vec<String>,
-    pub memory: Option<String>,
-    pub memory_swap: Option<String>,
-    pub cpus: Option<String>,
-    pub cpu_shares: Option<u64>,
-    pub pids_limit: Option<i64>,
-}
+/// The run's confinement and limits as its options give them: a container keeps them in
+/// its record, so every start of it gets the same.
+pub use crate::records::HostOptions;
 
 impl HostOptions {
     pub fn profile(&self) -> Result<profile::Profile> {

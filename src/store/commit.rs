@@ -554,6 +554,7 @@ pub fn commit(
         size,
     });
     let new = Image {
+        format: crate::records::FORMAT,
         id: id.clone(),
         names: Vec::new(),
         layers,

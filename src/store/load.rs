@@ -503,6 +503,7 @@ fn bring_in(store: &Store, f: Found, rep: &Report) -> Result<Image> {
         .and_then(parse_time)
         .unwrap_or_else(now);
     let img = Image {
+        format: crate::records::FORMAT,
         id: config,
         names: Vec::new(),
         layers,
@@ -623,6 +624,7 @@ pub fn import(store: &Store, tarball: &Path, name: &str, rep: &Report) -> Result
     st.finish()?;
     let id = store.put_blob(&serde_json::to_vec(&config).map_err(|e| UserError(e.to_string()))?)?;
     let img = Image {
+        format: crate::records::FORMAT,
         id: id.clone(),
         names: Vec::new(),
         layers: vec![LayerRef {

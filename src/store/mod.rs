@@ -34,48 +34,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::error::{Result, UserError, bail};
+pub use crate::records::{Container, Digest, Image, LayerRef, State};
 use crate::sys;
-
-/// A sha256 digest as OCI writes it: `sha256:HEX`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Digest(pub String);
-
-impl Digest {
-    pub fn parse(s: &str) -> Result<Digest> {
-        match s.strip_prefix("sha256:") {
-            Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                Ok(Digest(s.to_ascii_lowercase()))
-            }
-            _ => bail!("'{s}' is not a sha256 digest"),
-        }
-    }
-
-    pub fn hex(&self) -> &str {
-        &self.0["sha256:".len()..]
-    }
-
-    /// The first 12 hex digits, as `docker images` shows an id.
-    pub fn short(&self) -> &str {
-        &self.hex()[..12]
-    }
-
-    pub fn of(data: &[u8]) -> Digest {
-        Digest::from_sha(&Sha256::digest(data))
-    }
-
-    /// The digest of a finished sha256.
-    pub fn from_sha(bytes: &[u8]) -> Digest {
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        Digest(format!("sha256:{hex}"))
-    }
-}
-
-impl std::fmt::Display for Digest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// A reader that hashes what passes through it, and counts it.
 pub struct Hashing<R> {
@@ -107,66 +67,6 @@ impl<R: Read> Read for Hashing<R> {
         self.count += n as u64;
         Ok(n)
     }
-}
-
-/// One layer of an image.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct LayerRef {
-    /// sha256 of the uncompressed tar: the layer's identity, and its directory's name.
-    pub diff_id: Digest,
-    /// The blob as stored (compressed or not), for save and push.
-    pub blob: Digest,
-    pub media_type: String,
-    /// The blob's size.
-    pub size: u64,
-}
-
-/// An image: names, its config (whose digest is its id) and its layers, bottom first.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Image {
-    pub id: Digest,
-    pub names: Vec<String>,
-    pub layers: Vec<LayerRef>,
-    /// Seconds since the epoch when the image was made (from its config, else at load).
-    pub created: i64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub enum State {
-    Created,
-    /// Started, and not yet known to have ended (a run whose runner was killed says so
-    /// here until the next look at the record finds its lock free).
-    Running,
-    /// Ran and ended with this status.
-    Exited(i32),
-}
-
-/// A container: a named instance of an image with a writable layer of its own.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Container {
-    pub id: String,
-    pub name: String,
-    pub image: Digest,
-    /// The image's name as given when the container was made.
-    pub image_name: String,
-    pub command: Vec<String>,
-    pub env: Vec<String>,
-    pub workdir: Option<String>,
-    pub hostname: Option<String>,
-    /// Who the command runs as (the image's User, or `--user`).
-    #[serde(default)]
-    pub user: Option<String>,
-    pub created: i64,
-    pub state: State,
-    /// Confinement and limits, the same at every start.
-    #[serde(default)]
-    pub host: crate::run::HostOptions,
-    /// When the current (or last) run started.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started: Option<i64>,
-    /// Why the last run ended, when not of itself ("OOMKilled").
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
 }
 
 /// The process's view of the store: its root directory.

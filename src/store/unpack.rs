@@ -269,8 +269,8 @@ impl Unpacker {
         m: &Meta,
         is_link: bool,
     ) -> sys::Result<()> {
-        let at = crate::union::At { dir, name };
-        let owned = self.can_chown && crate::union::chown_at(at, m.uid, m.gid).is_ok();
+        let at = crate::sys::At { dir, name };
+        let owned = self.can_chown && crate::sys::chown_at(at, m.uid, m.gid).is_ok();
         for (k, v) in &m.xattrs {
             match sys::setxattr(dir, name, k, Some(v), 0) {
                 Ok(()) | Err(Errno(libc::EPERM | libc::EOPNOTSUPP | libc::EACCES)) => {}

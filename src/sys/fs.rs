@@ -543,3 +543,19 @@ pub fn lstat_path(path: &std::path::Path) -> Result<libc::stat> {
     check(unsafe { libc::lstat(p.as_ptr(), &mut st) })?;
     Ok(st)
 }
+
+/// Where and how a real object is reached: a directory fd and a name in it, or the object's
+/// own fd (`name` None).
+#[derive(Clone, Copy)]
+pub struct At<'a> {
+    pub dir: BorrowedFd<'a>,
+    pub name: Option<&'a CStr>,
+}
+
+/// Changes the owner of what `at` reaches, without following a symlink.
+pub fn chown_at(at: At<'_>, uid: u32, gid: u32) -> Result<()> {
+    match at.name {
+        Some(n) => fchownat(at.dir, n, uid, gid),
+        None => fchownat_empty(at.dir, uid, gid),
+    }
+}

@@ -463,3 +463,18 @@ pub fn enter_root(fd: BorrowedFd<'_>) -> Result<()> {
         check(libc::chroot(c".".as_ptr())).map(drop)
     }
 }
+
+/// Points stdin, stdout and stderr at `null` in the directory `dev` (`/dev`, or an fd path
+/// to it): a process that outlives its caller must not keep the caller's streams open.
+pub fn redirect_stdio(dev: &std::path::Path) {
+    use std::os::fd::AsFd;
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dev.join("null"))
+    {
+        for fd in 0..3 {
+            let _ = dup_onto(null.as_fd(), fd);
+        }
+    }
+}

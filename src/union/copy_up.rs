@@ -14,14 +14,7 @@ use super::error::Result;
 use super::inode::{LookupRef, Node};
 use super::{Union, whiteout};
 use crate::sys::{self, Errno};
-
-/// Where and how a real object is reached: a directory fd and a name in it, or the object's
-/// own fd (`name` None).
-#[derive(Clone, Copy)]
-pub struct At<'a> {
-    pub dir: BorrowedFd<'a>,
-    pub name: Option<&'a CStr>,
-}
+use crate::sys::{At, chown_at};
 
 impl Union {
     pub(super) fn upper_root(&self) -> Result<&Arc<OwnedFd>> {
@@ -212,10 +205,10 @@ impl Union {
     /// Where the directories of layer `k` that carry a redirect came from (a path in the
     /// layers below) and where they are in `k`: for a lower layer read once and kept; for
     /// the upper read afresh (renames change it).
-    fn redirect_map(&self, k: usize) -> Result<Arc<RedirectMap>> {
+    fn redirect_map(&self, k: usize) -> Result<Arc<whiteout::RedirectMap>> {
         let l = &self.layers[k];
         if l.writable {
-            return Ok(Arc::new(read_redirect_map(
+            return Ok(Arc::new(whiteout::read_redirect_map(
                 l.root.as_fd(),
                 self.hides_work,
             )?));
@@ -223,7 +216,7 @@ impl Union {
         if let Some(m) = l.redirects.get() {
             return Ok(m.clone());
         }
-        let m = Arc::new(read_redirect_map(l.root.as_fd(), false)?);
+        let m = Arc::new(whiteout::read_redirect_map(l.root.as_fd(), false)?);
         Ok(l.redirects.get_or_init(|| m).clone())
     }
 
@@ -458,69 +451,10 @@ fn times_of(st: &libc::stat) -> [libc::timespec; 2] {
     ]
 }
 
-pub fn chown_at(at: At<'_>, uid: u32, gid: u32) -> sys::Result<()> {
-    match at.name {
-        Some(n) => sys::fchownat(at.dir, n, uid, gid),
-        None => sys::fchownat_empty(at.dir, uid, gid),
-    }
-}
-
-/// Directories of one layer that carry a redirect: (where their content is in the layers
-/// below, where they are in this layer), as name components from the root.
-pub(super) type RedirectMap = Vec<(Vec<OsString>, Vec<OsString>)>;
-
-/// Walks a layer's directories and lists their redirects, each resolved to a path from the
-/// root of the layers below (a relative one is its parent's origin and the name it gives).
-fn read_redirect_map(root: BorrowedFd<'_>, skip_work: bool) -> Result<RedirectMap> {
-    let mut out = RedirectMap::new();
-    // (dir, its path here, its origin below: None under an opaque dir without redirect)
-    let root = sys::openat(root, c".", libc::O_PATH | libc::O_DIRECTORY, 0)?;
-    let mut stack: Vec<(OwnedFd, Vec<OsString>, Option<Vec<OsString>>)> =
-        vec![(root, Vec::new(), Some(Vec::new()))];
-    while let Some((dir, path, origin)) = stack.pop() {
-        for e in sys::read_dir(dir.as_fd())? {
-            if e.dtype != libc::DT_DIR && e.dtype != libc::DT_UNKNOWN {
-                continue;
-            }
-            if skip_work && path.is_empty() && super::work::is_work_name(&e.name) {
-                continue;
-            }
-            let c = sys::cstr(&e.name)?;
-            let sub = match sys::openat(dir.as_fd(), &c, libc::O_PATH | libc::O_DIRECTORY, 0) {
-                Ok(fd) => fd,
-                Err(Errno(libc::ENOTDIR | libc::ENOENT)) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            let m = whiteout::dir_markers(sub.as_fd())?;
-            let mut here = path.clone();
-            here.push(e.name.clone());
-            let below = match &m.redirect {
-                Some(whiteout::Redirect::Absolute(p)) => Some(p.clone()),
-                Some(whiteout::Redirect::Relative(n)) => origin.clone().map(|mut o| {
-                    o.push(n.clone());
-                    o
-                }),
-                None if m.opaque => None,
-                None => origin.clone().map(|mut o| {
-                    o.push(e.name.clone());
-                    o
-                }),
-            };
-            if m.redirect.is_some()
-                && let Some(b) = &below
-            {
-                out.push((b.clone(), here.clone()));
-            }
-            stack.push((sub, here, below));
-        }
-    }
-    Ok(out)
-}
-
 /// The paths at which the name `path` of a lower layer may show in the view: itself, then
 /// each path the redirects of the layers above (`maps`, top-down, the nearest last) move it
 /// to, applying the longest matching origin of each layer from the nearest up.
-fn view_paths(maps: &[Arc<RedirectMap>], path: &[OsString]) -> Vec<Vec<OsString>> {
+fn view_paths(maps: &[Arc<whiteout::RedirectMap>], path: &[OsString]) -> Vec<Vec<OsString>> {
     let mut cands = vec![path.to_vec()];
     for map in maps.iter().rev() {
         let mut more = Vec::new();

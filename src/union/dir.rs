@@ -7,7 +7,6 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
-use super::copy_up::{At, chown_at};
 use super::error::Result;
 use super::index::{LowerIndex, read_layer_dir};
 use super::inode::{Location, Node};
@@ -17,6 +16,7 @@ use super::whiteout::{self, Slot};
 use super::work::remove_tree;
 use super::{Caller, Union};
 use crate::sys::{self, Errno};
+use crate::sys::{At, chown_at};
 
 impl Union {
     fn check_new_name(&self, parent: u64, name: &OsStr) -> Result<()> {

@@ -20,7 +20,7 @@ pub struct Layer {
     links: OnceLock<HardLinks>,
     /// Lower layers: the directories carrying a redirect, read once when a copy-up needs
     /// to find where a renamed directory put a hard link's other name.
-    pub(super) redirects: OnceLock<Arc<super::copy_up::RedirectMap>>,
+    pub(super) redirects: OnceLock<Arc<super::whiteout::RedirectMap>>,
 }
 
 /// Paths (as name components from the layer's root) of each multiply-linked object.

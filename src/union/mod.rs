@@ -17,7 +17,6 @@ pub(crate) mod whiteout;
 pub(crate) mod work;
 
 pub use attr::{SetAttr, Time};
-pub(crate) use copy_up::{At, chown_at};
 pub use error::{Error, Result};
 pub(crate) use work::{is_work_name, remove_tree};
 

@@ -6,8 +6,8 @@
 //! - OCI image layers: `.wh.NAME` beside the hidden name, `.wh..wh..opq` inside an opaque dir;
 //! - fuse-overlayfs: `user.fuseoverlayfs.opaque` = `y`.
 
-use std::ffi::{CStr, OsStr};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::ffi::{CStr, OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use super::Union;
@@ -422,4 +422,56 @@ impl Union {
             0,
         )?)
     }
+}
+
+/// Directories of one layer that carry a redirect: (where their content is in the layers
+/// below, where they are in this layer), as name components from the root.
+pub type RedirectMap = Vec<(Vec<OsString>, Vec<OsString>)>;
+
+/// Walks a layer's directories and lists their redirects, each resolved to a path from the
+/// root of the layers below (a relative one is its parent's origin and the name it gives).
+pub(super) fn read_redirect_map(root: BorrowedFd<'_>, skip_work: bool) -> Result<RedirectMap> {
+    let mut out = RedirectMap::new();
+    // (dir, its path here, its origin below: None under an opaque dir without redirect)
+    let root = sys::openat(root, c".", libc::O_PATH | libc::O_DIRECTORY, 0)?;
+    let mut stack: Vec<(OwnedFd, Vec<OsString>, Option<Vec<OsString>>)> =
+        vec![(root, Vec::new(), Some(Vec::new()))];
+    while let Some((dir, path, origin)) = stack.pop() {
+        for e in sys::read_dir(dir.as_fd())? {
+            if e.dtype != libc::DT_DIR && e.dtype != libc::DT_UNKNOWN {
+                continue;
+            }
+            if skip_work && path.is_empty() && super::work::is_work_name(&e.name) {
+                continue;
+            }
+            let c = sys::cstr(&e.name)?;
+            let sub = match sys::openat(dir.as_fd(), &c, libc::O_PATH | libc::O_DIRECTORY, 0) {
+                Ok(fd) => fd,
+                Err(Errno(libc::ENOTDIR | libc::ENOENT)) => continue,
+                Err(e) => return Err(e),
+            };
+            let m = dir_markers(sub.as_fd())?;
+            let mut here = path.clone();
+            here.push(e.name.clone());
+            let below = match &m.redirect {
+                Some(Redirect::Absolute(p)) => Some(p.clone()),
+                Some(Redirect::Relative(n)) => origin.clone().map(|mut o| {
+                    o.push(n.clone());
+                    o
+                }),
+                None if m.opaque => None,
+                None => origin.clone().map(|mut o| {
+                    o.push(e.name.clone());
+                    o
+                }),
+            };
+            if m.redirect.is_some()
+                && let Some(b) = &below
+            {
+                out.push((b.clone(), here.clone()));
+            }
+            stack.push((sub, here, below));
+        }
+    }
+    Ok(out)
 }
