@@ -75,8 +75,7 @@ pub fn save_image(store: &Store, what: &str, format: &str, to: &Path) -> Result<
 /// `inspect`: an image's or container's record (and an image's config) as JSON.
 pub fn inspect(store: &Store, what: &str) -> Result<String> {
     let v = if let Ok(img) = store.find_image(what) {
-        let cfg: serde_json::Value =
-            serde_json::from_slice(&store.read_blob(&img.id)?).unwrap_or_default();
+        let cfg = store.image_config(&img)?;
         let chains = crate::store::chain_ids(&img.layers);
         serde_json::json!({ "Image": img, "ChainIDs": chains, "Config": cfg })
     } else {

@@ -32,28 +32,15 @@ struct ImageConfig {
 }
 
 fn image_config(store: &Store, img: &Image) -> Result<ImageConfig> {
-    let v: serde_json::Value = serde_json::from_slice(&store.read_blob(&img.id)?)
-        .map_err(|e| UserError(format!("image config {}: {e}", img.id)))?;
-    let list = |x: &serde_json::Value| -> Vec<String> {
-        x.as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|s| s.as_str().map(String::from))
-            .collect()
-    };
-    let c = &v["config"];
+    let cfg = store.image_config(img)?;
+    let c = cfg.config().clone().unwrap_or_default();
+    let set = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
     Ok(ImageConfig {
-        entrypoint: list(&c["Entrypoint"]),
-        cmd: list(&c["Cmd"]),
-        env: list(&c["Env"]),
-        workdir: c["WorkingDir"]
-            .as_str()
-            .filter(|s| !s.is_empty())
-            .map(String::from),
-        user: c["User"]
-            .as_str()
-            .filter(|s| !s.is_empty())
-            .map(String::from),
+        entrypoint: c.entrypoint().clone().unwrap_or_default(),
+        cmd: c.cmd().clone().unwrap_or_default(),
+        env: c.env().clone().unwrap_or_default(),
+        workdir: set(c.working_dir()),
+        user: set(c.user()),
     })
 }
 

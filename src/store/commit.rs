@@ -11,7 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::{Container, Digest, Image, LayerRef, Store, now};
-use crate::error::{Result, UserError, bail};
+use crate::error::{Result, UserError};
 use crate::sys;
 use crate::union::{Union, UnionConfig, whiteout};
 
@@ -529,23 +529,17 @@ pub fn commit(
     }
     st.finish()?;
 
-    let mut cfg: serde_json::Value =
-        serde_json::from_slice(&store.read_blob(&img.id)?).map_err(err)?;
+    let mut cfg = store.image_config(img)?;
     let when = super::load::rfc3339(now());
-    cfg["created"] = when.clone().into();
-    match cfg["rootfs"]["diff_ids"].as_array_mut() {
-        Some(ids) => ids.push(diff_id.0.clone().into()),
-        None => bail!("image config {} has no rootfs.diff_ids", img.id),
-    }
-    let entry = serde_json::json!({
-        "created": when,
-        "created_by": format!("unionfuse commit {}", c.name),
-    });
-    match cfg["history"].as_array_mut() {
-        Some(h) => h.push(entry),
-        None => cfg["history"] = serde_json::json!([entry]),
-    }
-    let id = store.put_blob(&serde_json::to_vec(&cfg).map_err(err)?)?;
+    cfg.set_created(Some(when.clone()));
+    cfg.rootfs_mut().diff_ids_mut().push(diff_id.0.clone());
+    let entry = oci_spec::image::HistoryBuilder::default()
+        .created(when)
+        .created_by(format!("unionfuse commit {}", c.name))
+        .build()
+        .map_err(err)?;
+    cfg.history_mut().get_or_insert_with(Vec::new).push(entry);
+    let id = store.put_config(&cfg)?;
     let mut layers = img.layers.clone();
     layers.push(LayerRef {
         diff_id,

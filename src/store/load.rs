@@ -607,22 +607,36 @@ pub fn import(store: &Store, tarball: &Path, name: &str, rep: &Report) -> Result
         rep.line(&format!("layer {}: already present", diff_id.short()));
     }
     let media_type = media_type_of(&st.blob(&blob));
-    let config = serde_json::json!({
-        "created": rfc3339(now()),
-        "architecture": match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", a => a },
-        "os": "linux",
-        "config": {
-            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-            "Cmd": ["/bin/sh"],
-        },
-        "rootfs": { "type": "layers", "diff_ids": [diff_id.0] },
-        "history": [{
-            "created": rfc3339(now()),
-            "created_by": format!("unionfuse import {}", tarball.display()),
-        }],
-    });
+    let err = |e: oci_spec::OciSpecError| UserError(format!("image config: {e}"));
+    let config = oci_spec::image::ImageConfigurationBuilder::default()
+        .created(rfc3339(now()))
+        .config(
+            oci_spec::image::ConfigBuilder::default()
+                .env(vec![
+                    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+                ])
+                .cmd(vec!["/bin/sh".to_string()])
+                .build()
+                .map_err(err)?,
+        )
+        .rootfs(
+            oci_spec::image::RootFsBuilder::default()
+                .typ("layers")
+                .diff_ids(vec![diff_id.0.clone()])
+                .build()
+                .map_err(err)?,
+        )
+        .history(vec![
+            oci_spec::image::HistoryBuilder::default()
+                .created(rfc3339(now()))
+                .created_by(format!("unionfuse import {}", tarball.display()))
+                .build()
+                .map_err(err)?,
+        ])
+        .build()
+        .map_err(err)?;
     st.finish()?;
-    let id = store.put_blob(&serde_json::to_vec(&config).map_err(|e| UserError(e.to_string()))?)?;
+    let id = store.put_config(&config)?;
     let img = Image {
         format: crate::records::FORMAT,
         id: id.clone(),

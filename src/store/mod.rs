@@ -30,6 +30,7 @@ use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
+use oci_spec::image::ImageConfiguration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -252,6 +253,20 @@ impl Store {
     pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>> {
         let p = self.blob_path(d);
         std::fs::read(&p).map_err(io("blob", &p))
+    }
+
+    /// The configuration of `img` (its Entrypoint, Cmd, Env…, its DiffIDs and history).
+    pub fn image_config(&self, img: &Image) -> Result<ImageConfiguration> {
+        ImageConfiguration::from_reader(&self.read_blob(&img.id)?[..])
+            .map_err(|e| UserError(format!("image config {}: {e}", img.id)))
+    }
+
+    /// Stores an image configuration as a blob; its digest (the image's id).
+    pub fn put_config(&self, cfg: &ImageConfiguration) -> Result<Digest> {
+        let json = cfg
+            .to_string()
+            .map_err(|e| UserError(format!("image config: {e}")))?;
+        self.put_blob(json.as_bytes())
     }
 
     pub fn images(&self) -> Result<Vec<Image>> {

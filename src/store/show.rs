@@ -101,13 +101,12 @@ pub fn tree(store: &Store) -> Result<String> {
 
 /// `unionfuse history IMAGE`: the config's history, newest first.
 pub fn history(store: &Store, img: &Image) -> Result<String> {
-    let cfg: serde_json::Value = serde_json::from_slice(&store.read_blob(&img.id)?)
-        .map_err(|e| crate::error::UserError(e.to_string()))?;
+    let cfg = store.image_config(img)?;
     let mut out = format!("{:<22} {:<8} {}\n", "CREATED", "LAYER", "CREATED BY");
     let mut layer = img.layers.len();
-    let hist: Vec<&serde_json::Value> = cfg["history"].as_array().into_iter().flatten().collect();
+    let hist = cfg.history().clone().unwrap_or_default();
     for h in hist.iter().rev() {
-        let empty = h["empty_layer"].as_bool().unwrap_or(false);
+        let empty = h.empty_layer().unwrap_or(false);
         let which = if empty {
             "-".to_string()
         } else {
@@ -118,9 +117,9 @@ pub fn history(store: &Store, img: &Image) -> Result<String> {
         };
         out.push_str(&format!(
             "{:<22} {:<8} {}\n",
-            h["created"].as_str().unwrap_or(""),
+            h.created().as_deref().unwrap_or(""),
             which,
-            h["created_by"].as_str().unwrap_or("")
+            h.created_by().as_deref().unwrap_or("")
         ));
     }
     Ok(out)
