@@ -700,6 +700,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn staged_blobs_come_in_whole_or_not_at_all() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(Some(d.path().join("store"))).unwrap();
+        let src = d.path().join("blob");
+        std::fs::write(&src, b"content").unwrap();
+        let want = Digest::of(b"content");
+        // A wrong digest is refused, and nothing of it stays.
+        let mut st = Staged::new(&store).unwrap();
+        assert!(st.blob_file(&src, Some(&Digest::of(b"other"))).is_err());
+        drop(st);
+        assert!(!store.blob_path(&want).exists());
+        // Staged but not finished (a refused or killed load): nothing in the store.
+        let mut st = Staged::new(&store).unwrap();
+        assert_eq!(st.blob_file(&src, None).unwrap(), (want.clone(), 7));
+        assert!(!store.blob_path(&want).exists());
+        drop(st);
+        assert!(!store.blob_path(&want).exists());
+        // Finished: in place, and the staging directory gone with the next command.
+        let mut st = Staged::new(&store).unwrap();
+        st.blob_file(&src, Some(&want)).unwrap();
+        st.finish().unwrap();
+        assert_eq!(store.read_blob(&want).unwrap(), b"content");
+        let again = Store::open(Some(store.root.clone())).unwrap();
+        assert_eq!(
+            std::fs::read_dir(again.root.join("tmp")).unwrap().count(),
+            0
+        );
+    }
+
+    #[test]
     fn times_convert_both_ways() {
         for t in [0, 86399, 951782400, 1733312345, 4102444800] {
             assert_eq!(parse_time(&rfc3339(t)), Some(t), "{t}");

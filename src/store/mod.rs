@@ -722,4 +722,129 @@ mod tests {
         assert_eq!(normalize_name("a:1").unwrap(), "a:1");
         assert!(normalize_name("a b").is_err());
     }
+
+    fn temp_store() -> (tempfile::TempDir, Store) {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(Some(d.path().join("store"))).unwrap();
+        (d, s)
+    }
+
+    fn image(s: &Store, config: &[u8]) -> Image {
+        Image {
+            format: crate::records::FORMAT,
+            id: s.put_blob(config).unwrap(),
+            names: Vec::new(),
+            layers: Vec::new(),
+            created: 1,
+        }
+    }
+
+    #[test]
+    fn blobs_are_stored_once_by_digest() {
+        let (_d, s) = temp_store();
+        let a = s.put_blob(b"one").unwrap();
+        assert_eq!(a, Digest::of(b"one"));
+        assert_eq!(s.put_blob(b"one").unwrap(), a);
+        assert_eq!(s.read_blob(&a).unwrap(), b"one");
+        assert!(s.read_blob(&Digest::of(b"two")).is_err());
+    }
+
+    #[test]
+    fn an_image_arriving_again_keeps_its_names_and_gains_the_new_one() {
+        let (_d, s) = temp_store();
+        let img = s.add_image(image(&s, b"c"), &["a:1".into()]).unwrap();
+        let again = s.add_image(image(&s, b"c"), &["b:1".into()]).unwrap();
+        assert_eq!(again.id, img.id);
+        assert_eq!(again.names, vec!["a:1", "b:1"]);
+        // A name given to another image moves there.
+        let other = s.add_image(image(&s, b"d"), &["a:1".into()]).unwrap();
+        assert_eq!(other.names, vec!["a:1"]);
+        assert_eq!(s.find_image(img.id.hex()).unwrap().names, vec!["b:1"]);
+        // Found by name, short name, id and id prefix; an ambiguous prefix is refused.
+        assert_eq!(s.find_image("b:1").unwrap().id, img.id);
+        assert_eq!(s.find_image(&img.id.hex()[..6]).unwrap().id, img.id);
+        assert!(s.find_image("nosuch").is_err());
+        assert_eq!(s.images().unwrap().len(), 2);
+        // Names are checked where they are given.
+        assert!(s.add_image(image(&s, b"e"), &["Bad:1".into()]).is_err());
+    }
+
+    #[test]
+    fn names_follow_the_reference_grammar() {
+        for good in ["a", "a/b:1", "localhost:5000/a/b:v1.2-3_x"] {
+            assert!(normalize_name(good).is_ok(), "{good}");
+        }
+        let d = format!("repo@{}", Digest::of(b"x"));
+        assert_eq!(normalize_name(&d).unwrap(), d);
+        for bad in [
+            "",
+            "MyImg:1",
+            ":1",
+            "a:1:2",
+            "UPPER",
+            "a b",
+            "a@sha256:12",
+            "a/:1",
+        ] {
+            assert!(normalize_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn leftovers_of_a_crash_go_and_what_is_being_made_stays() {
+        let (_d, s) = temp_store();
+        let held = s.temp().unwrap();
+        std::fs::write(held.path.join("x"), b"in the making").unwrap();
+        // What a killed command left: a directory whose lock nobody holds.
+        let dead = s.root.join("tmp").join("dead");
+        std::fs::create_dir(&dead).unwrap();
+        std::fs::write(dead.with_extension("lock"), b"").unwrap();
+        let s2 = Store::open(Some(s.root.clone())).unwrap();
+        assert!(!dead.exists(), "a crash's leftover stayed");
+        assert!(held.path.join("x").exists(), "what is being made went");
+        drop(held);
+        drop(s2);
+    }
+
+    #[test]
+    fn a_container_whose_runner_died_reads_as_killed() {
+        let (_d, s) = temp_store();
+        let c = Container {
+            format: crate::records::FORMAT,
+            id: "ab".repeat(32),
+            name: "c1".into(),
+            image: Digest::of(b"c"),
+            image_name: "base".into(),
+            command: vec!["true".into()],
+            env: Vec::new(),
+            workdir: None,
+            hostname: None,
+            user: None,
+            created: 1,
+            state: State::Running,
+            host: Default::default(),
+            started: Some(1),
+            reason: None,
+        };
+        std::fs::create_dir_all(s.container_dir(&c.id)).unwrap();
+        s.put_container(&c).unwrap();
+        // Its lock is held: still running.
+        let lock = s.lock_container(&c).unwrap();
+        assert_eq!(s.find_container("c1").unwrap().state, State::Running);
+        drop(lock);
+        // Gone without a word: exited, with SIGKILL's status, recorded.
+        assert_eq!(s.find_container("c1").unwrap().state, State::Exited(137));
+        let on_disk: Container = read_json(&s.container_dir(&c.id).join("config.json")).unwrap();
+        assert_eq!(on_disk.state, State::Exited(137));
+    }
+
+    #[test]
+    fn a_full_filesystem_is_said_to_be_the_stores() {
+        let (_d, s) = temp_store();
+        let e = s.when_full(UserError(
+            "'x.tar': tar entry 'a': No space left on device".into(),
+        ));
+        assert!(e.0.starts_with(&format!("the store at '{}' is full", s.root.display())));
+        assert_eq!(s.when_full(UserError("other".into())).0, "other");
+    }
 }
