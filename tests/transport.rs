@@ -237,7 +237,12 @@ fn a_lazily_unmounted_union_still_busy_lets_its_daemon_go_when_released() {
     };
     let l = layers();
     let mut m = UnionMount::new(&[&l.lower], Some(&l.upper), &l.mp);
-    assert!(ring_switches(m.pid()).0 > 0);
+    // The queues are set up once the kernel's INIT is answered, which may come after the
+    // mount shows in the table.
+    assert!(wait_until(Duration::from_secs(5), || ring_switches(
+        m.pid()
+    )
+    .0 > 0));
     let open = std::fs::File::open(l.mp.join("low")).unwrap();
     let st = std::process::Command::new("umount")
         .arg("-l")

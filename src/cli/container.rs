@@ -276,7 +276,7 @@ impl RunArgs {
             chdir: self.process.workdir.clone(),
             binds,
             net,
-            mount_options: self.options,
+            union: run::UnionOptions::parse(&self.options)?,
             tty: match (self.tty, self.no_tty) {
                 (true, _) => Some(true),
                 (_, true) => Some(false),
@@ -303,7 +303,8 @@ impl RunArgs {
             });
         };
         run::run(RunRequest {
-            lower_spec: lowers,
+            lowers: crate::request::split_layers(&lowers)?,
+            lowers_typed: Some(lowers),
             command: self.command,
             ..req
         })

@@ -3,7 +3,6 @@
 
 use std::ffi::OsString;
 use std::io::Write;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Result, UserError};
@@ -93,13 +92,6 @@ fn start_keeping(store: &Store, c: &Container, req: RunRequest, keep: bool) -> R
         rec.reason = None;
         store.put_container(&rec)?;
     }
-    let mut spec = OsString::new();
-    for (i, l) in store.lowers(&img).iter().enumerate() {
-        if i > 0 {
-            spec.push(":");
-        }
-        spec.push(escape_layer(l));
-    }
     let env = c
         .env
         .iter()
@@ -110,13 +102,16 @@ fn start_keeping(store: &Store, c: &Container, req: RunRequest, keep: bool) -> R
         .chain(req.setenv.iter().cloned())
         .collect();
     let req = RunRequest {
-        lower_spec: spec,
+        lowers: store.lowers(&img),
         upper: Some(store.container_dir(&c.id).join("upper")),
+        union: run::UnionOptions {
+            // Rootless, the store kept what it could not give in the override xattr.
+            override_stat: req.union.override_stat || sys::geteuid() != 0,
+            ..req.union.clone()
+        },
         hostname: req.hostname.or(c.hostname.clone()),
         setenv: env,
         clean_env: true,
-        // Rootless, the store kept what it could not give in the override xattr.
-        override_stat: crate::sys::geteuid() != 0,
         chdir: req.chdir.or(c.workdir.as_ref().map(PathBuf::from)),
         user: req.user.or(c.user.clone()),
         host: c.host.clone(),
@@ -141,18 +136,6 @@ fn start_keeping(store: &Store, c: &Container, req: RunRequest, keep: bool) -> R
     }
     drop(lock);
     r.map(|o| o.code)
-}
-
-/// A layer directory in a `:`-separated list.
-fn escape_layer(p: &Path) -> OsString {
-    let mut out = Vec::new();
-    for &b in p.as_os_str().as_bytes() {
-        if b == b':' || b == b'\\' {
-            out.push(b'\\');
-        }
-        out.push(b);
-    }
-    std::os::unix::ffi::OsStringExt::from_vec(out)
 }
 
 /// `run --rm`: the container started, then removed (its exit not recorded).

@@ -13,8 +13,8 @@ use caps::{CapSet, Capability};
 use super::profile;
 use super::rootfs::{self, RealHost};
 use super::{
-    Bind, CANNOT_EXEC, NOT_FOUND, Net, RUNNER_FAILED, RunRequest, Scratch, cstring, make_private,
-    pipe, signal_set, unshare,
+    Bind, CANNOT_EXEC, NOT_FOUND, Net, RUNNER_FAILED, RunRequest, Runtime, Scratch, cstring,
+    make_private, pipe, signal_set, unshare,
 };
 use crate::error::{Result, UserError, bail};
 use crate::sys;
@@ -23,6 +23,7 @@ use crate::sys;
 /// its own mount namespace (or closes, if it never gets there).
 pub(super) fn start(
     req: &RunRequest,
+    rt: &Runtime,
     binds: &[Bind],
     scratch: &Scratch,
     full_ids: bool,
@@ -36,7 +37,7 @@ pub(super) fn start(
         Ok(sys::Forked::Child) => {
             drop(life_wr);
             drop(ns_rd);
-            let code = match init(req, binds, scratch, full_ids, life_rd, ns_wr) {
+            let code = match init(req, rt, binds, scratch, full_ids, life_rd, ns_wr) {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("unionfuse run: {e}");
@@ -57,6 +58,7 @@ pub(super) fn start(
 
 fn init(
     req: &RunRequest,
+    rt: &Runtime,
     binds: &[Bind],
     scratch: &Scratch,
     full_ids: bool,
@@ -90,7 +92,7 @@ fn init(
     let root = sys::open_dir_path(&scratch.root())
         .map_err(|e| UserError(format!("the union's root: {e}")))?;
     let mut host = RealHost::new(root, scratch.root());
-    rootfs::setup(&mut host, binds, full_ids, !req.profile.privileged)?;
+    rootfs::setup(&mut host, binds, full_ids, !rt.profile.privileged)?;
     host.pivot()?;
     drop(host);
     let dir = req.chdir.clone().unwrap_or_else(|| PathBuf::from("/"));
@@ -114,7 +116,7 @@ fn init(
         .iter()
         .map(|a| cstring(a))
         .collect::<Result<Vec<_>>>()?;
-    let filters = req.profile.programs()?;
+    let filters = rt.profile.programs()?;
     let set = signal_set(true);
     let pty = if req.tty == Some(true) {
         Some(terminal(ids.as_ref().map(|(uid, _, _)| *uid))?)
@@ -124,9 +126,9 @@ fn init(
     profile::confine(
         &mut RealConfine {
             filters: &filters,
-            cgroups: &req.cgroup_procs,
+            cgroups: &rt.cgroup_procs,
         },
-        &req.profile,
+        &rt.profile,
     )?;
     // The container is ready: the runner's namespace may let go of what this one still
     // needed (binds, /dev), and `exec` may enter it.

@@ -70,20 +70,24 @@ pub enum Net {
     None,
 }
 
+/// What a run is asked for, made once by the front end and handed over as it is: the
+/// layers as paths, the union's options parsed, the process's environment, binds, network,
+/// user, confinement and limits as typed values.
 #[derive(Debug, Clone, Default)]
 pub struct RunRequest {
-    pub lower_spec: OsString,
+    /// The read-only layers, top first.
+    pub lowers: Vec<PathBuf>,
+    /// The layers as the user typed them (`--lower`), for the hint of an unescaped ':' in
+    /// a refusal.
+    pub lowers_typed: Option<OsString>,
     pub upper: Option<PathBuf>,
+    /// How the union is mounted (`-o`).
+    pub union: UnionOptions,
     pub hostname: Option<String>,
     pub setenv: Vec<(OsString, OsString)>,
     /// Who the command runs as inside: `NAME`, `UID` or either with `:GROUP` (names from
     /// the container's /etc/passwd and /etc/group); root by default.
     pub user: Option<String>,
-    /// Show the owners and modes kept in `user.containers.override_stat` (layers extracted
-    /// without the privilege to give them).
-    pub override_stat: bool,
-    /// `-o` mount options for the union (the parser `unionfuse mount -o` uses).
-    pub mount_options: Vec<String>,
     /// Start from an empty environment (a container's: its image's and `setenv`), not the
     /// caller's.
     pub clean_env: bool,
@@ -96,13 +100,50 @@ pub struct RunRequest {
     pub tty: Option<bool>,
     /// Confinement and limits as asked for (checked when the run starts).
     pub host: HostOptions,
-    /// How the command is confined: made from `host` by [`run`].
-    pub profile: profile::Profile,
     /// Where the init's pid is written once the container is ready (and removed at its
     /// end): how `exec`, `top` and `stop` find a running container.
     pub pid_file: Option<PathBuf>,
-    /// `cgroup.procs` of the cgroups the command joins (made by the runner).
-    pub cgroup_procs: Vec<std::sync::Arc<std::os::fd::OwnedFd>>,
+}
+
+/// What a run's `-o` lists give its union (the options of `unionfuse mount -o`).
+#[derive(Debug, Clone, Default)]
+pub struct UnionOptions {
+    /// No flush to the upper (a throw-away upper is always so).
+    pub volatile: bool,
+    /// Show the owners and modes kept in `user.containers.override_stat` (layers extracted
+    /// without the privilege to give them).
+    pub override_stat: bool,
+    /// Write OCI whiteouts even where kernel ones are possible.
+    pub oci_whiteouts: bool,
+    /// uid/gid mappings and squashing.
+    pub ids: crate::union::ids::IdMap,
+    pub threads: Option<usize>,
+}
+
+impl UnionOptions {
+    /// `-o` lists, through the one option parser; the layers of a run are `--lower` and
+    /// `--upper`, never options.
+    pub fn parse(lists: &[String]) -> Result<UnionOptions> {
+        let mut o = request::option_lists(lists, "--lower and --upper", false)?;
+        let (u, g) = (o.req.squash_uid, o.req.squash_gid);
+        o.req.union.ids.squash(u, g);
+        Ok(UnionOptions {
+            volatile: o.req.union.volatile,
+            override_stat: o.req.union.override_stat,
+            oci_whiteouts: o.req.union.oci_whiteouts,
+            ids: o.req.union.ids,
+            threads: o.req.threads,
+        })
+    }
+}
+
+/// What the runner makes of a request before anything starts: the profile the command is
+/// confined by, and the cgroups it joins.
+#[derive(Default)]
+struct Runtime {
+    profile: profile::Profile,
+    /// `cgroup.procs` of the cgroups the command joins.
+    cgroup_procs: Vec<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 /// The run's confinement and limits as its options give them: a container keeps them in
@@ -216,7 +257,10 @@ pub fn run_outcome(req: RunRequest) -> Result<Outcome> {
     if req.command.is_empty() {
         bail!("no command given (unionfuse run --lower L [--upper U] -- COMMAND [ARG...])");
     }
-    let lowers = request::split_layers(&req.lower_spec)?;
+    if req.lowers.is_empty() {
+        bail!("no lower layer given");
+    }
+    let lowers = req.lowers.clone();
     // A first run of a container makes its upper.
     if let Some(u) = &req.upper
         && !u.exists()
@@ -250,7 +294,10 @@ pub fn run_outcome(req: RunRequest) -> Result<Outcome> {
     }
 
     let mut req = req;
-    req.profile = req.host.profile()?;
+    let mut rt = Runtime {
+        profile: req.host.profile()?,
+        ..Default::default()
+    };
     let limits = req.host.limits()?;
     // An interactive run on a terminal: the command gets a terminal of its own.
     req.tty = Some(
@@ -269,13 +316,13 @@ pub fn run_outcome(req: RunRequest) -> Result<Outcome> {
         Err(e) => return Err(e),
     };
     if let Some(cg) = &cg {
-        req.cgroup_procs = cg.procs.clone();
+        rt.cgroup_procs = cg.procs.clone();
     }
     let scratch = Scratch::create(req.upper.is_none())?;
     // The layers are checked once, here, before any namespace exists.
     let r = mount_request(&req, lowers, &scratch)
-        .and_then(|m| run_in(&req, m, &binds, rootless, &scratch));
-    req.cgroup_procs.clear();
+        .and_then(|m| run_in(&req, &rt, m, &binds, rootless, &scratch));
+    rt.cgroup_procs.clear();
     let oom_killed = cg.as_ref().is_some_and(|c| c.oom_killed());
     if let Some(c) = cg.as_mut() {
         c.remove();
@@ -374,32 +421,31 @@ fn mount_request(req: &RunRequest, lowers: Vec<PathBuf>, scratch: &Scratch) -> R
         Some(u) => Some(u.clone()),
         None => Some(scratch.path.join("upper")),
     };
-    let mut o = request::option_lists(&req.mount_options, "--lower and --upper", false)?;
-    let (u, g) = (o.req.squash_uid, o.req.squash_gid);
-    o.req.union.ids.squash(u, g);
+    let o = &req.union;
     let mreq = MountRequest {
         union: UnionConfig {
             lowers,
             upper,
             // A throw-away upper needs no flush to disk.
-            volatile: scratch.temp_upper || o.req.union.volatile,
-            override_stat: req.override_stat || o.req.union.override_stat,
-            oci_whiteouts: o.req.union.oci_whiteouts,
-            ids: o.req.union.ids,
+            volatile: scratch.temp_upper || o.volatile,
+            override_stat: o.override_stat,
+            oci_whiteouts: o.oci_whiteouts,
+            ids: o.ids.clone(),
             ..Default::default()
         },
-        threads: o.req.threads,
+        threads: o.threads,
         mountpoint: scratch.root(),
         allow_other: Some(true),
         private: true,
         remove_after: Some(scratch.path.clone()),
         ..Default::default()
     };
-    request::validate(&mreq, Some(&req.lower_spec))
+    request::validate(&mreq, req.lowers_typed.as_deref())
 }
 
 fn run_in(
     req: &RunRequest,
+    rt: &Runtime,
     checked: Checked,
     binds: &[Bind],
     rootless: bool,
@@ -422,7 +468,7 @@ fn run_in(
             if std::os::unix::process::parent_id() != runner {
                 sys::exit_now(RUNNER_FAILED as i32);
             }
-            let msg = match run_in_namespaces(req, checked, binds, rootless, scratch) {
+            let msg = match run_in_namespaces(req, rt, checked, binds, rootless, scratch) {
                 Ok(code) => format!("ok {code}"),
                 Err(e) => format!("err {}", e.0),
             };
@@ -452,6 +498,7 @@ fn run_in(
 /// session child, whose namespace leaves the host's tree once the init is ready.
 fn run_in_namespaces(
     req: &RunRequest,
+    rt: &Runtime,
     checked: Checked,
     binds: &[Bind],
     rootless: bool,
@@ -507,7 +554,7 @@ fn run_in_namespaces(
         flags |= libc::CLONE_NEWNET;
     }
     let r = unshare(flags, "pid, uts, ipc and network namespaces")
-        .and_then(|()| init::start(req, binds, scratch, full_ids));
+        .and_then(|()| init::start(req, rt, binds, scratch, full_ids));
     let code = match r {
         Ok((init, ns_ready)) => {
             // The init relays the caller's keys as they are typed (^C and ^Z included) to
