@@ -173,6 +173,26 @@ impl<'a> Staged<'a> {
         Ok((d, n))
     }
 
+    /// Takes `src`, a file of this command's in the store's `tmp/` whose digest `d` was
+    /// checked as it was written, as that blob: moved, not copied (the store's own blob,
+    /// when it is one, stays where it is).
+    pub fn blob_checked(&mut self, src: &Path, d: &Digest) -> Result<(Digest, u64)> {
+        let dest = self.store.blob_path(d);
+        let size = |p: &Path| {
+            std::fs::metadata(p)
+                .map(|m| m.len())
+                .map_err(|e| UserError(format!("blob {d}: {e}")))
+        };
+        if src == dest || dest.exists() {
+            return Ok((d.clone(), size(&dest)?));
+        }
+        let tmp = self.next("blob");
+        std::fs::rename(src, &tmp).map_err(|e| UserError(format!("blob {d}: {e}")))?;
+        let n = size(&tmp)?;
+        self.moves.push((tmp, dest));
+        Ok((d.clone(), n))
+    }
+
     /// Takes the blob file `src` (made by this process) as blob `d` as it is.
     pub fn blob_made(&mut self, src: PathBuf, d: &Digest) {
         self.moves.push((src, self.store.blob_path(d)));
@@ -284,6 +304,9 @@ struct Found {
     config: PathBuf,
     config_digest: Option<Digest>,
     layers: Vec<(PathBuf, Option<Digest>)>,
+    /// The layers' files are this command's own, each checked against its digest as it
+    /// was written (a pull's downloads): moved into place, not copied and hashed again.
+    checked: bool,
 }
 
 fn blob_in(dir: &Path, d: &oci_spec::image::Digest) -> Result<(PathBuf, Digest)> {
@@ -315,6 +338,7 @@ fn manifest_of(dir: &Path, path: &Path, names: Vec<String>) -> Result<Found> {
         config,
         config_digest: Some(config_digest),
         layers,
+        checked: false,
     })
 }
 
@@ -413,6 +437,7 @@ fn docker_archive(dir: &Path) -> Result<Vec<Found>> {
             config_digest: named(&config),
             config,
             layers,
+            checked: false,
         });
     }
     Ok(out)
@@ -450,8 +475,10 @@ fn parse_time(s: &str) -> Option<i64> {
     Some(days * 86400 + h * 3600 + mi * 60 + se)
 }
 
-/// Brings in an image whose blobs are files already here (a pull's downloads): the config,
-/// and the layers' blobs with their digests, checked again as a load checks them.
+/// Brings in an image whose blobs are files already here (a pull's downloads, each checked
+/// against its digest as it came, in the store's `tmp/`, or the store's own blobs): the
+/// config checked as a load checks it, the layers' files moved into place as they are, so
+/// a pulled layer is written to disk once.
 pub(crate) fn bring_in_blobs(
     store: &Store,
     names: Vec<String>,
@@ -464,6 +491,7 @@ pub(crate) fn bring_in_blobs(
         config: config.0,
         config_digest: Some(config.1),
         layers: layers.into_iter().map(|(p, d)| (p, Some(d))).collect(),
+        checked: true,
     };
     bring_in(store, f, rep)
 }
@@ -486,7 +514,10 @@ fn bring_in(store: &Store, f: Found, rep: &Report) -> Result<Image> {
     let mut layers = Vec::new();
     for ((path, expect), diff_id) in f.layers.iter().zip(diff_ids) {
         let diff_id = Digest::parse(diff_id)?;
-        let (blob, size) = st.blob_file(path, expect.as_ref())?;
+        let (blob, size) = match expect {
+            Some(d) if f.checked => st.blob_checked(path, d)?,
+            _ => st.blob_file(path, expect.as_ref())?,
+        };
         if !st.layer(&blob, &diff_id, rep)? {
             rep.line(&format!("layer {}: already present", diff_id.short()));
         }
