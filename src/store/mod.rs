@@ -19,24 +19,31 @@
 
 pub mod auth;
 pub mod commit;
+mod containers;
+mod files;
+mod gc;
+mod images;
 pub mod load;
 pub mod registry;
 pub mod save;
 pub mod show;
 pub mod unpack;
 
-use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use oci_spec::image::ImageConfiguration;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::error::{Result, UserError, bail};
 pub use crate::records::{Container, Digest, Image, LayerRef, State};
 use crate::sys;
+use files::write_replacing;
+pub use files::{
+    Temp, ago, disk_usage, human, random_hex, read_json, remove_all, remove_tree, write_atomic,
+    write_json,
+};
+pub use images::{chain_ids, layer_users, normalize_name};
 
 /// A reader that hashes what passes through it, and counts it.
 pub struct Hashing<R> {
@@ -85,33 +92,6 @@ pub fn now() -> i64 {
 fn io(what: &str, p: &Path) -> impl FnOnce(std::io::Error) -> UserError {
     let m = format!("{what} '{}'", p.display());
     move |e| UserError(format!("{m}: {e}"))
-}
-
-/// `NAME[:TAG]` or `NAME@DIGEST`, checked against the reference grammar `pull` uses
-/// (lowercase repository components, a tag of at most 128 word characters, a sha256 digest),
-/// with the tag `latest` when neither is given.
-pub fn normalize_name(name: &str) -> Result<String> {
-    let bad = |why: &str| {
-        UserError(format!(
-            "'{name}' is not a valid image name ({why}; NAME[:TAG] or NAME@sha256:HEX, as in localhost/app:1)"
-        ))
-    };
-    if name.is_empty() || name.contains(char::is_whitespace) {
-        return Err(bad("empty or with spaces"));
-    }
-    let r = <oci_client::Reference as std::str::FromStr>::from_str(name)
-        .map_err(|e| bad(&e.to_string()))?;
-    if let Some(d) = r.digest() {
-        Digest::parse(d).map_err(|_| bad("the digest is not sha256:HEX"))?;
-    }
-    // The parser lowercases nothing and accepts a repository it then prefixes: only what
-    // the user wrote, character for character, is a name.
-    let last = name.rsplit('/').next().unwrap_or(name);
-    if name.contains('@') || last.contains(':') {
-        Ok(name.to_string())
-    } else {
-        Ok(format!("{name}:latest"))
-    }
 }
 
 impl Store {
@@ -255,112 +235,6 @@ impl Store {
         std::fs::read(&p).map_err(io("blob", &p))
     }
 
-    /// The configuration of `img` (its Entrypoint, Cmd, Env…, its DiffIDs and history).
-    pub fn image_config(&self, img: &Image) -> Result<ImageConfiguration> {
-        ImageConfiguration::from_reader(&self.read_blob(&img.id)?[..])
-            .map_err(|e| UserError(format!("image config {}: {e}", img.id)))
-    }
-
-    /// Stores an image configuration as a blob; its digest (the image's id).
-    pub fn put_config(&self, cfg: &ImageConfiguration) -> Result<Digest> {
-        let json = cfg
-            .to_string()
-            .map_err(|e| UserError(format!("image config: {e}")))?;
-        self.put_blob(json.as_bytes())
-    }
-
-    pub fn images(&self) -> Result<Vec<Image>> {
-        let mut out = Vec::new();
-        let dir = self.root.join("images");
-        for e in std::fs::read_dir(&dir)
-            .map_err(io("cannot list", &dir))?
-            .flatten()
-        {
-            let p = e.path();
-            if p.extension().is_some_and(|x| x == "json") {
-                out.push(read_json(&p)?);
-            }
-        }
-        out.sort_by(|a: &Image, b| b.created.cmp(&a.created).then(a.id.cmp(&b.id)));
-        Ok(out)
-    }
-
-    pub fn put_image(&self, img: &Image) -> Result<()> {
-        write_json(&self.image_path(&img.id), img)
-    }
-
-    /// An image by name (`NAME[:TAG]`), id or id prefix (at least 4 hex digits).
-    pub fn find_image(&self, what: &str) -> Result<Image> {
-        let images = self.images()?;
-        let name = normalize_name(what).ok();
-        // A short name also finds what podman names `localhost/NAME`.
-        let local = name.as_ref().map(|n| format!("localhost/{n}"));
-        for n in [&name, &local].into_iter().flatten() {
-            if let Some(i) = images.iter().find(|i| i.names.contains(n)) {
-                return Ok(i.clone());
-            }
-        }
-        let hex = what.strip_prefix("sha256:").unwrap_or(what);
-        if hex.len() >= 4 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let hits: Vec<&Image> = images
-                .iter()
-                .filter(|i| i.id.hex().starts_with(hex))
-                .collect();
-            match hits.as_slice() {
-                [one] => return Ok((*one).clone()),
-                [] => {}
-                _ => bail!("'{what}' names more than one image: give more digits"),
-            }
-        }
-        bail!("no image '{what}' (see unionfuse images)")
-    }
-
-    /// Records `img` and gives it `names`. An image already in the store keeps the names it
-    /// has (a second name for the same image is added, never put in the first one's place).
-    /// The caller holds the store's lock.
-    pub fn add_image(&self, mut img: Image, names: &[String]) -> Result<Image> {
-        if let Ok(old) = read_json::<Image>(&self.image_path(&img.id)) {
-            img.names = old.names;
-        }
-        self.put_image(&img)?;
-        for n in names {
-            self.set_name(&img.id, n)?;
-        }
-        self.find_image(img.id.hex())
-    }
-
-    /// Gives `name` to the image `id`, taking it from any other image.
-    pub fn set_name(&self, id: &Digest, name: &str) -> Result<()> {
-        let name = normalize_name(name)?;
-        for mut i in self.images()? {
-            let had = i.names.contains(&name);
-            if i.id == *id && !had {
-                i.names.push(name.clone());
-                self.put_image(&i)?;
-            } else if i.id != *id && had {
-                i.names.retain(|n| *n != name);
-                self.put_image(&i)?;
-            }
-        }
-        Ok(())
-    }
-
-    pub fn containers(&self) -> Result<Vec<Container>> {
-        let mut out = Vec::new();
-        let dir = self.root.join("containers");
-        for e in std::fs::read_dir(&dir)
-            .map_err(io("cannot list", &dir))?
-            .flatten()
-        {
-            let p = e.path().join("config.json");
-            if p.exists() {
-                out.push(self.settled(read_json(&p)?));
-            }
-        }
-        out.sort_by_key(|c: &Container| std::cmp::Reverse(c.created));
-        Ok(out)
-    }
-
     /// A failure of a command that writes into the store, said as what it is when the
     /// store's filesystem is full (rather than blaming the archive or layer being read).
     pub fn when_full(&self, e: UserError) -> UserError {
@@ -376,326 +250,6 @@ impl Store {
             None => e,
         }
     }
-
-    /// `c` as it is: a record that says running while no runner holds the container's
-    /// lock belongs to a run whose runner was killed (`kill -9`) before it could record
-    /// the end; it ended with SIGKILL's status, 137, which is recorded now.
-    fn settled(&self, c: Container) -> Container {
-        if c.state != State::Running || self.is_running(&c) {
-            return c;
-        }
-        // Read again: a runner that just recorded its end and let go of the lock wins.
-        let p = self.container_dir(&c.id).join("config.json");
-        let Ok(mut now) = read_json::<Container>(&p) else {
-            return c;
-        };
-        if now.state == State::Running {
-            now.state = State::Exited(137);
-            let _ = self.put_container(&now);
-        }
-        now
-    }
-
-    /// A container's record: not synced (its state changes at every start and exit; a
-    /// crash keeps the record before or after the change).
-    pub fn put_container(&self, c: &Container) -> Result<()> {
-        let data = serde_json::to_vec_pretty(c).map_err(|e| UserError(e.to_string()))?;
-        write_replacing(&self.container_dir(&c.id).join("config.json"), &data, false)
-    }
-
-    /// A container by name, id or id prefix.
-    pub fn find_container(&self, what: &str) -> Result<Container> {
-        let all = self.containers()?;
-        if let Some(c) = all.iter().find(|c| c.name == what) {
-            return Ok(c.clone());
-        }
-        let hits: Vec<&Container> = all
-            .iter()
-            .filter(|c| what.len() >= 4 && c.id.starts_with(what))
-            .collect();
-        match hits.as_slice() {
-            [one] => Ok((*one).clone()),
-            [] => bail!("no container '{what}' (see unionfuse ps -a)"),
-            _ => bail!("'{what}' names more than one container: give more digits"),
-        }
-    }
-
-    /// The lower layer directories of an image, top first (as the union takes them).
-    pub fn lowers(&self, img: &Image) -> Vec<PathBuf> {
-        img.layers
-            .iter()
-            .rev()
-            .map(|l| self.layer_path(&l.diff_id))
-            .collect()
-    }
-
-    /// Whether the container's runner is running (it holds the container's lock).
-    pub fn is_running(&self, c: &Container) -> bool {
-        match std::fs::File::open(self.container_dir(&c.id).join("lock")) {
-            Ok(f) => sys::flock(f.as_fd(), libc::LOCK_SH | libc::LOCK_NB).is_err(),
-            Err(_) => false,
-        }
-    }
-
-    /// Takes the container's lock for a run: refused while another run holds it.
-    pub fn lock_container(&self, c: &Container) -> Result<std::fs::File> {
-        let p = self.container_dir(&c.id).join("lock");
-        let f = std::fs::File::create(&p).map_err(io("cannot open", &p))?;
-        if sys::flock(f.as_fd(), libc::LOCK_EX | libc::LOCK_NB).is_err() {
-            bail!(
-                "container '{}' is running (stop it with unionfuse stop {})",
-                c.name,
-                c.name
-            );
-        }
-        Ok(f)
-    }
-
-    /// Removes what no image references: layers, then blobs. Returns the bytes freed.
-    pub fn prune(&self) -> Result<u64> {
-        let _l = self.lock()?;
-        let images = self.images()?;
-        let mut layers = std::collections::BTreeSet::new();
-        let mut blobs = std::collections::BTreeSet::new();
-        for i in &images {
-            blobs.insert(i.id.hex().to_string());
-            for l in &i.layers {
-                layers.insert(l.diff_id.hex().to_string());
-                blobs.insert(l.blob.hex().to_string());
-            }
-        }
-        let mut freed = 0;
-        // Unfinished downloads no pull is resuming now.
-        if let Ok(rd) = std::fs::read_dir(self.root.join("partial")) {
-            for e in rd.flatten() {
-                if let Ok(f) = std::fs::File::open(e.path())
-                    && sys::flock(f.as_fd(), libc::LOCK_EX | libc::LOCK_NB).is_ok()
-                {
-                    freed += disk_usage(&e.path());
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-        }
-        for (dir, keep) in [
-            ("layers", &layers),
-            ("blobs/sha256", &blobs),
-            ("sources", &blobs),
-        ] {
-            let d = self.root.join(dir);
-            for e in std::fs::read_dir(&d)
-                .map_err(io("cannot list", &d))?
-                .flatten()
-            {
-                let n = e.file_name().to_string_lossy().into_owned();
-                let hex = n.trim_end_matches(".lock");
-                if keep.contains(hex) {
-                    continue;
-                }
-                freed += disk_usage(&e.path());
-                let _ = remove_tree(&e.path());
-            }
-        }
-        Ok(freed)
-    }
-
-    /// Checks every record against the store: each image's config and layer blobs there
-    /// with their digests, each layer extracted; each container's image and upper there.
-    /// Returns the problems found.
-    pub fn check(&self) -> Result<Vec<String>> {
-        let mut bad = Vec::new();
-        for i in self.images()? {
-            let mut blobs = vec![i.id.clone()];
-            blobs.extend(i.layers.iter().map(|l| l.blob.clone()));
-            for b in blobs {
-                match std::fs::File::open(self.blob_path(&b)) {
-                    Ok(f) => {
-                        let h = Hashing::new(f)
-                            .finish()
-                            .map_err(|e| UserError(e.to_string()))?;
-                        if h.0 != b {
-                            bad.push(format!("blob {b} holds {}", h.0));
-                        }
-                    }
-                    Err(e) => bad.push(format!("blob {b}: {e}")),
-                }
-            }
-            for l in &i.layers {
-                if !self.layer_path(&l.diff_id).is_dir() {
-                    bad.push(format!("layer {} of {} is missing", l.diff_id, i.id));
-                }
-            }
-        }
-        let ids: Vec<Digest> = self.images()?.into_iter().map(|i| i.id).collect();
-        for c in self.containers()? {
-            if !ids.contains(&c.image) {
-                bad.push(format!(
-                    "container {} uses missing image {}",
-                    c.name, c.image
-                ));
-            }
-            if !self.container_dir(&c.id).join("upper").is_dir() {
-                bad.push(format!("container {} has no upper", c.name));
-            }
-        }
-        Ok(bad)
-    }
-}
-
-/// Removes a file or tree of the store. Rootless, a tree may hold files of the caller's
-/// subordinate ids (a layer extracted with its owners, a container's writes): the removal
-/// is made as root of a user namespace with that range.
-pub fn remove_tree(p: &Path) -> Result<()> {
-    let run =
-        || remove_all(p).map_err(|e| UserError(format!("cannot remove '{}': {e}", p.display())));
-    if sys::geteuid() == 0 {
-        return run();
-    }
-    if remove_all(p).is_ok() {
-        return Ok(());
-    }
-    crate::userns::in_user_namespace(run)
-}
-
-/// A directory being made in `tmp/`, locked while this process lives.
-pub struct Temp {
-    pub path: PathBuf,
-    _lock: std::fs::File,
-}
-
-impl Drop for Temp {
-    fn drop(&mut self) {
-        let _ = remove_tree(&self.path);
-        let _ = std::fs::remove_file(self.path.with_extension("lock"));
-    }
-}
-
-pub fn random_hex(bytes: usize) -> String {
-    let mut b = vec![0u8; bytes];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = f.read_exact(&mut b);
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Removes a file or a tree, as the owner could (directories without write permission are
-/// made writable first).
-pub fn remove_all(p: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    match std::fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => {
-            let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700));
-            for e in std::fs::read_dir(p)?.flatten() {
-                remove_all(&e.path())?;
-            }
-            std::fs::remove_dir(p)
-        }
-        Ok(_) => std::fs::remove_file(p),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-/// Bytes a file or tree takes.
-pub fn disk_usage(p: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(m) = std::fs::symlink_metadata(p) else {
-        return 0;
-    };
-    let mut n = m.blocks() * 512;
-    if m.is_dir()
-        && let Ok(rd) = std::fs::read_dir(p)
-    {
-        for e in rd.flatten() {
-            n += disk_usage(&e.path());
-        }
-    }
-    n
-}
-
-/// Writes a file whole or not at all: a temporary beside it, synced, renamed into place.
-pub fn write_atomic(p: &Path, data: &[u8]) -> Result<()> {
-    write_replacing(p, data, true)
-}
-
-/// As `write_atomic`; without `sync`, a crash may lose the new content (never leave a
-/// half-written one): for records rewritten all the time, a container's state.
-fn write_replacing(p: &Path, data: &[u8], sync: bool) -> Result<()> {
-    let tmp = p.with_extension(format!("tmp-{}", random_hex(6)));
-    let r = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        if sync {
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, p)
-    })();
-    if r.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    r.map_err(io("cannot write", p))
-}
-
-pub fn write_json<T: Serialize>(p: &Path, v: &T) -> Result<()> {
-    let data = serde_json::to_vec_pretty(v).map_err(|e| UserError(e.to_string()))?;
-    write_atomic(p, &data)
-}
-
-pub fn read_json<T: for<'de> Deserialize<'de>>(p: &Path) -> Result<T> {
-    let data = std::fs::read(p).map_err(io("cannot read", p))?;
-    serde_json::from_slice(&data).map_err(|e| UserError(format!("'{}': {e}", p.display())))
-}
-
-/// Sizes for people: 1.5 MB.
-pub fn human(n: u64) -> String {
-    let units = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1000.0 && u < units.len() - 1 {
-        v /= 1000.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", units[u])
-    }
-}
-
-/// How long ago, for people.
-pub fn ago(t: i64) -> String {
-    let d = (now() - t).max(0);
-    match d {
-        0..60 => format!("{d} seconds ago"),
-        60..3600 => format!("{} minutes ago", d / 60),
-        3600..86400 => format!("{} hours ago", d / 3600),
-        _ => format!("{} days ago", d / 86400),
-    }
-}
-
-/// The ChainIDs of a stack of layers (bottom first), as the OCI image spec defines them:
-/// the first layer's DiffID, then sha256 of "PARENT_CHAINID DIFFID": a layer's identity
-/// with everything under it.
-pub fn chain_ids(layers: &[LayerRef]) -> Vec<Digest> {
-    let mut out: Vec<Digest> = Vec::new();
-    for l in layers {
-        let next = match out.last() {
-            None => l.diff_id.clone(),
-            Some(p) => Digest::of(format!("{} {}", p, l.diff_id).as_bytes()),
-        };
-        out.push(next);
-    }
-    out
-}
-
-/// Images by layer, for sharing: how many images use each DiffID.
-pub fn layer_users(images: &[Image]) -> BTreeMap<Digest, usize> {
-    let mut m = BTreeMap::new();
-    for i in images {
-        for l in &i.layers {
-            *m.entry(l.diff_id.clone()).or_insert(0) += 1;
-        }
-    }
-    m
 }
 
 #[cfg(test)]
