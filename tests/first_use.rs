@@ -756,3 +756,32 @@ fn chown_to_the_same_owner_moves_the_change_time() {
     }
     assert_eq!(std::fs::read(ours.mp.join("lower")).unwrap(), b"x");
 }
+
+/// A short interactive run under `script` (whose input ends at once): the end of input
+/// pending on the caller's terminal reaches the command as an end of input, never as a NUL
+/// byte the container's terminal echoes (`^@`) before the output (#29).
+#[test]
+fn a_short_run_on_a_terminal_shows_no_stray_byte() {
+    if !require_root() {
+        return;
+    }
+    let d = scratch();
+    let rootfs = d.path().join("rootfs");
+    runenv::build_rootfs(&rootfs);
+    for _ in 0..5 {
+        let cmd = format!(
+            "{} run --lower {} -- /bin/sh -c tty",
+            bin().display(),
+            rootfs.display()
+        );
+        let o = Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .env("TMPDIR", d.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{out}");
+        assert_eq!(out, "/dev/pts/0\r\n", "a stray byte before the output");
+    }
+}

@@ -169,7 +169,7 @@ pub fn exec(req: ExecRequest) -> Result<i32> {
             let _raw = sys::is_foreground_terminal(0)
                 .then(|| sys::RawMode::enter(0).ok())
                 .flatten();
-            init::relay_until(child, &set, master)
+            init::relay_until(child, &set, master, &[])
         }
         None => init::reap_until(child, &set),
     })

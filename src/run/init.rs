@@ -24,6 +24,7 @@ use crate::sys;
 pub(super) fn start(
     req: &RunRequest,
     rt: &Runtime,
+    typed: &[u8],
     binds: &[Bind],
     scratch: &Scratch,
     full_ids: bool,
@@ -37,7 +38,7 @@ pub(super) fn start(
         Ok(sys::Forked::Child) => {
             drop(life_wr);
             drop(ns_rd);
-            let code = match init(req, rt, binds, scratch, full_ids, life_rd, ns_wr) {
+            let code = match init(req, rt, typed, binds, scratch, full_ids, life_rd, ns_wr) {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("unionfuse run: {e}");
@@ -56,9 +57,11 @@ pub(super) fn start(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn init(
     req: &RunRequest,
     rt: &Runtime,
+    typed: &[u8],
     binds: &[Bind],
     scratch: &Scratch,
     full_ids: bool,
@@ -149,7 +152,7 @@ fn init(
     Ok(match pty {
         Some((master, term)) => {
             drop(term);
-            relay_until(child, &set, master)
+            relay_until(child, &set, master, typed)
         }
         None => reap_until(child, &set),
     })
@@ -261,14 +264,15 @@ fn take_terminal(term: std::os::fd::BorrowedFd<'_>) -> Result<()> {
 /// [`reap_until`] for a command on a terminal of its own: also copies what the caller types
 /// to the terminal and what the command writes there to the caller's standard output, and
 /// passes window size changes on (the kernel then tells the command with SIGWINCH).
-pub(super) fn relay_until(child: i32, set: &sys::SigSet, master: OwnedFd) -> i32 {
+/// `typed`: what the caller typed before the relay began, passed on first.
+pub(super) fn relay_until(child: i32, set: &sys::SigSet, master: OwnedFd, typed: &[u8]) -> i32 {
     let Ok(sfd) = set.signal_fd() else {
         return reap_until(child, set);
     };
     let m = master.as_raw_fd();
     let _ = sys::set_nonblocking(master.as_fd());
     let (mut stdin_open, mut master_open) = (true, true);
-    let mut to_master: Vec<u8> = Vec::new();
+    let mut to_master: Vec<u8> = typed.to_vec();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let mut fds = vec![(sfd.as_raw_fd(), libc::POLLIN)];

@@ -553,16 +553,20 @@ fn run_in_namespaces(
     if req.net == Net::None {
         flags |= libc::CLONE_NEWNET;
     }
+    // The init relays the caller's keys as they are typed (^C and ^Z included) to the
+    // command's terminal, where they take effect; the caller's mode comes back when the run
+    // ends. What was typed before the terminal went raw (a pending ^D included, which would
+    // read as a NUL byte once raw) is taken first and passed on by the init as typed.
+    let (_raw, typed) = if req.tty == Some(true) && sys::is_foreground_terminal(0) {
+        let typed = sys::take_pending_input(0);
+        (sys::RawMode::enter(0).ok(), typed)
+    } else {
+        (None, Vec::new())
+    };
     let r = unshare(flags, "pid, uts, ipc and network namespaces")
-        .and_then(|()| init::start(req, rt, binds, scratch, full_ids));
+        .and_then(|()| init::start(req, rt, &typed, binds, scratch, full_ids));
     let code = match r {
         Ok((init, ns_ready)) => {
-            // The init relays the caller's keys as they are typed (^C and ^Z included) to
-            // the command's terminal, where they take effect; the caller's mode comes back
-            // when the run ends.
-            let _raw = (req.tty == Some(true) && sys::is_foreground_terminal(0))
-                .then(|| sys::RawMode::enter(0).ok())
-                .flatten();
             // Once the init has a mount namespace of its own, this one (the daemon's) lets
             // go of the host's other mounts.
             let mut b = [0u8; 1];

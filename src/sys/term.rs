@@ -172,3 +172,26 @@ pub fn fchown(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> Result<()> {
     // SAFETY: fchown takes no pointers.
     check(unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) }).map(drop)
 }
+
+/// What was typed on terminal `fd` in canonical mode and not read yet: complete lines, and
+/// an end of input (^D) as the byte 4 (VEOF's default), which raw mode would otherwise turn
+/// into a NUL byte. Taken just before the terminal goes raw, to be passed on as typed.
+pub fn take_pending_input(fd: RawFd) -> Vec<u8> {
+    let mut out = Vec::new();
+    for _ in 0..64 {
+        match poll(&[(fd, libc::POLLIN)], 0) {
+            Ok(r) if r[0] & libc::POLLIN != 0 => {}
+            _ => break,
+        }
+        let mut buf = [0u8; 4096];
+        match read(fd, &mut buf) {
+            Ok(0) => {
+                out.push(4);
+                break;
+            }
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    out
+}
