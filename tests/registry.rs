@@ -894,3 +894,71 @@ fn pull_by_digest_names_the_image_by_it() {
     assert!(w.ok("b", &["rmi", &by_digest]).contains("deleted"));
     assert_eq!(w.ok("b", &["images"]).lines().count(), 1);
 }
+
+/// A layer the registry holds compressed (pulled from there) and the store has as a plain
+/// tar too (loaded from a docker-archive: the same DiffID, other bytes) is pushed as the
+/// registry's blob, not uploaded again under another digest (#29).
+#[test]
+fn a_layer_the_registry_has_is_not_uploaded_again_as_other_bytes() {
+    let Some(w) = World::new() else { return };
+    let reg = Registry::start(w.dir.path());
+    let r = &reg.addr;
+    w.images("a");
+    w.ok("a", &["push", "base", &format!("{r}/base:1")]);
+    w.ok("c", &["pull", &format!("{r}/base:1")]);
+    let archive = w.path("app.tar");
+    w.ok(
+        "a",
+        &[
+            "save",
+            "app:1",
+            "--format",
+            "docker-archive",
+            "-o",
+            archive.to_str().unwrap(),
+        ],
+    );
+    w.ok("c", &["load", "-i", archive.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(&w.ok("c", &["inspect", "app:1"])).unwrap();
+    let plain_base = v["Image"]["layers"][0]["blob"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pulled: serde_json::Value =
+        serde_json::from_str(&w.ok("c", &["inspect", &format!("{r}/base:1")])).unwrap();
+    let gz_base = pulled["Image"]["layers"][0]["blob"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(plain_base, gz_base, "the test needs two blobs of one layer");
+    let out = w.ok("c", &["push", "app:1", &format!("{r}/app2:1")]);
+    assert!(out.contains("the registry's blob"), "{out}");
+    let uploads: Vec<String> = reg
+        .log_lines()
+        .into_iter()
+        .filter(|l| l.contains("\"PUT /v2/app2/blobs/uploads/"))
+        .collect();
+    assert!(
+        !uploads.iter().any(|l| l.contains(&plain_base)),
+        "the base layer was uploaded again: {uploads:?}"
+    );
+    // What the registry now has reads back whole, by unionfuse and by skopeo.
+    let inspect = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{r}/app2:1"),
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&inspect.stdout).contains(&gz_base));
+    w.ok("d", &["pull", &format!("{r}/app2:1")]);
+    assert_eq!(
+        w.ok(
+            "d",
+            &["run", "--rm", &format!("{r}/app2:1"), "cat", "/hello"]
+        ),
+        "hi\n"
+    );
+}

@@ -115,6 +115,7 @@ impl Store {
             "images",
             "containers",
             "sources",
+            "diffids",
             "partial",
             "tmp",
         ] {
@@ -152,6 +153,43 @@ impl Store {
             (keep.join("\n") + "\n").as_bytes(),
             false,
         );
+    }
+
+    /// The blobs a registry is known to hold for the layer of DiffID `diff_id` (from pulls
+    /// and pushes, as Docker's distribution metadata keeps them): (blob, media type, size),
+    /// newest last. A layer that came another way (a docker-archive's plain tar) can be
+    /// pushed as the blob the registry has.
+    pub fn registry_blobs(&self, diff_id: &Digest, registry: &str) -> Vec<(Digest, String, u64)> {
+        std::fs::read_to_string(self.root.join("diffids").join(diff_id.hex()))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split(' ');
+                let (reg, blob, mt, size) = (w.next()?, w.next()?, w.next()?, w.next()?);
+                (reg == registry).then_some(())?;
+                Some((
+                    Digest::parse(blob).ok()?,
+                    mt.to_string(),
+                    size.parse().ok()?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Records that `registry` holds the layer of DiffID `diff_id` as `blob`. Best effort,
+    /// as [`Store::add_source`].
+    pub fn add_registry_blob(&self, diff_id: &Digest, registry: &str, blob: &LayerRef) {
+        let p = self.root.join("diffids").join(diff_id.hex());
+        let line = format!("{registry} {} {} {}", blob.blob, blob.media_type, blob.size);
+        let mut v: Vec<String> = std::fs::read_to_string(&p)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| *l != line)
+            .map(String::from)
+            .collect();
+        v.push(line);
+        let keep = v.split_off(v.len().saturating_sub(16));
+        let _ = write_replacing(&p, (keep.join("\n") + "\n").as_bytes(), false);
     }
 
     fn source_path(&self, d: &Digest) -> PathBuf {

@@ -17,7 +17,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
 use super::load::{Report, bring_in_blobs};
-use super::{Digest, Image, Store};
+use super::{Digest, Image, LayerRef, Store};
 use crate::error::{Result, UserError, bail};
 
 /// Downloads at once.
@@ -321,6 +321,9 @@ pub fn pull(store: &Store, reference_s: &str, o: &Options, rep: &Report) -> Resu
     for d in &blobs {
         store.add_source(d, &repo);
     }
+    for l in &img.layers {
+        store.add_registry_blob(&l.diff_id, r.resolve_registry(), l);
+    }
     Ok(img)
 }
 
@@ -339,56 +342,103 @@ pub fn push(
     let read = |d: &Digest| {
         std::fs::read(store.blob_path(d)).map_err(|e| UserError(format!("blob {d}: {e}")))
     };
-    let mut layers = Vec::new();
-    for l in &img.layers {
-        let size = std::fs::metadata(store.blob_path(&l.blob)).map_or(l.size, |m| m.len());
-        layers.push(serde_json::json!({
-            "mediaType": l.media_type,
-            "digest": l.blob.0,
-            "size": size,
-        }));
-    }
-    let config_size = std::fs::metadata(store.blob_path(&img.id)).map_or(0, |m| m.len());
-    let manifest = super::save::oci_manifest(&img, config_size, &layers)?;
-    let digest = Digest::of(&manifest);
+    let registry = r.resolve_registry().to_string();
     let rt = runtime()?;
-    rt.block_on(async {
+    let (pushed, digest) = rt.block_on(async {
         c.store_auth_if_needed(r.resolve_registry(), &auth).await;
-        let blobs = img
-            .layers
-            .iter()
-            .map(|l| l.blob.clone())
-            .chain([img.id.clone()]);
-        for d in blobs {
-            let exists = check(&r, o, c.blob_exists(&r, &d.0).await).await?;
-            if exists {
-                rep.line(&format!("blob {}: already exists", d.short()));
-                continue;
+        // Is `d` in the target repository now, or mounted there from another one?
+        let there = |d: Digest| {
+            let (c, r) = (&c, &r);
+            async move {
+                if check(r, o, c.blob_exists(r, &d.0).await).await? {
+                    rep.line(&format!("blob {}: already exists", d.short()));
+                    return Ok::<_, UserError>(true);
+                }
+                // Another repository of this registry has it: mounted, not uploaded, where
+                // the registry allows (it answers 202 instead of 201 when it does not).
+                if let Some(from) = mount_source(store, r, &d)
+                    && c.mount_blob(r, &from, &d.0).await.is_ok()
+                {
+                    rep.line(&format!(
+                        "blob {}: mounted from {}",
+                        d.short(),
+                        from.repository()
+                    ));
+                    return Ok(true);
+                }
+                Ok(false)
             }
-            // Another repository of this registry has it: mounted, not uploaded, where the
-            // registry allows (it answers 202 instead of 201 when it does not).
-            if let Some(from) = mount_source(store, &r, &d)
-                && c.mount_blob(&r, &from, &d.0).await.is_ok()
+        };
+        let mut pushed = Vec::new();
+        for l in &img.layers {
+            let size = std::fs::metadata(store.blob_path(&l.blob)).map_or(l.size, |m| m.len());
+            let own = LayerRef { size, ..l.clone() };
+            // The registry may hold this layer as another blob (compressed otherwise, as
+            // pulled): that one is used rather than uploading the same layer again.
+            let mut chosen = None;
+            for (blob, media_type, size) in store
+                .registry_blobs(&l.diff_id, &registry)
+                .into_iter()
+                .rev()
             {
-                rep.line(&format!(
-                    "blob {}: mounted from {}",
-                    d.short(),
-                    from.repository()
-                ));
-                continue;
+                if blob != l.blob && there(blob.clone()).await? {
+                    rep.line(&format!(
+                        "layer {}: the registry's blob {} of it is used",
+                        l.diff_id.short(),
+                        blob.short()
+                    ));
+                    chosen = Some(LayerRef {
+                        diff_id: l.diff_id.clone(),
+                        blob,
+                        media_type,
+                        size,
+                    });
+                    break;
+                }
             }
-            let data = read(&d)?;
-            let n = data.len();
-            check(&r, o, c.push_blob(&r, data, &d.0).await).await?;
-            rep.line(&format!("blob {}: pushed ({n} bytes)", d.short()));
+            let chosen = match chosen {
+                Some(c) => c,
+                None => {
+                    if !there(own.blob.clone()).await? {
+                        let data = read(&own.blob)?;
+                        let n = data.len();
+                        check(&r, o, c.push_blob(&r, data, &own.blob.0).await).await?;
+                        rep.line(&format!("blob {}: pushed ({n} bytes)", own.blob.short()));
+                    }
+                    own
+                }
+            };
+            pushed.push(chosen);
         }
+        if !there(img.id.clone()).await? {
+            let data = read(&img.id)?;
+            let n = data.len();
+            check(&r, o, c.push_blob(&r, data, &img.id.0).await).await?;
+            rep.line(&format!("blob {}: pushed ({n} bytes)", img.id.short()));
+        }
+        let layers: Vec<serde_json::Value> = pushed
+            .iter()
+            .map(|l| {
+                serde_json::json!({
+                    "mediaType": l.media_type,
+                    "digest": l.blob.0,
+                    "size": l.size,
+                })
+            })
+            .collect();
+        let config_size = std::fs::metadata(store.blob_path(&img.id)).map_or(0, |m| m.len());
+        let manifest = super::save::oci_manifest(&img, config_size, &layers)?;
+        let digest = Digest::of(&manifest);
         let ct = http::HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json");
         check(&r, o, c.push_manifest_raw(&r, manifest, ct).await).await?;
-        Ok::<_, UserError>(())
+        Ok::<_, UserError>((pushed, digest))
     })?;
     let repo = repo_of(&r);
-    for d in img.layers.iter().map(|l| &l.blob).chain([&img.id]) {
+    for d in pushed.iter().map(|l| &l.blob).chain([&img.id]) {
         store.add_source(d, &repo);
+    }
+    for l in &pushed {
+        store.add_registry_blob(&l.diff_id, &registry, l);
     }
     Ok(digest)
 }
