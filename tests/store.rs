@@ -995,3 +995,100 @@ fn sparse_files_stay_sparse() {
     assert!(data[(32 << 20)..(32 << 20) + 8192].iter().all(|&b| b == 7));
     assert_eq!(data.iter().filter(|&&b| b != 0).count(), 8192);
 }
+
+/// `save IMAGE | load` through a pipe, as an image goes from one host to another: the same
+/// image (ids and layers); a truncated or corrupt stream is refused and leaves the store as
+/// it was (#29).
+#[test]
+fn save_to_a_pipe_and_load_from_one_round_trip() {
+    let Some(w) = World::new() else { return };
+    let rootfs = w.path("rootfs");
+    base_rootfs(&rootfs);
+    let tar = w.path("rootfs.tar");
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&tar)
+        .arg("."));
+    w.ok(&["import", tar.to_str().unwrap(), "base:1"]);
+    w.ok(&[
+        "run",
+        "--name",
+        "c",
+        "base:1",
+        "sh",
+        "-c",
+        "echo hi > /hello",
+    ]);
+    w.ok(&["commit", "c", "app:1"]);
+    let other = w.path("other");
+    let uf = bin().display().to_string();
+    let pipe = |filter: &str| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "{uf} --root {} save app:1 | {filter} | {uf} --root {} load",
+                w.store().display(),
+                other.display()
+            ))
+            .env("TMPDIR", w.dir.path())
+            .output()
+            .unwrap()
+    };
+    let contents = |root: &Path| {
+        let mut v: Vec<String> = ["images", "layers", "blobs/sha256", "tmp"]
+            .iter()
+            .flat_map(|d| {
+                std::fs::read_dir(root.join(d))
+                    .map(|rd| {
+                        rd.flatten()
+                            .map(|e| format!("{d}/{}", e.file_name().to_string_lossy()))
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    // Cut short, and one byte flipped in the middle: refused, nothing kept.
+    let size = {
+        let o = w.uf(&["save", "app:1", "-o", "-"]);
+        o.stdout.len()
+    };
+    for filter in [
+        format!("head -c {}", size / 2),
+        format!("perl -0777 -pe 'substr($_, {}, 1) ^= chr(1)'", size / 2),
+    ] {
+        let o = pipe(&filter);
+        assert!(!o.status.success(), "{filter}: accepted");
+        assert!(
+            contents(&other).iter().all(|e| !e.starts_with("images/")),
+            "{filter}: {:?}",
+            contents(&other)
+        );
+        assert!(
+            contents(&other).iter().all(|e| !e.starts_with("tmp/")),
+            "{filter}: leftovers"
+        );
+    }
+    let o = pipe("cat");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = |root: &Path| {
+        let o = store_cli::command(root, w.dir.path(), &["inspect", "app:1"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (v["Image"]["id"].clone(), v["ChainIDs"].clone())
+    };
+    assert_eq!(id(&w.store()), id(&other));
+    let o = store_cli::command(
+        &other,
+        w.dir.path(),
+        &["run", "--rm", "app:1", "cat", "/hello"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "hi\n");
+}
