@@ -149,13 +149,7 @@ impl Layers {
 }
 
 fn ok(o: &Output) {
-    assert!(
-        o.status.success(),
-        "{:?}\nstdout: {}\nstderr: {}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    common::store_cli::assert_success(o);
 }
 
 #[test]

@@ -433,32 +433,7 @@ impl World {
     }
 
     fn podman(&self, args: &[&str]) -> String {
-        let conf = self.path("containers.conf");
-        std::fs::write(
-            &conf,
-            "[containers]\ndefault_ulimits = []\nnetns = \"host\"\n[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
-        )
-        .unwrap();
-        let o = Command::new("timeout")
-            .arg("180")
-            .arg("podman")
-            .arg("--root")
-            .arg(self.path("pgraph"))
-            .arg("--runroot")
-            .arg(self.path("prun"))
-            .args(["--storage-driver", "vfs"])
-            .args(args)
-            .env("CONTAINERS_CONF", &conf)
-            .env("TMPDIR", self.dir.path())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "podman {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        store_cli::podman(self.dir.path(), args)
     }
 }
 

@@ -54,14 +54,7 @@ fn text(b: &[u8]) -> String {
 }
 
 fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "run failed: {:?}\nstdout: {}\nstderr: {}",
-        o.status,
-        text(&o.stdout),
-        text(&o.stderr)
-    );
-    text(&o.stdout)
+    common::store_cli::assert_success(o)
 }
 
 fn lines(s: &str) -> Vec<&str> {

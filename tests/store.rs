@@ -53,25 +53,7 @@ impl World {
     }
 
     fn podman(&self, args: &[&str]) -> String {
-        let root = self.path("pgraph");
-        let run = self.path("prun");
-        let o = Command::new("podman")
-            .arg("--root")
-            .arg(&root)
-            .arg("--runroot")
-            .arg(&run)
-            .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs"])
-            .args(args)
-            .env("TMPDIR", self.dir.path())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "podman {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        store_cli::podman(self.dir.path(), args)
     }
 
     /// The images as `images` lists them: name and id (not the age, which moves).
@@ -246,18 +228,8 @@ fn loaded_images_match_umoci_and_share_their_base() {
         &format!("{}:1", layout.display()),
         bundle.to_str().unwrap(),
     ]));
-    let inspect: serde_json::Value =
-        serde_json::from_str(&w.ok(&["inspect", "localhost/app:1"])).unwrap();
-    let lowers: Vec<PathBuf> = inspect["Image"]["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .rev()
-        .map(|l| {
-            let d = l["diff_id"].as_str().unwrap();
-            w.store().join("layers").join(&d["sha256:".len()..])
-        })
-        .collect();
+    let inspect = w.ok(&["inspect", "localhost/app:1"]);
+    let lowers = store_cli::image_lowers(&w.store(), &inspect);
     let refs: Vec<&Path> = lowers.iter().map(|p| p.as_path()).collect();
     let mp = w.path("mnt");
     mkdir(&mp);
@@ -592,18 +564,8 @@ fn committed_changes_round_trip_through_podman() {
     w.podman(&["load", "-q", "-i", saved.to_str().unwrap()]);
     let pm = w.podman(&["image", "mount", "localhost/changed:1"]);
     let theirs = tree(Path::new(pm.trim()));
-    let inspect: serde_json::Value =
-        serde_json::from_str(&w.ok(&["inspect", "changed:1"])).unwrap();
-    let lowers: Vec<PathBuf> = inspect["Image"]["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .rev()
-        .map(|l| {
-            let d = l["diff_id"].as_str().unwrap();
-            w.store().join("layers").join(&d["sha256:".len()..])
-        })
-        .collect();
+    let inspect = w.ok(&["inspect", "changed:1"]);
+    let lowers = store_cli::image_lowers(&w.store(), &inspect);
     let refs: Vec<&Path> = lowers.iter().map(|p| p.as_path()).collect();
     let mp = w.path("mnt");
     mkdir(&mp);
@@ -666,7 +628,7 @@ fn committed_changes_round_trip_through_podman() {
             .map(|l| l["diff_id"].as_str().unwrap().to_string())
             .collect()
     };
-    assert_eq!(ids(&back), ids(&inspect));
+    assert_eq!(ids(&back), ids(&serde_json::from_str(&inspect).unwrap()));
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! unionfuse with a store of its own: the command, and the checks of its outcome that the
 //! store, background and registry tests share.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use super::bin;
@@ -37,4 +37,64 @@ pub fn assert_refused(args: &[&str], o: &Output, expect: &str) -> String {
         "unionfuse {args:?}: '{expect}' not in: {err}"
     );
     err
+}
+
+/// Its standard output, asserting success (both streams in the message otherwise), for any
+/// program.
+pub fn assert_success(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "{:?}\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The layer directories of an image of the store at `root`, top first (as a union takes
+/// them), from what `inspect` printed of it.
+pub fn image_lowers(root: &Path, inspect: &str) -> Vec<PathBuf> {
+    let v: serde_json::Value = serde_json::from_str(inspect).unwrap();
+    v["Image"]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|l| {
+            let d = l["diff_id"].as_str().unwrap();
+            root.join("layers").join(&d["sha256:".len()..])
+        })
+        .collect()
+}
+
+/// podman ARGS with a storage of its own under `dir` (vfs, cgroupfs, the host's network,
+/// runc), its standard output, asserting success.
+pub fn podman(dir: &Path, args: &[&str]) -> String {
+    let conf = dir.join("containers.conf");
+    std::fs::write(
+        &conf,
+        "[containers]\ndefault_ulimits = []\nnetns = \"host\"\n[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+    )
+    .unwrap();
+    let o = Command::new("timeout")
+        .arg("180")
+        .arg("podman")
+        .arg("--root")
+        .arg(dir.join("pgraph"))
+        .arg("--runroot")
+        .arg(dir.join("prun"))
+        .args(["--storage-driver", "vfs"])
+        .args(args)
+        .env("CONTAINERS_CONF", &conf)
+        .env("TMPDIR", dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "podman {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
