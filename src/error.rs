@@ -16,3 +16,9 @@ macro_rules! bail {
 pub(crate) use bail;
 
 pub type Result<T> = std::result::Result<T, UserError>;
+
+/// An error about `subject` (a path, a blob, a layer), said in front of what went wrong:
+/// `map_err(about(path.display()))`.
+pub fn about<E: std::fmt::Display>(subject: impl std::fmt::Display) -> impl FnOnce(E) -> UserError {
+    move |e| UserError(format!("{subject}: {e}"))
+}

@@ -67,7 +67,7 @@ impl Store {
                     Ok(f) => {
                         let h = Hashing::new(f)
                             .finish()
-                            .map_err(|e| UserError(e.to_string()))?;
+                            .map_err(crate::error::about(format!("blob {b}")))?;
                         if h.0 != b {
                             bad.push(format!("blob {b} holds {}", h.0));
                         }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 
 use super::{Digest, Hashing, Image, LayerRef, Store, now, read_json, unpack::Unpacker};
-use crate::error::{Result, UserError, bail};
+use crate::error::{Result, UserError, about, bail};
 use crate::sys;
 
 /// Tells the user how each layer went: a progress bar on a terminal, one line otherwise.
@@ -155,11 +155,11 @@ impl<'a> Staged<'a> {
         let f =
             std::fs::File::open(src).map_err(|e| UserError(format!("'{}': {e}", src.display())))?;
         let mut h = Hashing::new(f);
-        let mut out = std::fs::File::create(&tmp).map_err(|e| UserError(e.to_string()))?;
+        let mut out = std::fs::File::create(&tmp).map_err(about(tmp.display()))?;
         std::io::copy(&mut h, &mut out)
             .map_err(|e| UserError(format!("'{}': {e}", src.display())))?;
-        out.sync_all().map_err(|e| UserError(e.to_string()))?;
-        let (d, n) = h.finish().map_err(|e| UserError(e.to_string()))?;
+        out.sync_all().map_err(about(tmp.display()))?;
+        let (d, n) = h.finish().map_err(about(format!("'{}'", src.display())))?;
         if let Some(e) = expect
             && *e != d
         {
@@ -207,15 +207,15 @@ impl<'a> Staged<'a> {
         }
         // One extraction per layer at a time, whichever processes want it.
         let lock_path = dest.with_extension("lock");
-        let lock = std::fs::File::create(&lock_path).map_err(|e| UserError(e.to_string()))?;
-        sys::flock(lock.as_fd(), libc::LOCK_EX).map_err(|e| UserError(e.to_string()))?;
+        let lock = std::fs::File::create(&lock_path).map_err(about(lock_path.display()))?;
+        sys::flock(lock.as_fd(), libc::LOCK_EX).map_err(about(lock_path.display()))?;
         // Removed when this is finished or dropped, whatever happens below.
         self.locks.push((lock, lock_path));
         if dest.is_dir() {
             return Ok(false);
         }
         let fs = self.next("layer");
-        std::fs::create_dir(&fs).map_err(|e| UserError(e.to_string()))?;
+        std::fs::create_dir(&fs).map_err(about(fs.display()))?;
         let path = self.blob(blob);
         // Rootless, in a user namespace with the caller's range: files keep their owners.
         crate::userns::in_user_namespace(|| extract(&path, blob, diff_id, &fs, rep))?;
@@ -345,7 +345,7 @@ fn manifest_of(dir: &Path, path: &Path, names: Vec<String>) -> Result<Found> {
 /// The images of an OCI layout directory (a multi-platform index picks this machine's).
 fn oci_layout(dir: &Path, stem: &str) -> Result<Vec<Found>> {
     let index = ImageIndex::from_reader(
-        std::fs::File::open(dir.join("index.json")).map_err(|e| UserError(e.to_string()))?,
+        std::fs::File::open(dir.join("index.json")).map_err(about("index.json"))?,
     )
     .map_err(|e| UserError(format!("index.json: {e}")))?;
     let mut out = Vec::new();
@@ -365,10 +365,8 @@ fn oci_layout(dir: &Path, stem: &str) -> Result<Vec<Found>> {
         check_digest(&p, &d)?;
         let mt = m.media_type().to_string();
         if mt.contains("index") || mt.contains("manifest.list") {
-            let sub = ImageIndex::from_reader(
-                std::fs::File::open(&p).map_err(|e| UserError(e.to_string()))?,
-            )
-            .map_err(|e| UserError(format!("index {d}: {e}")))?;
+            let sub = ImageIndex::from_reader(std::fs::File::open(&p).map_err(about(p.display()))?)
+                .map_err(|e| UserError(format!("index {d}: {e}")))?;
             let arch = match std::env::consts::ARCH {
                 "x86_64" => "amd64",
                 "aarch64" => "arm64",
@@ -444,10 +442,10 @@ fn docker_archive(dir: &Path) -> Result<Vec<Found>> {
 }
 
 fn check_digest(p: &Path, d: &Digest) -> Result<()> {
-    let f = std::fs::File::open(p).map_err(|e| UserError(e.to_string()))?;
+    let f = std::fs::File::open(p).map_err(about(format!("blob {d}")))?;
     let (got, _) = Hashing::new(f)
         .finish()
-        .map_err(|e| UserError(e.to_string()))?;
+        .map_err(about(format!("blob {d}")))?;
     if got != *d {
         bail!("blob {d} holds data of digest {got}: refusing it");
     }
@@ -500,7 +498,7 @@ pub(crate) fn bring_in_blobs(
 fn bring_in(store: &Store, f: Found, rep: &Report) -> Result<Image> {
     let mut st = Staged::new(store)?;
     let (config, _) = st.blob_file(&f.config, f.config_digest.as_ref())?;
-    let data = std::fs::read(st.blob(&config)).map_err(|e| UserError(e.to_string()))?;
+    let data = std::fs::read(st.blob(&config)).map_err(about(format!("image config {config}")))?;
     let cfg = ImageConfiguration::from_reader(&data[..])
         .map_err(|e| UserError(format!("image config {config}: {e}")))?;
     let diff_ids = cfg.rootfs().diff_ids();
@@ -622,7 +620,7 @@ pub fn import(store: &Store, tarball: &Path, name: &str, rep: &Report) -> Result
     let mut st = Staged::new(store)?;
     let (blob, size) = st.blob_file(tarball, None)?;
     // The DiffID: the uncompressed stream's digest; its entries are looked at on the way.
-    let f = std::fs::File::open(st.blob(&blob)).map_err(|e| UserError(e.to_string()))?;
+    let f = std::fs::File::open(st.blob(&blob)).map_err(about(format!("blob {blob}")))?;
     let mut h = Hashing::new(decompress(f)?);
     if let Some(kind) = image_archive_kind(&mut h) {
         bail!(

@@ -276,7 +276,8 @@ pub fn pull(store: &Store, reference_s: &str, o: &Options, rep: &Report) -> Resu
             );
         }
         let config_path = t.path.join(config_digest.hex());
-        std::fs::write(&config_path, config.as_bytes()).map_err(|e| UserError(e.to_string()))?;
+        std::fs::write(&config_path, config.as_bytes())
+            .map_err(crate::error::about(config_path.display()))?;
         for l in &manifest.layers {
             if !(l.media_type.contains("layer") && l.media_type.contains("tar")) {
                 bail!("unsupported layer media type '{}' in '{r}'", l.media_type);
