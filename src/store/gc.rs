@@ -3,7 +3,7 @@
 use std::os::fd::AsFd;
 
 use super::{Digest, Hashing, Store, disk_usage, io, remove_tree};
-use crate::error::{Result, UserError};
+use crate::error::Result;
 use crate::sys;
 
 impl Store {
