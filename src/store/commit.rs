@@ -593,14 +593,10 @@ fn write_layer(
         .sync_all()
         .map_err(err)?;
 
-    // The blob: the tar, gzip-compressed.
-    let gz_path = dir.join("layer.tar.gz");
-    let mut gz = flate2::write::GzEncoder::new(
-        HashingWriter::new(std::fs::File::create(&gz_path).map_err(err)?),
-        flate2::Compression::fast(),
-    );
+    // The blob: the tar, gzip-compressed, written once through the store's blob writer.
+    let w = super::ingest::BlobWriter::create(dir.join("layer.tar.gz"), None, None)?;
+    let mut gz = flate2::write::GzEncoder::new(w, flate2::Compression::fast());
     std::io::copy(&mut std::fs::File::open(&tar_path).map_err(err)?, &mut gz).map_err(err)?;
-    let (blob, file) = gz.finish().map_err(err)?.digest();
-    file.sync_all().map_err(err)?;
+    let (blob, _, gz_path) = gz.finish().map_err(err)?.finish("the layer's blob")?;
     Ok((diff_id, blob, gz_path))
 }

@@ -152,22 +152,14 @@ impl<'a> Staged<'a> {
             return Ok((d.clone(), size));
         }
         let tmp = self.next("blob");
-        let f =
-            std::fs::File::open(src).map_err(|e| UserError(format!("'{}': {e}", src.display())))?;
-        let mut h = Hashing::new(f);
-        let mut out = std::fs::File::create(&tmp).map_err(about(tmp.display()))?;
-        std::io::copy(&mut h, &mut out)
-            .map_err(|e| UserError(format!("'{}': {e}", src.display())))?;
-        out.sync_all().map_err(about(tmp.display()))?;
-        let (d, n) = h.finish().map_err(about(format!("'{}'", src.display())))?;
-        if let Some(e) = expect
-            && *e != d
-        {
-            bail!(
-                "'{}' should have digest {e} but has {d}: refusing it",
-                src.display()
-            );
+        let what = format!("'{}'", src.display());
+        let mut f = std::fs::File::open(src).map_err(about(&what))?;
+        let mut w = super::ingest::BlobWriter::create(tmp, expect.cloned(), None)?;
+        if let Err(e) = w.copy_from(&mut f, &what) {
+            w.discard();
+            return Err(e);
         }
+        let (d, n, tmp) = w.finish(&what)?;
         let dest = self.store.blob_path(&d);
         self.moves.push((tmp, dest));
         Ok((d, n))

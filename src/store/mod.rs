@@ -23,6 +23,7 @@ mod containers;
 mod files;
 mod gc;
 mod images;
+pub mod ingest;
 pub mod load;
 pub mod registry;
 pub mod save;

@@ -16,6 +16,7 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
+use super::ingest::BlobWriter;
 use super::load::{Report, bring_in_blobs};
 use super::{Digest, Image, LayerRef, Store};
 use crate::error::{Result, UserError, bail};
@@ -461,56 +462,17 @@ async fn download(
     bar: Option<indicatif::ProgressBar>,
     rep: &Report,
 ) -> Result<()> {
-    use sha2::Digest as _;
-    use std::io::{Read, Seek, Write};
-    use std::os::fd::AsFd;
-    let partial = store.partial_path(d);
-    let io = |p: &std::path::Path| {
-        let p = p.display().to_string();
-        move |e: std::io::Error| UserError(format!("{p}: {e}"))
-    };
-    let open = |p: &std::path::Path| {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(p)
-    };
-    let mut file = open(&partial).map_err(io(&partial))?;
-    let mut at = partial.as_path();
-    if crate::sys::flock(file.as_fd(), libc::LOCK_EX | libc::LOCK_NB).is_err() {
-        file = open(dest).map_err(io(dest))?;
-        at = dest;
-    }
-    // What an earlier pull left: hashed again, and the download goes on from its end.
-    let mut hash = sha2::Sha256::new();
-    let mut have = 0u64;
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buf).map_err(io(at))?;
-        if n == 0 {
-            break;
-        }
-        hash.update(&buf[..n]);
-        have += n as u64;
-    }
-    // Empties the file, to download the blob from its start.
-    let start_over = |file: &mut std::fs::File, hash: &mut sha2::Sha256, have: &mut u64| {
-        file.set_len(0)
-            .and_then(|()| file.rewind())
-            .map_err(io(at))?;
-        *hash = sha2::Sha256::new();
-        *have = 0;
-        Ok::<_, UserError>(())
-    };
+    use std::io::Write;
     let size = l.size.max(0) as u64;
-    let done = have > 0 && have >= size && Digest::from_sha(&hash.clone().finalize()) == *d;
-    if !done && have >= size {
-        // Complete but wrong, or longer than the blob.
-        start_over(&mut file, &mut hash, &mut have)?;
-    }
-    if !done {
+    let known = (size > 0).then_some(size);
+    // The store's partial/ (resumable), or, while another pull writes that, a copy of its own.
+    let mut w = match BlobWriter::resume(store, d, known)? {
+        Some(w) => w,
+        None => BlobWriter::create(dest.to_path_buf(), Some(d.clone()), known)?,
+    };
+    let at = store.partial_path(d);
+    if !w.is_complete() {
+        let have = w.written();
         let stream = if have > 0 {
             match check(r, o, c.pull_blob_stream_partial(r, l, have, None).await).await? {
                 oci_client::client::BlobResponse::Partial(s) => {
@@ -519,7 +481,7 @@ async fn download(
                 }
                 oci_client::client::BlobResponse::Full(s) => {
                     // The registry sends it all again.
-                    start_over(&mut file, &mut hash, &mut have)?;
+                    w.start_over()?;
                     s
                 }
             }
@@ -527,46 +489,45 @@ async fn download(
             check(r, o, c.pull_blob_stream(r, l).await).await?
         };
         if let Some(b) = &bar {
-            b.set_position(have);
+            b.set_position(w.written());
         }
         let mut stream = stream.stream;
         while let Some(chunk) = stream.next().await {
             let chunk = match chunk {
                 Ok(ch) => ch,
                 // All of it came and the library's own check refused it: not kept.
-                Err(e) if have >= size => {
-                    let _ = std::fs::remove_file(at);
+                Err(e) if w.written() >= size => {
+                    w.discard();
                     bail!(
                         "{} sent content that does not match its digest for blob {d}: refused ({e})",
                         r.resolve_registry()
                     );
                 }
                 Err(e) => {
-                    let _ = file.sync_data();
+                    w.keep();
                     bail!("{}: blob {}: {e}", r.resolve_registry(), d.short());
                 }
             };
-            hash.update(&chunk);
-            file.write_all(&chunk).map_err(io(at))?;
-            have += chunk.len() as u64;
+            w.write_all(&chunk)
+                .map_err(crate::error::about(format!("blob {d}")))?;
             if let Some(b) = &bar {
                 b.inc(chunk.len() as u64);
             }
-        }
-        let got = Digest::from_sha(&hash.finalize());
-        if got != *d {
-            let _ = std::fs::remove_file(at);
-            bail!(
-                "{} sent content that does not match its digest for blob {d} ({got}): refused",
-                r.resolve_registry()
-            );
         }
     }
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    if at != dest {
-        std::fs::rename(at, dest).map_err(io(at))?;
+    let what = format!("{}'s blob {d}", r.resolve_registry());
+    let (_, have, path) = w.finish(&what).map_err(|e| {
+        UserError(format!(
+            "{} sent content that does not match its digest for blob {d}: refused ({})",
+            r.resolve_registry(),
+            e.0
+        ))
+    })?;
+    if path != dest {
+        std::fs::rename(&path, dest).map_err(crate::error::about(at.display()))?;
     }
     rep.line(&format!("blob {}: downloaded ({have} bytes)", d.short()));
     Ok(())
