@@ -26,12 +26,7 @@ impl Store {
         let rootfs = s.dir.path().join("rootfs");
         runenv::build_rootfs(&rootfs);
         let tar = s.dir.path().join("rootfs.tar");
-        run(Command::new("tar")
-            .arg("-C")
-            .arg(&rootfs)
-            .arg("-cf")
-            .arg(&tar)
-            .arg("."));
+        runenv::tar_of(&rootfs, &tar);
         s.ok(&["import", tar.to_str().unwrap(), "base"]);
         Some(s)
     }

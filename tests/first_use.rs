@@ -342,12 +342,7 @@ fn the_init_shows_no_argument_of_the_runner() {
 fn store_on_its_own_mount(who: Who) {
     let Some(ctx) = RunCtx::new(who) else { return };
     let tar = ctx.dir.path().join("rootfs.tar");
-    run(Command::new("tar")
-        .arg("-C")
-        .arg(&ctx.rootfs)
-        .arg("-cf")
-        .arg(&tar)
-        .arg("."));
+    runenv::tar_of(&ctx.rootfs, &tar);
     let store = ctx.mkdir("store");
     let home = ctx.mkdir("home");
     run(Command::new("mount")
@@ -421,23 +416,10 @@ fn rootless_diff_and_commit_read_private_directories() {
         return;
     };
     let tar = ctx.dir.path().join("rootfs.tar");
-    run(Command::new("tar")
-        .arg("-C")
-        .arg(&ctx.rootfs)
-        .arg("-cf")
-        .arg(&tar)
-        .arg("."));
+    runenv::tar_of(&ctx.rootfs, &tar);
     ctx.give(&tar);
     let home = ctx.mkdir("home");
-    let uf = |args: &[&str]| -> Output {
-        ctx.command(args)
-            .env("HOME", &home)
-            .env_remove("UNIONFUSE_ROOT")
-            .env_remove("XDG_DATA_HOME")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    };
+    let uf = |args: &[&str]| ctx.in_home(&home, args);
     let ok = |args: &[&str]| store_cli::assert_ok(args, &uf(args));
     ok(&["import", tar.to_str().unwrap(), "base"]);
     ok(&[

@@ -9,7 +9,6 @@ mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::*;
 
@@ -190,12 +189,7 @@ fn commit_of_a_kernel_metacopy_upper_writes_the_data() {
     runenv::build_rootfs(&rootfs);
     write(&rootfs.join("data"), b"image data\n");
     let tar = d.path().join("rootfs.tar");
-    run(Command::new("tar")
-        .arg("-C")
-        .arg(&rootfs)
-        .arg("-cf")
-        .arg(&tar)
-        .arg("."));
+    runenv::tar_of(&rootfs, &tar);
     let store = d.path().join("store");
     let uf = |args: &[&str]| {
         let o = store_cli::command(&store, d.path(), args).output().unwrap();

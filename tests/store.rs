@@ -711,15 +711,7 @@ fn rootless_scenario(who: runenv::Who) {
         .arg("."));
     ctx.give(&tarball);
     let home = ctx.mkdir("home");
-    let uf = |args: &[&str]| -> Output {
-        ctx.command(args)
-            .env("HOME", &home)
-            .env_remove("UNIONFUSE_ROOT")
-            .env_remove("XDG_DATA_HOME")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    };
+    let uf = |args: &[&str]| ctx.in_home(&home, args);
     let ok = |args: &[&str]| -> String {
         let o = uf(args);
         assert!(
@@ -844,12 +836,7 @@ fn a_killed_commit_leaves_nothing_half_made() {
     let rootfs = w.path("rootfs");
     runenv::build_rootfs(&rootfs);
     let tarball = w.path("rootfs.tar");
-    run(Command::new("tar")
-        .arg("-C")
-        .arg(&rootfs)
-        .arg("-cf")
-        .arg(&tarball)
-        .arg("."));
+    runenv::tar_of(&rootfs, &tarball);
     w.ok(&["import", tarball.to_str().unwrap(), "base"]);
     w.ok(&[
         "run",
@@ -967,12 +954,7 @@ fn save_to_a_pipe_and_load_from_one_round_trip() {
     let rootfs = w.path("rootfs");
     base_rootfs(&rootfs);
     let tar = w.path("rootfs.tar");
-    run(Command::new("tar")
-        .arg("-C")
-        .arg(&rootfs)
-        .arg("-cf")
-        .arg(&tar)
-        .arg("."));
+    runenv::tar_of(&rootfs, &tar);
     w.ok(&["import", tar.to_str().unwrap(), "base:1"]);
     w.ok(&[
         "run",

@@ -94,6 +94,23 @@ pub fn shared_bin() -> PathBuf {
     .clone()
 }
 
+/// `tar -C dir -cf to .`: a tree as a tarball, as `import` takes it.
+pub fn tar_of(dir: &Path, to: &Path) {
+    let o = Command::new("tar")
+        .arg("-C")
+        .arg(dir)
+        .arg("-cf")
+        .arg(to)
+        .arg(".")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "tar: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 /// A root filesystem from Debian's busybox-static: /bin with every applet, /etc with
 /// os-release, passwd and group.
 pub fn build_rootfs(at: &Path) {
@@ -200,6 +217,18 @@ impl RunCtx {
         let mut c = self.program(shared_bin().as_os_str());
         c.args(args).env("TMPDIR", &self.tmp);
         c
+    }
+
+    /// `unionfuse ARGS` as the test's identity with its store in `home` (the default one
+    /// of a user whose home that is), run to the end with no input.
+    pub fn in_home(&self, home: &Path, args: &[&str]) -> Output {
+        self.command(args)
+            .env("HOME", home)
+            .env_remove("UNIONFUSE_ROOT")
+            .env_remove("XDG_DATA_HOME")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
     }
 
     /// Any program, run as the test's identity.
