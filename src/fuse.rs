@@ -760,21 +760,30 @@ impl Filesystem for UnionFs {
         }
     }
 
-    /// No ioctl is served (the kernel's overlay passes some to the real file; none is needed
-    /// to read or write). Answered like a regular file on disk, without a log line: every
-    /// `isatty()` (Python's `open`, stdio) asks.
+    /// The inode attribute ioctls (`lsattr`, `chattr`) go to the real file, as the kernel's
+    /// overlay passes them; any other is answered as a regular file on disk answers it,
+    /// without a log line: every `isatty()` (Python's `open`, stdio) asks.
     fn ioctl(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _flags: IoctlFlags,
-        _cmd: u32,
-        _in_data: &[u8],
-        _out_size: u32,
+        cmd: u32,
+        in_data: &[u8],
+        out_size: u32,
         reply: ReplyIoctl,
     ) {
-        reply.error(Errno::ENOTTY);
+        if !crate::sys::INODE_ATTR_IOCTLS.iter().any(|(c, _)| *c == cmd) {
+            reply.error(Errno::ENOTTY);
+            return;
+        }
+        let mut data = in_data.to_vec();
+        data.resize(data.len().max(out_size as usize).max(28), 0);
+        match self.union.inode_attr_ioctl(ino.0, cmd, &mut data) {
+            Ok(()) => reply.ioctl(0, &data[..(out_size as usize).min(data.len())]),
+            Err(e) => reply.error(failed("ioctl", e)),
+        }
     }
 
     fn setxattr(

@@ -1427,3 +1427,74 @@ fn direct_io_reads_and_writes_like_kernel_overlayfs() {
     // Through the daemon (a rootless mount's path: no kernel passthrough), the same.
     assert_same_log(&through_the_daemon(&s, act), &kernel);
 }
+
+/// `lsattr` and `chattr` through the union, against kernel overlayfs: the inode flags of the
+/// real file are read (a lower file's too), and set on the upper copy after a copy-up (#34).
+#[test]
+fn inode_flags_are_read_and_set_like_kernel_overlayfs() {
+    if !require_root() {
+        return;
+    }
+    let d = scratch();
+    let p = |n: &str| d.path().join(n);
+    for n in ["l/d", "u", "m", "ku", "kw", "km"] {
+        mkdir(&p(n));
+    }
+    write(&p("l/f"), b"x");
+    write(&p("l/g"), b"y");
+    let flags = |path: &Path, dir: bool| -> String {
+        let mut c = Command::new("lsattr");
+        if dir {
+            c.arg("-d");
+        }
+        let o = c.arg(path).output().unwrap();
+        assert!(
+            o.status.success(),
+            "lsattr {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let chattr = |flag: &str, path: &Path| {
+        let o = Command::new("chattr").arg(flag).arg(path).output().unwrap();
+        assert!(
+            o.status.success(),
+            "chattr {flag} {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    // A flag of the lower file itself shows through.
+    chattr("+d", &p("l/g"));
+    let ours = UnionMount::new(&[&p("l")], Some(&p("u")), &p("m"));
+    let kernel = KernelOverlay::new(&[&p("l")], Some((&p("ku"), &p("kw"))), &p("km"));
+    let mut seen = Vec::new();
+    for mp in [&ours.mp, &kernel.mp] {
+        let before = (
+            flags(&mp.join("f"), false),
+            flags(&mp.join("g"), false),
+            flags(&mp.join("d"), true),
+        );
+        chattr("+d", &mp.join("f"));
+        chattr("+A", &mp.join("d"));
+        let after = (
+            flags(&mp.join("f"), false),
+            flags(&mp.join("g"), false),
+            flags(&mp.join("d"), true),
+        );
+        assert!(after.0.contains('d') && after.2.contains('A'), "{after:?}");
+        seen.push((before, after));
+    }
+    assert_eq!(seen[0], seen[1], "unionfuse, kernel overlayfs");
+    // Set on the upper copies; the lower is untouched.
+    assert!(flags(&p("u/f"), false).contains('d'));
+    assert!(flags(&p("u/d"), true).contains('A'));
+    assert!(!flags(&p("l/f"), false).contains('d'));
+    drop(ours);
+    drop(kernel);
+}

@@ -559,3 +559,33 @@ pub fn chown_at(at: At<'_>, uid: u32, gid: u32) -> Result<()> {
         None => fchownat_empty(at.dir, uid, gid),
     }
 }
+
+/// The inode attribute ioctls kernel overlayfs passes to the real file (`lsattr`, `chattr`,
+/// `xfs_io -c lsattr`): `FS_IOC_GETFLAGS`, `FS_IOC_SETFLAGS`, `FS_IOC_FSGETXATTR`,
+/// `FS_IOC_FSSETXATTR`, with whether each sets.
+pub const INODE_ATTR_IOCTLS: [(u32, bool); 4] = [
+    (libc::FS_IOC_GETFLAGS as u32, false),
+    (libc::FS_IOC_SETFLAGS as u32, true),
+    // _IOR('X', 31, struct fsxattr) and _IOW('X', 32, struct fsxattr): 28 bytes.
+    (0x801c_581f, false),
+    (0x401c_5820, true),
+];
+
+/// One of [`INODE_ATTR_IOCTLS`] on `fd`, its argument (and result) in `data`, which must
+/// hold the argument's size (an int of flags, or a `struct fsxattr`).
+pub fn inode_attr_ioctl(fd: BorrowedFd<'_>, cmd: u32, data: &mut [u8]) -> Result<()> {
+    let need = if cmd == libc::FS_IOC_GETFLAGS as u32 || cmd == libc::FS_IOC_SETFLAGS as u32 {
+        std::mem::size_of::<libc::c_int>()
+    } else if INODE_ATTR_IOCTLS.iter().any(|(c, _)| *c == cmd) {
+        28
+    } else {
+        return Err(Errno(libc::ENOTTY));
+    };
+    if data.len() < need {
+        return Err(Errno(libc::EINVAL));
+    }
+    // SAFETY: cmd is one of the four inode attribute ioctls, whose argument is a pointer to
+    // a buffer of `need` bytes, which `data` holds (checked above); the kernel reads or
+    // writes only those.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), cmd as _, data.as_mut_ptr()) }).map(drop)
+}

@@ -246,6 +246,33 @@ impl Union {
         self.getattr(ino, None)
     }
 
+    /// The inode attribute ioctls (`lsattr`, `chattr`: [`sys::INODE_ATTR_IOCTLS`]) passed to
+    /// the real object, as kernel overlayfs passes them: read from the top object, set on
+    /// the upper one after a copy-up. `data` holds the argument, and then the result.
+    pub fn inode_attr_ioctl(&self, ino: u64, cmd: u32, data: &mut [u8]) -> Result<()> {
+        let Some(&(_, sets)) = sys::INODE_ATTR_IOCTLS.iter().find(|(c, _)| *c == cmd) else {
+            return Err(Errno(libc::ENOTTY).into());
+        };
+        let node = self.node(ino)?;
+        if sets {
+            if !self.has_upper {
+                return Err(Errno(libc::EROFS).into());
+            }
+            self.copy_up(&node, false)?;
+        }
+        let loc = node.loc.read().clone();
+        let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY;
+        let fd = loc.top()?.with_at(|dir, name| match name {
+            Some(n) => sys::open_noatime(dir, n, flags),
+            None => sys::reopen(dir, flags),
+        })?;
+        sys::inode_attr_ioctl(fd.as_fd(), cmd, data)?;
+        if sets {
+            self.notify_changed(ino);
+        }
+        Ok(())
+    }
+
     /// Drops from the regular file `fd` stands for what a write or truncate by `caller`
     /// drops in the kernel: setuid always, setgid when the group may execute or the caller
     /// is not in the file's group (root counts as in every group). Whether the mode changed.
