@@ -405,6 +405,11 @@ pub fn apply_options(p: &mut Options, opts: &OsStr, sloppy: bool) -> Result<()> 
             ("ro", None) => p.req.union.read_only = true,
             ("rw", None) => p.req.union.read_only = false,
             ("volatile", None) => p.req.union.volatile = true,
+            ("metacopy", Some(v)) => match text(v).as_str() {
+                "on" => p.req.union.metacopy = true,
+                "off" => p.req.union.metacopy = false,
+                other => bail!("option 'metacopy={other}': expected on or off"),
+            },
             ("fsync", Some(v)) => p.req.union.volatile = text(v) == "0",
             ("allow_other" | "allow_root", None) => p.req.allow_other = Some(true),
             ("noallow_other", None) => p.req.allow_other = Some(false),

@@ -9,6 +9,7 @@ mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use common::*;
 
@@ -232,4 +233,74 @@ fn commit_of_a_kernel_metacopy_upper_writes_the_data() {
         "image data\n"
     );
     uf(&["start", "-a", "c1"]);
+}
+
+/// `du` of a tree, in bytes of blocks.
+fn disk_bytes(root: &Path) -> u64 {
+    walk_tree(root)
+        .into_iter()
+        .filter_map(|(_, m)| m.ok())
+        .map(|m| m.blocks() * 512)
+        .sum()
+}
+
+/// With `-o metacopy=on`, `chown -R` of a lower tree (what rootless id remapping does)
+/// copies metadata alone, in the kernel's format: the same view as kernel overlayfs with
+/// `metacopy=on`, an upper of a few blocks where the data is megabytes, and each upper
+/// read right by the other (#34).
+#[test]
+fn chown_r_with_metacopy_copies_no_data() {
+    if !require_root() {
+        return;
+    }
+    let d = scratch();
+    let p = |n: &str| d.path().join(n);
+    for n in ["l/sub/deep", "u", "m", "ku", "kw", "km", "w2"] {
+        mkdir(&p(n));
+    }
+    let big: Vec<u8> = (0..20 << 20).map(|i| (i * 7 % 253) as u8).collect();
+    write(&p("l/big"), &big);
+    write(&p("l/sub/a"), b"a\n");
+    write(&p("l/sub/deep/b"), b"b\n");
+    let remap = |mp: &Path| {
+        run(Command::new("chown").args(["-R", "1234:1234"]).arg(mp));
+        chmod(&mp.join("big"), 0o600);
+        set_times(&mp.join("sub/a"), (2_000_000, 0), (2_000_000, 0));
+    };
+    let ours = UnionMount::with_args(&[&p("l")], Some(&p("u")), &p("m"), &["-o", "metacopy=on"]);
+    remap(&ours.mp);
+    let view = files(&ours.mp);
+    drop(ours);
+    let k = KernelOverlay::with_opts(&[&p("l")], Some((&p("ku"), &p("kw"))), &p("km"), KOPTS);
+    remap(&k.mp);
+    assert_eq!(files(&k.mp), view, "unionfuse, kernel overlayfs");
+    drop(k);
+    // No data in our upper: a few blocks for 20 MiB.
+    assert!(
+        disk_bytes(&p("u")) < 1 << 20,
+        "{} bytes",
+        disk_bytes(&p("u"))
+    );
+    assert_metacopy(&p("u"), "big");
+    // The kernel reads our upper, we read the kernel's.
+    let k = KernelOverlay::with_opts(&[&p("l")], Some((&p("u"), &p("w2"))), &p("km"), KOPTS);
+    assert_eq!(files(&k.mp), view, "our upper under kernel overlayfs");
+    drop(k);
+    let ours = UnionMount::with_args(&[&p("l")], Some(&p("ku")), &p("m"), &["-o", "metacopy=on"]);
+    assert_eq!(files(&ours.mp), view, "the kernel's upper under unionfuse");
+    drop(ours);
+    // A write brings the data up; the kernel reads the result.
+    let ours = UnionMount::with_args(&[&p("l")], Some(&p("u")), &p("m"), &["-o", "metacopy=on"]);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(ours.mp.join("big"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"tail").unwrap();
+    drop(f);
+    let after = files(&ours.mp);
+    drop(ours);
+    assert!(getxattr(&p("u/big"), "trusted.overlay.metacopy").is_err());
+    let k = KernelOverlay::with_opts(&[&p("l")], Some((&p("u"), &p("w2"))), &p("km"), KOPTS);
+    assert_eq!(files(&k.mp), after);
+    drop(k);
 }

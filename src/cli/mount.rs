@@ -22,7 +22,8 @@ pub enum MountCmd {
         #[arg(short, long)]
         foreground: bool,
         /// Comma-separated options: ro, allow_other, noallow_other, threads=N, volatile
-        /// (no fsync to the upper), whiteout=oci|kernel (format of whiteouts written).
+        /// (no fsync to the upper), whiteout=oci|kernel (format of whiteouts written),
+        /// metacopy=on (a change of owner, mode or times copies metadata alone).
         #[arg(short = 'o', value_name = "OPTIONS")]
         options: Vec<String>,
         /// The read-only layers, ':'-separated, leftmost on top.

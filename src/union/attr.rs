@@ -188,11 +188,15 @@ impl Union {
             sys::ftruncate(fd.as_fd(), len)?;
             size = None;
         }
-        // A metadata-only copy of the kernel's keeps its data below through a change of
-        // owner, mode or times (as there); only a change of size brings the data up.
+        // A change of owner, mode or times of a lower file copies its metadata alone with
+        // `metacopy=on`, and a metadata-only copy keeps its data below through one (as on
+        // kernel overlayfs); only a change of size brings the data up.
         let meta_only = size.is_none()
-            && !self.is_lower(node.loc.read().top_layer)
-            && self.is_metacopy(&node)?;
+            && if self.is_lower(node.loc.read().top_layer) {
+                self.copy_up_meta(&node)?
+            } else {
+                self.is_metacopy(&node)?
+            };
         if !meta_only {
             self.copy_up(&node, size == Some(0))?;
         }

@@ -3,7 +3,7 @@
 //! file of the right size marked with the `overlay.metacopy` xattr; its data stays in a
 //! layer below, at the path its `overlay.redirect` names (after a rename) or at its own
 //! name. Such a file is read from there, and its data is copied up at its first write
-//! (then the mark goes), as the kernel does.
+//! (then the mark goes), as the kernel does. With `metacopy=on` the union makes them too.
 
 use std::ffi::{CStr, OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -200,6 +200,74 @@ impl Union {
             }
         }
         Ok(None)
+    }
+
+    /// Metadata-only copy-up of a lower regular file (`metacopy=on`): a sparse file of its
+    /// size with its owner, mode, xattrs and times, marked with the metacopy xattr, its data
+    /// left where it is. `false` when it cannot be one (the mount writes OCI formats, no
+    /// xattr to mark it; a file of several names, whose group comes up whole): the caller
+    /// copies it up whole.
+    pub(super) fn copy_up_meta(&self, node: &Node) -> Result<bool> {
+        if !self.metacopy || node.fmt != libc::S_IFREG || self.formats.oci {
+            return Ok(false);
+        }
+        if !self.is_lower(node.loc.read().top_layer) {
+            return Ok(true);
+        }
+        self.upper_root()?;
+        let _g = node.copy_lock.lock();
+        let (parent, name, top_dir) = {
+            let loc = node.loc.read();
+            if !self.is_lower(loc.top_layer) {
+                return Ok(true);
+            }
+            (
+                loc.parent,
+                loc.name.clone(),
+                loc.top_dir.clone().ok_or(Errno(libc::EIO))?,
+            )
+        };
+        let c = sys::cstr(&name)?;
+        let lower_st = sys::fstatat(top_dir.as_fd(), &c)?;
+        if lower_st.st_nlink > 1 {
+            return Ok(false);
+        }
+        let pfd = self.upper_dir(&*self.node(parent)?)?;
+        let ptimes = super::copy_up::ParentTimes::save(pfd.as_fd())?;
+        let (tmpfd, tmpname) = self.new_tmp_file(pfd.as_fd(), 0o600)?;
+        sys::ftruncate(tmpfd.as_fd(), lower_st.st_size as u64)?;
+        let from = sys::At {
+            dir: top_dir.as_fd(),
+            name: Some(&c),
+        };
+        let to = sys::At {
+            dir: tmpfd.as_fd(),
+            name: None,
+        };
+        super::copy_up::copy_meta(from, to, &lower_st)?;
+        sys::setxattr(
+            tmpfd.as_fd(),
+            None,
+            self.formats.metacopy_xattr(),
+            Some(b""),
+            0,
+        )?;
+        if !self.volatile {
+            sys::fsync(tmpfd.as_fd(), false)?;
+        }
+        self.work()?
+            .publish(&tmpfd, tmpname.as_deref(), pfd.as_fd(), &c, false)?;
+        ptimes.restore(pfd.as_fd())?;
+        let obj = Arc::new(sys::openat(pfd.as_fd(), &c, libc::O_PATH, 0)?);
+        let mut loc = node.loc.write();
+        loc.top_layer = 0;
+        loc.top_dir = Some(pfd);
+        loc.obj = Some(obj);
+        drop(loc);
+        node.metacopy.store(YES, Ordering::Relaxed);
+        self.notify_changed(node.ino);
+        self.notify_changed(parent);
+        Ok(true)
     }
 
     /// Copies a metacopy node's data into its upper file, in place, then removes the mark

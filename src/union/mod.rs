@@ -53,6 +53,9 @@ pub struct UnionConfig {
     pub read_only: bool,
     /// Show the owner and mode kept in `user.containers.override_stat` where a file has one.
     pub override_stat: bool,
+    /// Metadata-only copy-up (kernel overlayfs' `metacopy=on`): a change of owner, mode or
+    /// times of a lower file copies its metadata alone, in the kernel's format.
+    pub metacopy: bool,
 }
 
 /// Who asks: new objects belong to the caller.
@@ -87,6 +90,8 @@ pub struct Union {
     /// The upper's root holds the work dir, which the view never shows.
     hides_work: bool,
     volatile: bool,
+    /// Metadata-only copy-up (`metacopy=on`).
+    metacopy: bool,
     ids: ids::IdMap,
     override_stat: bool,
     /// What whiteouts, opaque markers, redirects and link counts are written as.
@@ -188,6 +193,7 @@ impl Union {
             work: None,
             hides_work: cfg.upper.is_some() && cfg.workdir.is_none(),
             volatile: cfg.volatile,
+            metacopy: cfg.metacopy,
             ids: cfg.ids.clone(),
             override_stat: cfg.override_stat,
             formats: whiteout::Formats::unprobed(cfg.oci_whiteouts),

@@ -306,6 +306,11 @@ impl Formats {
         self.family(REDIRECT_XATTRS)
     }
 
+    /// The xattr that marks a metadata-only copy: the same family as the opaque marker.
+    pub fn metacopy_xattr(&self) -> &'static CStr {
+        self.family([c"trusted.overlay.metacopy", c"user.overlay.metacopy"])
+    }
+
     /// The xattr a link count adjustment is written in.
     pub fn nlink_xattr(&self) -> &'static CStr {
         self.family(NLINK_XATTRS)
