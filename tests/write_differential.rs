@@ -311,7 +311,12 @@ fn trace() -> bool {
     std::env::var_os("UNIONFUSE_WDIFF_TRACE").is_some()
 }
 
-fn run_sequence(seed: u64, steps: usize, rotations: usize, stats: &mut Stats) {
+fn run_sequence(seed: u64, steps: usize, rotations: usize, metacopy: bool, stats: &mut Stats) {
+    let ours_opts: &[&str] = if metacopy {
+        &["-o", "metacopy=on"]
+    } else {
+        &[]
+    };
     let t = scratch();
     let d = |n: &str| {
         let p = t.path().join(n);
@@ -345,8 +350,8 @@ fn run_sequence(seed: u64, steps: usize, rotations: usize, stats: &mut Stats) {
         let lower_refs: Vec<&Path> = lowers.iter().map(|p| p.as_path()).collect();
         let ctx = |i: usize| format!("seed {seed} phase {phase} step {i}");
         {
-            let _k = mount_kernel(&lower_refs, &ku, &kw, &kmp);
-            let _o = UnionMount::new(&lower_refs, Some(&ou), &omp);
+            let _k = mount_kernel(&lower_refs, &ku, &kw, &kmp, metacopy);
+            let _o = UnionMount::with_args(&lower_refs, Some(&ou), &omp, ours_opts);
             assert_same_view(&view(&omp, true), &view(&kmp, false), &ctx(0));
             for i in 0..steps {
                 let ex = existing(&kmp);
@@ -371,11 +376,11 @@ fn run_sequence(seed: u64, steps: usize, rotations: usize, stats: &mut Stats) {
             }
         }
         let ours_final = {
-            let _o = UnionMount::new(&lower_refs, Some(&ou), &omp);
+            let _o = UnionMount::with_args(&lower_refs, Some(&ou), &omp, ours_opts);
             view(&omp, true)
         };
         let kernel_final = {
-            let _k = mount_kernel(&lower_refs, &ku, &kw, &kmp);
+            let _k = mount_kernel(&lower_refs, &ku, &kw, &kmp, metacopy);
             view(&kmp, false)
         };
         let ctx = format!("seed {seed} phase {phase}");
@@ -383,7 +388,7 @@ fn run_sequence(seed: u64, steps: usize, rotations: usize, stats: &mut Stats) {
         // Interop: each upper read back by the other implementation.
         let (kw2, m2) = (d(&format!("kw2-{phase}")), d(&format!("m2-{phase}")));
         {
-            let _k = mount_kernel(&lower_refs, &ou, &kw2, &m2);
+            let _k = mount_kernel(&lower_refs, &ou, &kw2, &m2, metacopy);
             assert_same_view_but(
                 &view(&m2, false),
                 &kernel_final,
@@ -395,7 +400,7 @@ fn run_sequence(seed: u64, steps: usize, rotations: usize, stats: &mut Stats) {
             .map(|d| d.count())
             .unwrap_or(0);
         if kernel_index == 0 {
-            let _o = UnionMount::new(&lower_refs, Some(&ku), &m2);
+            let _o = UnionMount::with_args(&lower_refs, Some(&ku), &m2, ours_opts);
             assert_same_view(
                 &view(&m2, true),
                 &kernel_final,
@@ -414,8 +419,19 @@ fn run_sequence(seed: u64, steps: usize, rotations: usize, stats: &mut Stats) {
 
 /// The oracle: kernel overlayfs with redirects and the inode index, the reference for hard
 /// links and directory renames.
-fn mount_kernel(lowers: &[&Path], upper: &Path, work: &Path, mp: &Path) -> KernelOverlay {
-    KernelOverlay::with_opts(lowers, Some((upper, work)), mp, "redirect_dir=on,index=on")
+fn mount_kernel(
+    lowers: &[&Path],
+    upper: &Path,
+    work: &Path,
+    mp: &Path,
+    metacopy: bool,
+) -> KernelOverlay {
+    let opts = if metacopy {
+        "redirect_dir=on,index=on,metacopy=on"
+    } else {
+        "redirect_dir=on,index=on"
+    };
+    KernelOverlay::with_opts(lowers, Some((upper, work)), mp, opts)
 }
 
 fn env(name: &str, default: u64) -> u64 {
@@ -436,7 +452,7 @@ fn random_operation_sequences_match_kernel_overlayfs() {
     let rotations = env("UNIONFUSE_WDIFF_ROTATIONS", 2) as usize;
     let mut stats = Stats::default();
     for seed in start..start + n {
-        run_sequence(seed, steps, rotations, &mut stats);
+        run_sequence(seed, steps, rotations, false, &mut stats);
     }
     eprintln!(
         "write differential: {n} sequences from seed {start}, {} steps ({} of them errors, \
@@ -450,5 +466,27 @@ fn random_operation_sequences_match_kernel_overlayfs() {
         stats.kernel_index_skips,
         MERGED_DIR_NLINK.load(std::sync::atomic::Ordering::Relaxed),
         stats.held_writes_across_names
+    );
+}
+
+/// The same with metadata-only copy-up on both sides (kernel overlayfs' `metacopy=on`,
+/// unionfuse's `-o metacopy=on`): chmod, chown and utimes of lower files copy metadata
+/// alone, and each upper is read back by the other implementation (#34).
+#[test]
+fn random_operation_sequences_match_kernel_overlayfs_with_metacopy() {
+    if !require_root() {
+        return;
+    }
+    let start = env("UNIONFUSE_WDIFF_START", 1);
+    let n = env("UNIONFUSE_WDIFF_METACOPY_SEEDS", 20);
+    let steps = env("UNIONFUSE_WDIFF_STEPS", 40) as usize;
+    let rotations = env("UNIONFUSE_WDIFF_ROTATIONS", 2) as usize;
+    let mut stats = Stats::default();
+    for seed in start..start + n {
+        run_sequence(seed, steps, rotations, true, &mut stats);
+    }
+    eprintln!(
+        "write differential with metacopy: {n} sequences, {} steps, {} rotations, 0 divergences",
+        stats.steps, stats.rotations
     );
 }

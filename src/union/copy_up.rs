@@ -88,7 +88,7 @@ impl Union {
 
     /// The copy of a node answers to the node's inode number, as overlayfs keeps the lower
     /// object's number: the same name shows the same `st_ino` before and after copy-up.
-    fn keep_ino(&self, fd: BorrowedFd<'_>, ino: u64) -> Result<()> {
+    pub(super) fn keep_ino(&self, fd: BorrowedFd<'_>, ino: u64) -> Result<()> {
         let st = sys::fstat(fd)?;
         self.inos.keep(st.st_dev, st.st_ino, ino);
         Ok(())

@@ -456,6 +456,11 @@ impl Union {
             Err(e) if e.code() == libc::ENOENT => None,
             Err(e) => return Err(e),
         };
+        // A metadata-only copy finds its data by its name: it comes up before a move.
+        self.data_up_before_move(&p, name, &src)?;
+        if exchange && let Some(d) = &dst {
+            self.data_up_before_move(&np, newname, d)?;
+        }
         let is_dir = |r: &Resolved| r.st.st_mode & libc::S_IFMT == libc::S_IFDIR;
         let has_lower = |r: &Resolved| r.dirs.has_lower();
         if let Some(d) = &dst {
@@ -686,6 +691,33 @@ impl Union {
             sys::link_tmpfile(obj.as_fd(), pfd.as_fd(), &sys::cstr(name)?)?;
             self.resolve(parent, name)
         })
+    }
+
+    /// An upper metadata-only copy (its data found below by its name, or its redirect's)
+    /// about to be renamed: its data is copied up first, so that it no longer depends on
+    /// where it is. (Kernel overlayfs writes a redirect instead; both read the same.)
+    fn data_up_before_move(&self, parent: &Node, name: &OsStr, r: &Resolved) -> Result<()> {
+        if self.is_lower(r.top_layer) || r.st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Ok(());
+        }
+        let c = sys::cstr(name)?;
+        if !super::metacopy::is_marked(r.top_dir.as_fd(), &c) {
+            return Ok(());
+        }
+        let node = self.node_for(&r.st, || {
+            Location::new(
+                parent.ino,
+                name.to_owned(),
+                r.top_layer,
+                Some(r.top_dir.clone()),
+                DirStack::default(),
+            )
+        });
+        if node.loc.read().obj.is_none() {
+            let obj = sys::openat(r.top_dir.as_fd(), &c, libc::O_PATH, 0)?;
+            node.loc.write().obj = Some(Arc::new(obj));
+        }
+        self.copy_up_data_keeping(&node, false, true)
     }
 
     /// Copies up the object that `name` in `parent` resolved to, by that name.

@@ -3,7 +3,7 @@
 //! file of the right size marked with the `overlay.metacopy` xattr; its data stays in a
 //! layer below, at the path its `overlay.redirect` names (after a rename) or at its own
 //! name. Such a file is read from there, and its data is copied up at its first write
-//! (then the mark goes), as the kernel does. With `metacopy=on` the union makes them too.
+//! (then the mark goes, and its times move), as the kernel does. With `metacopy=on` the union makes them too.
 
 use std::ffi::{CStr, OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -259,6 +259,8 @@ impl Union {
             .publish(&tmpfd, tmpname.as_deref(), pfd.as_fd(), &c, false)?;
         ptimes.restore(pfd.as_fd())?;
         let obj = Arc::new(sys::openat(pfd.as_fd(), &c, libc::O_PATH, 0)?);
+        // The copy keeps the node's inode number (another name linked to it later shows it).
+        self.keep_ino(obj.as_fd(), node.ino)?;
         let mut loc = node.loc.write();
         loc.top_layer = 0;
         loc.top_dir = Some(pfd);
@@ -271,36 +273,49 @@ impl Union {
     }
 
     /// Copies a metacopy node's data into its upper file, in place, then removes the mark
-    /// (a crash before leaves the mark, and the data where it was). Nothing with
+    /// (a crash before leaves the mark, and the data where it was); its times move, as in
+    /// the kernel. Nothing with
     /// `truncate`: the caller is about to truncate it.
     pub(super) fn copy_up_data(&self, node: &Node, truncate: bool) -> Result<()> {
+        self.copy_up_data_keeping(node, truncate, false)
+    }
+
+    /// [`Self::copy_up_data`]; with `keep_times`, the file's times stay as they were (the
+    /// copy is the union's own doing, where the kernel keeps the file metadata-only).
+    pub(super) fn copy_up_data_keeping(
+        &self,
+        node: &Node,
+        truncate: bool,
+        keep_times: bool,
+    ) -> Result<()> {
         let _g = node.copy_lock.lock();
         let Some(data) = self.metacopy_data(node)? else {
             return Ok(());
         };
         let obj = node.loc.read().obj.clone().ok_or(Errno(libc::EIO))?;
+        let before = sys::fstat(obj.as_fd())?;
         if !truncate {
             let src = data.open(0)?;
             let st = sys::fstat(src.as_fd())?;
             let dst = sys::reopen(obj.as_fd(), libc::O_WRONLY)?;
-            // The upper file keeps its times: the data copy is no change of its.
-            let before = sys::fstat(obj.as_fd())?;
+            // As in the kernel, the data copy moves the file's modification time (unless
+            // `keep_times`).
             let dense = st.st_blocks as u64 * 512 >= st.st_size as u64;
             sys::copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64, dense)?;
-            sys::utimensat(
-                obj.as_fd(),
-                c"",
-                &[
-                    libc::timespec {
-                        tv_sec: before.st_atime,
-                        tv_nsec: before.st_atime_nsec,
-                    },
-                    libc::timespec {
-                        tv_sec: before.st_mtime,
-                        tv_nsec: before.st_mtime_nsec,
-                    },
-                ],
-            )?;
+            if keep_times {
+                let ts = |s: i64, n: i64| libc::timespec {
+                    tv_sec: s,
+                    tv_nsec: n,
+                };
+                sys::utimensat(
+                    obj.as_fd(),
+                    c"",
+                    &[
+                        ts(before.st_atime, before.st_atime_nsec),
+                        ts(before.st_mtime, before.st_mtime_nsec),
+                    ],
+                )?;
+            }
             if !self.volatile {
                 sys::fsync(dst.as_fd(), false)?;
             }
