@@ -58,6 +58,7 @@ pub fn start_detached(
     // Closes when the monitor ends, whatever ends it.
     let (alive_rd, alive_wr) = sys::pipe().map_err(|e| UserError(format!("pipe: {e}")))?;
     let log = log_path(store, c);
+    let launched = crate::store::now();
     match sys::fork().map_err(|e| UserError(format!("fork: {e}")))? {
         sys::Forked::Child => {
             drop(alive_rd);
@@ -121,6 +122,19 @@ pub fn start_detached(
                     return Ok(());
                 }
                 if sys::poll_ready(alive_rd.as_fd()) {
+                    // A command that ended before its pid was seen here did start: its
+                    // run is recorded (or, with --rm, its container is gone already).
+                    match store.find_container(&c.id) {
+                        Ok(rec)
+                            if rec.started.is_some_and(|t| t >= launched)
+                                && rec.state
+                                    != crate::store::State::Exited(run::RUNNER_FAILED as i32) =>
+                        {
+                            return Ok(());
+                        }
+                        Err(_) if remove_after => return Ok(()),
+                        _ => {}
+                    }
                     let records = logs::Follower::from_start(&log).next_records();
                     let last = records
                         .last()

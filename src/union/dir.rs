@@ -671,15 +671,7 @@ impl Union {
         if !self.is_lower(r.top_layer) || fmt == libc::S_IFDIR || r.st.st_nlink <= 1 {
             return Ok(r);
         }
-        let node = self.node_for(&r.st, || {
-            Location::new(
-                parent.ino,
-                name.to_owned(),
-                r.top_layer,
-                Some(r.top_dir.clone()),
-                DirStack::default(),
-            )
-        });
+        let node = self.node_of_resolved(parent, name, &r);
         self.copy_up(&node, false).and_then(|_| {
             let again = self.resolve(parent, name)?;
             if !self.is_lower(again.top_layer) {
@@ -690,6 +682,25 @@ impl Union {
             let pfd = self.upper_dir(parent)?;
             sys::link_tmpfile(obj.as_fd(), pfd.as_fd(), &sys::cstr(name)?)?;
             self.resolve(parent, name)
+        })
+    }
+
+    /// The node of the non-directory `name` in `parent` resolved to (made if the kernel
+    /// holds none).
+    fn node_of_resolved(
+        &self,
+        parent: &Node,
+        name: &OsStr,
+        r: &Resolved,
+    ) -> super::inode::LookupRef<'_> {
+        self.node_for(&r.st, || {
+            Location::new(
+                parent.ino,
+                name.to_owned(),
+                r.top_layer,
+                Some(r.top_dir.clone()),
+                DirStack::default(),
+            )
         })
     }
 
@@ -704,15 +715,7 @@ impl Union {
         if !super::metacopy::is_marked(r.top_dir.as_fd(), &c) {
             return Ok(());
         }
-        let node = self.node_for(&r.st, || {
-            Location::new(
-                parent.ino,
-                name.to_owned(),
-                r.top_layer,
-                Some(r.top_dir.clone()),
-                DirStack::default(),
-            )
-        });
+        let node = self.node_of_resolved(parent, name, r);
         if node.loc.read().obj.is_none() {
             let obj = sys::openat(r.top_dir.as_fd(), &c, libc::O_PATH, 0)?;
             node.loc.write().obj = Some(Arc::new(obj));
