@@ -12,29 +12,7 @@ use std::path::PathBuf;
 
 use crate::daemon;
 use crate::error::{Result, UserError, bail};
-use crate::request::{self, Checked, Options};
-
-/// Checks what the options gave and turns it into a mount.
-fn finish(mut p: Options, mountpoint: PathBuf, foreground: bool) -> Result<Checked> {
-    let Some(spec) = p.lower_spec.take() else {
-        bail!("no lowerdir= given (-o lowerdir=LOWER1:LOWER2,upperdir=UPPER,workdir=WORK)");
-    };
-    p.req.union.lowers = request::split_layers(&spec)?;
-    if let Some(w) = &p.workdir {
-        // Used as the kernel uses it (our work goes in a `unionfuse` directory inside);
-        // without one, the work dir is hidden in the upper.
-        let w = request::check_dir("workdir", w, None)?;
-        if p.req.union.upper.is_none() {
-            bail!("workdir= given without upperdir=");
-        }
-        p.req.union.workdir = Some(w);
-    }
-    let (u, g) = (p.req.squash_uid, p.req.squash_gid);
-    p.req.union.ids.squash(u, g);
-    p.req.mountpoint = mountpoint;
-    p.req.foreground = foreground;
-    request::validate(&p.req, Some(&spec))
-}
+use crate::request::{self, Options};
 
 fn version() {
     println!("unionfuse version {}", env!("CARGO_PKG_VERSION"));
@@ -78,7 +56,7 @@ fn fuse_overlayfs_cli(args: &[OsString]) -> Result<()> {
             "no mountpoint given (usage: unionfuse -o lowerdir=A:B,upperdir=U,workdir=W MOUNTPOINT)"
         )
     };
-    let checked = finish(p, mp, foreground)?;
+    let checked = request::finish(p, mp, foreground)?;
     daemon::mount(checked)
 }
 
@@ -126,7 +104,7 @@ fn mount_helper(args: &[OsString]) -> Result<()> {
     for o in &opts {
         request::apply_options(&mut p, o, sloppy)?;
     }
-    let checked = finish(p, PathBuf::from(mp), false)?;
+    let checked = request::finish(p, PathBuf::from(mp), false)?;
     if verbose {
         eprintln!(
             "unionfuse: mounting {} layer(s){} on {}",

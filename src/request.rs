@@ -360,20 +360,37 @@ pub fn mount_command(
     mountpoint: PathBuf,
     foreground: bool,
 ) -> Result<Checked> {
-    let o = option_lists(
+    let mut o = option_lists(
         options,
         "the LOWERS and UPPER arguments of unionfuse mount",
         true,
     )?;
-    let mut req = o.req;
-    if let Some(w) = o.workdir {
-        req.union.workdir = Some(check_dir("workdir", &w, None)?);
+    o.lower_spec = Some(lower_spec.to_owned());
+    o.req.union.upper = upper;
+    finish(o, mountpoint, foreground)
+}
+
+/// Checks what the options (and arguments) gave and turns it into a mount: the one end of
+/// `unionfuse mount`, fuse-overlayfs' command line and mount(8)'s helper.
+pub fn finish(mut p: Options, mountpoint: PathBuf, foreground: bool) -> Result<Checked> {
+    let Some(spec) = p.lower_spec.take() else {
+        bail!("no lowerdir= given (-o lowerdir=LOWER1:LOWER2,upperdir=UPPER,workdir=WORK)");
+    };
+    p.req.union.lowers = split_layers(&spec)?;
+    if let Some(w) = &p.workdir {
+        // Used as the kernel uses it (our work goes in a `unionfuse` directory inside);
+        // without one, the work dir is hidden in the upper.
+        let w = check_dir("workdir", w, None)?;
+        if p.req.union.upper.is_none() {
+            bail!("workdir= given without upperdir=");
+        }
+        p.req.union.workdir = Some(w);
     }
-    req.foreground = foreground;
-    req.union.lowers = split_layers(lower_spec)?;
-    req.union.upper = upper;
-    req.mountpoint = mountpoint;
-    validate(&req, Some(lower_spec))
+    let (u, g) = (p.req.squash_uid, p.req.squash_gid);
+    p.req.union.ids.squash(u, g);
+    p.req.mountpoint = mountpoint;
+    p.req.foreground = foreground;
+    validate(&p.req, Some(&spec))
 }
 
 fn num(o: &str, v: &str) -> Result<u32> {
