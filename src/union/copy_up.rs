@@ -16,6 +16,17 @@ use super::{Union, whiteout};
 use crate::sys::{self, Errno};
 use crate::sys::{At, chown_at};
 
+/// What a regular file's copy-up does with its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Data {
+    /// Copied.
+    Copy,
+    /// Not copied: the caller is about to truncate it.
+    Truncated,
+    /// Left where it is: a metadata-only copy (`metacopy=on`).
+    Left,
+}
+
 impl Union {
     pub(super) fn upper_root(&self) -> Result<&Arc<OwnedFd>> {
         if self.has_upper {
@@ -106,21 +117,37 @@ impl Union {
             self.upper_dir(node)?;
             return Ok(());
         }
+        let data = if truncate {
+            Data::Truncated
+        } else {
+            Data::Copy
+        };
+        self.copy_up_as(node, data).map(drop)
+    }
+
+    /// [`Self::copy_up`] of a non-directory, its data as `data` says. `false` when a
+    /// metadata-only copy (`Data::Left`) cannot be made: a file of several names, whose
+    /// group comes up whole.
+    pub(super) fn copy_up_as(&self, node: &Node, data: Data) -> Result<bool> {
         if !self.is_lower(node.loc.read().top_layer) {
-            // A metadata-only copy of the kernel's: its data comes up now.
-            if self.is_metacopy(node)? {
-                self.copy_up_data(node, truncate)?;
+            // A metadata-only copy of the kernel's or ours: its data comes up now, unless
+            // metadata alone is asked for.
+            if data != Data::Left && self.is_metacopy(node)? {
+                self.copy_up_data(node, data == Data::Truncated)?;
             }
-            return Ok(());
+            return Ok(true);
         }
         self.upper_root()?;
         // A lower metacopy file (a kernel upper turned lower): its data is further below.
-        let data = self.metacopy_data(node)?;
+        let below = match data {
+            Data::Copy => self.metacopy_data(node)?,
+            Data::Truncated | Data::Left => None,
+        };
         let _g = node.copy_lock.lock();
         let (parent, name, top_dir, layer) = {
             let loc = node.loc.read();
             if !self.is_lower(loc.top_layer) {
-                return Ok(());
+                return Ok(true);
             }
             (
                 loc.parent,
@@ -129,20 +156,28 @@ impl Union {
                 loc.top_layer,
             )
         };
-        let pfd = self.upper_dir(&*self.node(parent)?)?;
         let c = sys::cstr(&name)?;
-        let ptimes = ParentTimes::save(pfd.as_fd())?;
         let lower_st = sys::fstatat(top_dir.as_fd(), &c)?;
+        if data == Data::Left && lower_st.st_nlink > 1 {
+            return Ok(false);
+        }
+        let pfd = self.upper_dir(&*self.node(parent)?)?;
+        let ptimes = ParentTimes::save(pfd.as_fd())?;
         let obj = self
             .copy_up_from(
                 (top_dir.as_fd(), &c),
-                data.as_ref(),
+                below.as_ref(),
                 &lower_st,
                 (pfd.as_fd(), &c),
-                truncate,
+                data,
             )
             .context("copy-up")?;
-        node.metacopy.store(super::metacopy::NO, Ordering::Relaxed);
+        let state = if data == Data::Left {
+            super::metacopy::YES
+        } else {
+            super::metacopy::NO
+        };
+        node.metacopy.store(state, Ordering::Relaxed);
         ptimes.restore(pfd.as_fd())?;
         self.keep_ino(obj.as_fd(), node.ino)?;
         let obj = Arc::new(obj);
@@ -167,7 +202,7 @@ impl Union {
         }
         self.notify_changed(node.ino);
         self.notify_changed(parent);
-        Ok(())
+        Ok(true)
     }
 
     /// After copy-up of an object with several names in its lower layer: every other name of
@@ -301,18 +336,25 @@ impl Union {
         dname: &CStr,
         truncate: bool,
     ) -> Result<OwnedFd> {
-        self.copy_up_from((sdir, sname), None, st, (ddir, dname), truncate)
+        let data = if truncate {
+            Data::Truncated
+        } else {
+            Data::Copy
+        };
+        self.copy_up_from((sdir, sname), None, st, (ddir, dname), data)
     }
 
-    /// [`Self::copy_up_entry`], the data read from `data` when given (the source is a
-    /// metadata-only copy whose data is below it).
+    /// [`Self::copy_up_entry`], a regular file's data as `data` says: copied (from `below`
+    /// when given: the source is a metadata-only copy whose data is further below), left
+    /// out for a truncate, or left where it is (a sparse copy of its size marked with the
+    /// metacopy xattr).
     pub(super) fn copy_up_from(
         &self,
         (sdir, sname): (BorrowedFd<'_>, &CStr),
-        data: Option<&super::metacopy::DataAt>,
+        below: Option<&super::metacopy::DataAt>,
         st: &libc::stat,
         (ddir, dname): (BorrowedFd<'_>, &CStr),
-        truncate: bool,
+        data: Data,
     ) -> Result<OwnedFd> {
         let fmt = st.st_mode & libc::S_IFMT;
         let src = At {
@@ -321,20 +363,28 @@ impl Union {
         };
         if fmt == libc::S_IFREG {
             let (tmpfd, tmpname) = self.new_tmp_file(ddir, 0o600)?;
-            let data = match data {
-                Some(d) => d.open(0)?,
-                None => sys::open_noatime(sdir, sname, libc::O_RDONLY)?,
-            };
-            if !truncate {
-                let dst = sys::fstat(data.as_fd())?;
-                let dense = dst.st_blocks as u64 * 512 >= dst.st_size as u64;
-                sys::copy_data(data.as_fd(), tmpfd.as_fd(), st.st_size as u64, dense)?;
+            match data {
+                Data::Copy => {
+                    let from = match below {
+                        Some(d) => d.open(0)?,
+                        None => sys::open_noatime(sdir, sname, libc::O_RDONLY)?,
+                    };
+                    let fst = sys::fstat(from.as_fd())?;
+                    let dense = fst.st_blocks as u64 * 512 >= fst.st_size as u64;
+                    sys::copy_data(from.as_fd(), tmpfd.as_fd(), st.st_size as u64, dense)?;
+                }
+                Data::Truncated => {}
+                Data::Left => sys::ftruncate(tmpfd.as_fd(), st.st_size as u64)?,
             }
             let to = At {
                 dir: tmpfd.as_fd(),
                 name: None,
             };
             copy_meta(src, to, st)?;
+            if data == Data::Left {
+                let mark = self.formats.metacopy_xattr();
+                sys::setxattr(tmpfd.as_fd(), None, mark, Some(b""), 0)?;
+            }
             if !self.volatile {
                 sys::fsync(tmpfd.as_fd(), false)?;
             }

@@ -211,65 +211,7 @@ impl Union {
         if !self.metacopy || node.fmt != libc::S_IFREG || self.formats.oci {
             return Ok(false);
         }
-        if !self.is_lower(node.loc.read().top_layer) {
-            return Ok(true);
-        }
-        self.upper_root()?;
-        let _g = node.copy_lock.lock();
-        let (parent, name, top_dir) = {
-            let loc = node.loc.read();
-            if !self.is_lower(loc.top_layer) {
-                return Ok(true);
-            }
-            (
-                loc.parent,
-                loc.name.clone(),
-                loc.top_dir.clone().ok_or(Errno(libc::EIO))?,
-            )
-        };
-        let c = sys::cstr(&name)?;
-        let lower_st = sys::fstatat(top_dir.as_fd(), &c)?;
-        if lower_st.st_nlink > 1 {
-            return Ok(false);
-        }
-        let pfd = self.upper_dir(&*self.node(parent)?)?;
-        let ptimes = super::copy_up::ParentTimes::save(pfd.as_fd())?;
-        let (tmpfd, tmpname) = self.new_tmp_file(pfd.as_fd(), 0o600)?;
-        sys::ftruncate(tmpfd.as_fd(), lower_st.st_size as u64)?;
-        let from = sys::At {
-            dir: top_dir.as_fd(),
-            name: Some(&c),
-        };
-        let to = sys::At {
-            dir: tmpfd.as_fd(),
-            name: None,
-        };
-        super::copy_up::copy_meta(from, to, &lower_st)?;
-        sys::setxattr(
-            tmpfd.as_fd(),
-            None,
-            self.formats.metacopy_xattr(),
-            Some(b""),
-            0,
-        )?;
-        if !self.volatile {
-            sys::fsync(tmpfd.as_fd(), false)?;
-        }
-        self.work()?
-            .publish(&tmpfd, tmpname.as_deref(), pfd.as_fd(), &c, false)?;
-        ptimes.restore(pfd.as_fd())?;
-        let obj = Arc::new(sys::openat(pfd.as_fd(), &c, libc::O_PATH, 0)?);
-        // The copy keeps the node's inode number (another name linked to it later shows it).
-        self.keep_ino(obj.as_fd(), node.ino)?;
-        let mut loc = node.loc.write();
-        loc.top_layer = 0;
-        loc.top_dir = Some(pfd);
-        loc.obj = Some(obj);
-        drop(loc);
-        node.metacopy.store(YES, Ordering::Relaxed);
-        self.notify_changed(node.ino);
-        self.notify_changed(parent);
-        Ok(true)
+        self.copy_up_as(node, super::copy_up::Data::Left)
     }
 
     /// Copies a metacopy node's data into its upper file, in place, then removes the mark
