@@ -208,38 +208,6 @@ fn diff_of(upper: &Path, lowers: Vec<PathBuf>) -> Result<Vec<Change>> {
     Ok(out)
 }
 
-/// A writer that hashes what passes through it.
-struct HashingWriter<W> {
-    inner: W,
-    hash: sha2::Sha256,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        use sha2::Digest as _;
-        let n = self.inner.write(buf)?;
-        self.hash.update(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-impl<W> HashingWriter<W> {
-    fn new(inner: W) -> Self {
-        use sha2::Digest as _;
-        HashingWriter {
-            inner,
-            hash: sha2::Sha256::new(),
-        }
-    }
-    fn digest(self) -> (Digest, W) {
-        use sha2::Digest as _;
-        (Digest::from_sha(&self.hash.finalize()), self.inner)
-    }
-}
-
 /// Writes the tar of a container's upper.
 struct LayerWriter<'a, W: Write> {
     tar: tar::Builder<W>,
@@ -576,22 +544,22 @@ fn write_layer(
     })
     .map_err(|e| err(format!("the container's view: {e}")))?;
 
-    let tar_path = dir.join("layer.tar");
-    let file = std::fs::File::create(&tar_path).map_err(err)?;
+    // The tar, hashed as it is written (its digest is the DiffID), through the same
+    // writer as the blob.
+    let tar_w = super::ingest::BlobWriter::create(dir.join("layer.tar"), None, None)?;
     let mut w = LayerWriter {
-        tar: tar::Builder::new(HashingWriter::new(std::io::BufWriter::new(file))),
+        tar: tar::Builder::new(std::io::BufWriter::new(tar_w)),
         view: &view,
         below: &below,
         links: Default::default(),
     };
     w.tar.mode(tar::HeaderMode::Complete);
     w.upper_dir(&upper, Path::new(""))?;
-    let hw = w.tar.into_inner().map_err(err)?;
-    let (diff_id, buf) = hw.digest();
-    buf.into_inner()
+    let buf = w.tar.into_inner().map_err(err)?;
+    let (diff_id, _, tar_path) = buf
+        .into_inner()
         .map_err(|e| err(e.error()))?
-        .sync_all()
-        .map_err(err)?;
+        .finish("the layer's tar")?;
 
     // The blob: the tar, gzip-compressed, written once through the store's blob writer.
     let w = super::ingest::BlobWriter::create(dir.join("layer.tar.gz"), None, None)?;
