@@ -95,6 +95,24 @@ fn io(what: &str, p: &Path) -> impl FnOnce(std::io::Error) -> UserError {
     move |e| UserError(format!("{m}: {e}"))
 }
 
+/// The lines of a hint file (`sources/`, `diffids/`), oldest first; none when it is missing.
+fn hint_lines(p: &Path) -> Vec<String> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// Adds `line` to a hint file as its newest (once), keeping the newest `keep`. Best effort.
+fn add_hint_line(p: &Path, line: &str, keep: usize) {
+    let mut v = hint_lines(p);
+    v.retain(|l| l != line);
+    v.push(line.to_string());
+    let kept = v.split_off(v.len().saturating_sub(keep));
+    let _ = write_replacing(p, (kept.join("\n") + "\n").as_bytes(), false);
+}
+
 impl Store {
     /// The store at `root`, or where it lives by default: `UNIONFUSE_ROOT`, else
     /// `/var/lib/unionfuse` as root and `$XDG_DATA_HOME/unionfuse` otherwise.
@@ -134,26 +152,14 @@ impl Store {
 
     /// The repositories blob `d` is known to be in (`registry/repository`, newest last).
     pub fn sources(&self, d: &Digest) -> Vec<String> {
-        std::fs::read_to_string(self.source_path(d))
-            .unwrap_or_default()
-            .lines()
-            .map(String::from)
-            .collect()
+        hint_lines(&self.source_path(d))
     }
 
     /// Records that blob `d` is in `repo` (`registry/repository`). Best effort: a hint for
-    /// later pushes, never needed for correctness.
+    /// later pushes, never needed for correctness. A few are enough to find one to mount
+    /// from.
     pub fn add_source(&self, d: &Digest, repo: &str) {
-        let mut v = self.sources(d);
-        v.retain(|r| r != repo);
-        v.push(repo.to_string());
-        // A few are enough to find one to mount from.
-        let keep = v.split_off(v.len().saturating_sub(8));
-        let _ = write_replacing(
-            &self.source_path(d),
-            (keep.join("\n") + "\n").as_bytes(),
-            false,
-        );
+        add_hint_line(&self.source_path(d), repo, 8);
     }
 
     /// The blobs a registry is known to hold for the layer of DiffID `diff_id` (from pulls
@@ -161,9 +167,8 @@ impl Store {
     /// newest last. A layer that came another way (a docker-archive's plain tar) can be
     /// pushed as the blob the registry has.
     pub fn registry_blobs(&self, diff_id: &Digest, registry: &str) -> Vec<(Digest, String, u64)> {
-        std::fs::read_to_string(self.root.join("diffids").join(diff_id.hex()))
-            .unwrap_or_default()
-            .lines()
+        hint_lines(&self.diffid_path(diff_id))
+            .iter()
             .filter_map(|l| {
                 let mut w = l.split(' ');
                 let (reg, blob, mt, size) = (w.next()?, w.next()?, w.next()?, w.next()?);
@@ -180,17 +185,12 @@ impl Store {
     /// Records that `registry` holds the layer of DiffID `diff_id` as `blob`. Best effort,
     /// as [`Store::add_source`].
     pub fn add_registry_blob(&self, diff_id: &Digest, registry: &str, blob: &LayerRef) {
-        let p = self.root.join("diffids").join(diff_id.hex());
         let line = format!("{registry} {} {} {}", blob.blob, blob.media_type, blob.size);
-        let mut v: Vec<String> = std::fs::read_to_string(&p)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| *l != line)
-            .map(String::from)
-            .collect();
-        v.push(line);
-        let keep = v.split_off(v.len().saturating_sub(16));
-        let _ = write_replacing(&p, (keep.join("\n") + "\n").as_bytes(), false);
+        add_hint_line(&self.diffid_path(diff_id), &line, 16);
+    }
+
+    fn diffid_path(&self, diff_id: &Digest) -> PathBuf {
+        self.root.join("diffids").join(diff_id.hex())
     }
 
     fn source_path(&self, d: &Digest) -> PathBuf {
