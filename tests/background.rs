@@ -6,55 +6,16 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::runenv::{self, RunCtx, Who};
+use common::runenv::{RunCtx, Who};
 use common::*;
 
-struct Store {
-    dir: tempfile::TempDir,
-}
+/// A store with the busybox root filesystem imported as `base`.
+type Store = store_cli::BaseStore;
 
 impl Store {
-    /// A store with the busybox root filesystem imported as `base`.
-    fn new() -> Option<Store> {
-        if !require_root() {
-            return None;
-        }
-        let s = Store { dir: scratch() };
-        let rootfs = s.dir.path().join("rootfs");
-        runenv::build_rootfs(&rootfs);
-        let tar = s.dir.path().join("rootfs.tar");
-        runenv::tar_of(&rootfs, &tar);
-        s.ok(&["import", tar.to_str().unwrap(), "base"]);
-        Some(s)
-    }
-
-    fn root(&self) -> PathBuf {
-        self.dir.path().join("store")
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        store_cli::command(&self.root(), self.dir.path(), args)
-    }
-
-    fn uf(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        store_cli::assert_ok(args, &self.uf(args))
-    }
-
-    fn status(&self, name: &str) -> String {
-        self.ok(&["ps", "-a"])
-            .lines()
-            .find(|l| l.split_whitespace().nth(1) == Some(name))
-            .map(|l| l.split("ago").last().unwrap_or("").trim().to_string())
-            .unwrap_or_else(|| "gone".into())
-    }
-
     /// Nothing of the store's containers is left: no mount, no process, no cgroup.
     fn assert_nothing_left(&self) {
         let root = self.dir.path().to_string_lossy().into_owned();
@@ -134,7 +95,7 @@ fn a_detached_container_outlives_its_caller_and_is_reachable() {
     );
     let mut c = Command::new("setsid");
     c.args(["sh", "-c", &script])
-        .env("UNIONFUSE_ROOT", s.root())
+        .env("UNIONFUSE_ROOT", s.store())
         .env("TMPDIR", s.dir.path())
         .stdin(Stdio::null());
     let o = c.output().unwrap();

@@ -11,7 +11,7 @@
 mod common;
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -19,56 +19,9 @@ use common::runenv::{self, RunCtx, Who};
 use common::*;
 
 /// A store of the test's own with the busybox root filesystem imported as `base`.
-struct World {
-    dir: tempfile::TempDir,
-}
+type World = store_cli::BaseStore;
 
 impl World {
-    fn new() -> Option<World> {
-        if !require_root() {
-            return None;
-        }
-        let w = World { dir: scratch() };
-        let rootfs = w.path("rootfs");
-        runenv::build_rootfs(&rootfs);
-        run(Command::new("tar")
-            .arg("-C")
-            .arg(&rootfs)
-            .arg("-cf")
-            .arg(w.tar())
-            .arg("."));
-        w.ok(&["import", w.tar().to_str().unwrap(), "base"]);
-        Some(w)
-    }
-
-    fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
-    }
-
-    fn tar(&self) -> PathBuf {
-        self.path("rootfs.tar")
-    }
-
-    fn store(&self) -> PathBuf {
-        self.path("store")
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        store_cli::command(&self.store(), self.dir.path(), args)
-    }
-
-    fn uf(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        store_cli::assert_ok(args, &self.uf(args))
-    }
-
-    fn refused(&self, args: &[&str], expect: &str) -> String {
-        store_cli::assert_refused(args, &self.uf(args), expect)
-    }
-
     /// `images` as (name, id) pairs.
     fn images(&self) -> Vec<(String, String)> {
         self.ok(&["images"])
@@ -79,14 +32,6 @@ impl World {
                 (w.next().unwrap().into(), w.next().unwrap().into())
             })
             .collect()
-    }
-
-    fn status(&self, name: &str) -> String {
-        self.ok(&["ps", "-a"])
-            .lines()
-            .find(|l| l.split_whitespace().nth(1) == Some(name))
-            .map(|l| l.split("ago").last().unwrap_or("").trim().to_string())
-            .unwrap_or_else(|| "gone".into())
     }
 
     fn container_id(&self, name: &str) -> String {

@@ -452,6 +452,17 @@ fn image_id(w: &World, store: &str, name: &str) -> String {
     v["Image"]["id"].as_str().unwrap().to_string()
 }
 
+/// The manifest digest `push` printed (`REF@sha256:…`).
+fn pushed_digest(out: &str) -> String {
+    out.split('@')
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
 #[test]
 fn push_and_pull_round_trip_with_podman_and_skopeo() {
     let Some(w) = World::new() else { return };
@@ -460,14 +471,7 @@ fn push_and_pull_round_trip_with_podman_and_skopeo() {
     w.images("a");
     // unionfuse pushes; the registry's manifest digest is the one push printed.
     let pushed = w.ok("a", &["push", "app:1", &format!("{r}/app:1")]);
-    let digest = pushed
-        .split('@')
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
+    let digest = pushed_digest(&pushed);
     let inspect = Command::new("skopeo")
         .args([
             "inspect",
@@ -845,14 +849,7 @@ fn pull_by_digest_names_the_image_by_it() {
     let r = &reg.addr;
     w.images("a");
     let pushed = w.ok("a", &["push", "app:1", &format!("{r}/app:1")]);
-    let digest = pushed
-        .split('@')
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
+    let digest = pushed_digest(&pushed);
     let by_digest = format!("{r}/app@{digest}");
     w.ok("b", &["pull", &by_digest]);
     let images = w.ok("b", &["images"]);

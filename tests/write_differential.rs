@@ -441,19 +441,26 @@ fn env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The sequences of the seeds the environment asks for (`seeds_var`, else `default` of
+/// them from `UNIONFUSE_WDIFF_START`): (first seed, count, what they did).
+fn run_sequences(seeds_var: &str, default: u64, metacopy: bool) -> (u64, u64, Stats) {
+    let start = env("UNIONFUSE_WDIFF_START", 1);
+    let n = env(seeds_var, default);
+    let steps = env("UNIONFUSE_WDIFF_STEPS", 40) as usize;
+    let rotations = env("UNIONFUSE_WDIFF_ROTATIONS", 2) as usize;
+    let mut stats = Stats::default();
+    for seed in start..start + n {
+        run_sequence(seed, steps, rotations, metacopy, &mut stats);
+    }
+    (start, n, stats)
+}
+
 #[test]
 fn random_operation_sequences_match_kernel_overlayfs() {
     if !require_root() {
         return;
     }
-    let start = env("UNIONFUSE_WDIFF_START", 1);
-    let n = env("UNIONFUSE_WDIFF_SEEDS", 40);
-    let steps = env("UNIONFUSE_WDIFF_STEPS", 40) as usize;
-    let rotations = env("UNIONFUSE_WDIFF_ROTATIONS", 2) as usize;
-    let mut stats = Stats::default();
-    for seed in start..start + n {
-        run_sequence(seed, steps, rotations, false, &mut stats);
-    }
+    let (start, n, stats) = run_sequences("UNIONFUSE_WDIFF_SEEDS", 40, false);
     eprintln!(
         "write differential: {n} sequences from seed {start}, {} steps ({} of them errors, \
          each matched by errno), {} rotations of the upper into a lower, 0 divergences; the \
@@ -477,14 +484,7 @@ fn random_operation_sequences_match_kernel_overlayfs_with_metacopy() {
     if !require_root() {
         return;
     }
-    let start = env("UNIONFUSE_WDIFF_START", 1);
-    let n = env("UNIONFUSE_WDIFF_METACOPY_SEEDS", 20);
-    let steps = env("UNIONFUSE_WDIFF_STEPS", 40) as usize;
-    let rotations = env("UNIONFUSE_WDIFF_ROTATIONS", 2) as usize;
-    let mut stats = Stats::default();
-    for seed in start..start + n {
-        run_sequence(seed, steps, rotations, true, &mut stats);
-    }
+    let (_, n, stats) = run_sequences("UNIONFUSE_WDIFF_METACOPY_SEEDS", 20, true);
     eprintln!(
         "write differential with metacopy: {n} sequences, {} steps, {} rotations, 0 divergences",
         stats.steps, stats.rotations

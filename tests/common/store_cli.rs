@@ -98,3 +98,63 @@ pub fn podman(dir: &Path, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
+
+/// A store of the test's own, with the busybox root filesystem (`rootfs.tar`) imported as
+/// `base`: what the container tests start from. `None` without root (see `require_root`).
+pub struct BaseStore {
+    pub dir: tempfile::TempDir,
+}
+
+impl BaseStore {
+    pub fn new() -> Option<BaseStore> {
+        if !super::require_root() {
+            return None;
+        }
+        let s = BaseStore {
+            dir: super::scratch(),
+        };
+        let rootfs = s.path("rootfs");
+        super::runenv::build_rootfs(&rootfs);
+        super::runenv::tar_of(&rootfs, &s.tar());
+        s.ok(&["import", s.tar().to_str().unwrap(), "base"]);
+        Some(s)
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// The busybox tarball `base` was imported from.
+    pub fn tar(&self) -> PathBuf {
+        self.path("rootfs.tar")
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.path("store")
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        command(&self.store(), self.dir.path(), args)
+    }
+
+    pub fn uf(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        assert_ok(args, &self.uf(args))
+    }
+
+    pub fn refused(&self, args: &[&str], expect: &str) -> String {
+        assert_refused(args, &self.uf(args), expect)
+    }
+
+    /// A container's STATUS column in `ps -a` ("gone" when it is not listed).
+    pub fn status(&self, name: &str) -> String {
+        self.ok(&["ps", "-a"])
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .map(|l| l.split("ago").last().unwrap_or("").trim().to_string())
+            .unwrap_or_else(|| "gone".into())
+    }
+}
