@@ -12,17 +12,7 @@ use crate::store::{Store, load, show};
 pub fn remove_image(store: &Store, what: &str, force: bool) -> Result<String> {
     let _l = store.lock()?;
     let img = store.find_image(what)?;
-    let name = crate::store::normalize_name(what)
-        .ok()
-        .map(|n| {
-            // A short name finds what podman names `localhost/NAME` too.
-            if img.names.contains(&n) {
-                n
-            } else {
-                format!("localhost/{n}")
-            }
-        })
-        .filter(|n| img.names.contains(n));
+    let name = crate::store::name_in(&img, what);
     if let Some(n) = &name
         && img.names.len() > 1
     {
@@ -65,10 +55,7 @@ pub fn remove_image(store: &Store, what: &str, force: bool) -> Result<String> {
 pub fn save_image(store: &Store, what: &str, format: &str, to: &Path) -> Result<()> {
     let img = store.find_image(what)?;
     let format = crate::store::save::Format::parse(format)?;
-    let name = crate::store::normalize_name(what)
-        .ok()
-        .filter(|n| img.names.contains(n))
-        .or_else(|| img.names.first().cloned());
+    let name = crate::store::name_in(&img, what).or_else(|| img.names.first().cloned());
     crate::store::save::save(store, &img, name.as_deref(), format, to)
 }
 

@@ -36,6 +36,25 @@ pub fn normalize_name(name: &str) -> Result<String> {
     }
 }
 
+/// The names `what` may stand for, as users type them: `NAME[:TAG]` (or `@DIGEST`), then
+/// what podman names a short one, `localhost/NAME`.
+fn name_candidates(what: &str) -> Vec<String> {
+    match normalize_name(what) {
+        Ok(n) => vec![format!("localhost/{n}"), n]
+            .into_iter()
+            .rev()
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Which of `img`'s names `what` gives, if it gives one (not an id).
+pub fn name_in(img: &Image, what: &str) -> Option<String> {
+    name_candidates(what)
+        .into_iter()
+        .find(|n| img.names.contains(n))
+}
+
 impl Store {
     /// The configuration of `img` (its Entrypoint, Cmd, Env…, its DiffIDs and history).
     pub fn image_config(&self, img: &Image) -> Result<ImageConfiguration> {
@@ -74,11 +93,8 @@ impl Store {
     /// An image by name (`NAME[:TAG]`), id or id prefix (at least 4 hex digits).
     pub fn find_image(&self, what: &str) -> Result<Image> {
         let images = self.images()?;
-        let name = normalize_name(what).ok();
-        // A short name also finds what podman names `localhost/NAME`.
-        let local = name.as_ref().map(|n| format!("localhost/{n}"));
-        for n in [&name, &local].into_iter().flatten() {
-            if let Some(i) = images.iter().find(|i| i.names.contains(n)) {
+        for n in name_candidates(what) {
+            if let Some(i) = images.iter().find(|i| i.names.contains(&n)) {
                 return Ok(i.clone());
             }
         }

@@ -44,7 +44,7 @@ pub use files::{
     Temp, ago, disk_usage, human, random_hex, read_json, remove_all, remove_tree, write_atomic,
     write_json,
 };
-pub use images::{chain_ids, layer_users, normalize_name};
+pub use images::{chain_ids, layer_users, name_in, normalize_name};
 
 /// A reader that hashes what passes through it, and counts it.
 pub struct Hashing<R> {
