@@ -217,34 +217,50 @@ impl Store {
     /// A fresh directory in `tmp/` for something being made; gone after a crash at the next
     /// command (nobody holds its lock any more).
     pub fn temp(&self) -> Result<Temp> {
-        let t = self.root.join("tmp").join(random_hex(16));
-        // The lock first: another command's clean-up leaves alone what is locked.
-        let lock = std::fs::File::create(t.with_extension("lock"))
-            .map_err(io("cannot make a lock in", &t))?;
-        let _ = sys::flock(lock.as_fd(), libc::LOCK_EX | libc::LOCK_NB);
-        std::fs::create_dir(&t).map_err(io("cannot make", &t))?;
-        Ok(Temp {
-            path: t,
-            _lock: lock,
-        })
+        loop {
+            let t = self.root.join("tmp").join(random_hex(16));
+            // The lock first: another command's clean-up leaves alone what is locked.
+            let lock_path = t.with_extension("lock");
+            let lock =
+                std::fs::File::create(&lock_path).map_err(io("cannot make a lock in", &t))?;
+            let _ = sys::flock(lock.as_fd(), libc::LOCK_EX | libc::LOCK_NB);
+            // A clean-up that took the lock file in the moment before it was held (a lock
+            // file alone is what a command killed right here leaves): another name.
+            let same = match (sys::fstat(lock.as_fd()), sys::lstat_path(&lock_path)) {
+                (Ok(a), Ok(b)) => (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino),
+                _ => false,
+            };
+            if !same {
+                continue;
+            }
+            std::fs::create_dir(&t).map_err(io("cannot make", &t))?;
+            return Ok(Temp {
+                path: t,
+                _lock: lock,
+            });
+        }
     }
 
-    /// Removes what crashed commands left in `tmp/`: every entry whose lock nobody holds.
+    /// Removes what crashed commands left in `tmp/`: every entry whose lock nobody holds,
+    /// and a lock file alone (a command killed between making it and its directory).
     fn clean_tmp(&self) {
         let Ok(rd) = std::fs::read_dir(self.root.join("tmp")) else {
             return;
         };
+        let free = |lock: &Path| match std::fs::File::open(lock) {
+            Ok(f) => sys::flock(f.as_fd(), libc::LOCK_EX | libc::LOCK_NB).is_ok(),
+            Err(_) => true,
+        };
         for e in rd.flatten() {
             let p = e.path();
             if p.extension().is_some_and(|x| x == "lock") {
+                if !p.with_extension("").exists() && free(&p) {
+                    let _ = std::fs::remove_file(&p);
+                }
                 continue;
             }
             let lock = p.with_extension("lock");
-            let free = match std::fs::File::open(&lock) {
-                Ok(f) => sys::flock(f.as_fd(), libc::LOCK_EX | libc::LOCK_NB).is_ok(),
-                Err(_) => true,
-            };
-            if free {
+            if free(&lock) {
                 let _ = remove_tree(&p);
                 let _ = std::fs::remove_file(&lock);
             }
@@ -392,8 +408,14 @@ mod tests {
         let dead = s.root.join("tmp").join("dead");
         std::fs::create_dir(&dead).unwrap();
         std::fs::write(dead.with_extension("lock"), b"").unwrap();
+        // And a lock alone: killed between making it and its directory.
+        let lone = s.root.join("tmp").join("lone.lock");
+        std::fs::write(&lone, b"").unwrap();
         let s2 = Store::open(Some(s.root.clone())).unwrap();
         assert!(!dead.exists(), "a crash's leftover stayed");
+        assert!(!dead.with_extension("lock").exists());
+        assert!(!lone.exists(), "a lone lock stayed");
+        assert!(held.path.with_extension("lock").exists());
         assert!(held.path.join("x").exists(), "what is being made went");
         drop(held);
         drop(s2);
